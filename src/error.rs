@@ -1,0 +1,125 @@
+//! The one error type of flowstage.
+//!
+//! Every failure a user can cause ends up as a [`FlowError`]: invalid settings are reported
+//! when a pipeline is built or started, and a panic or `Err` inside a stage ends the run with
+//! an error that names the stage ([`StageInfo`]) and carries the message.
+
+use std::fmt;
+
+/// `Result` with [`FlowError`] as the error.
+pub type Result<T, E = FlowError> = std::result::Result<T, E>;
+
+/// The error a user callback returns from inside a stage.
+///
+/// Any `std::error::Error` converts into it with `?`, and so do `String` and `&str`.
+pub type StageError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The role a stage plays in a pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StageKind {
+    /// Emits events in answer to demand.
+    Producer,
+    /// Consumes events and emits new ones.
+    ProducerConsumer,
+    /// Consumes events.
+    Consumer,
+}
+
+impl fmt::Display for StageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StageKind::Producer => "producer",
+            StageKind::ProducerConsumer => "producer-consumer",
+            StageKind::Consumer => "consumer",
+        })
+    }
+}
+
+/// Which stage of a pipeline something happened in.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StageInfo {
+    /// The stage's name: the one given in its options, or `"<kind>#<index>"`.
+    pub name: String,
+    /// The stage's role.
+    pub kind: StageKind,
+    /// The stage's index in the pipeline, in the order stages were added.
+    pub index: usize,
+}
+
+impl fmt::Display for StageInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}` (stage {})", self.kind, self.name, self.index)
+    }
+}
+
+/// Everything that can go wrong when building or running a pipeline.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowError {
+    /// A setting is out of range (checked when the pipeline is built or started).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// User code inside a stage returned an error.
+    #[error("{stage} failed: {message}")]
+    StageFailed {
+        /// The stage that failed.
+        stage: StageInfo,
+        /// The error's message.
+        message: String,
+        /// The error itself.
+        #[source]
+        source: Option<StageError>,
+    },
+    /// User code inside a stage panicked.
+    #[error("{stage} panicked: {message}")]
+    StagePanicked {
+        /// The stage that panicked.
+        stage: StageInfo,
+        /// The panic's message.
+        message: String,
+    },
+    /// The run was cancelled before it finished (its handle was dropped or cancelled).
+    #[error("the run was cancelled")]
+    Cancelled,
+    /// The runtime could not be started.
+    #[error("could not start the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+impl FlowError {
+    /// The stage the error happened in, if it happened in one.
+    pub fn stage(&self) -> Option<&StageInfo> {
+        match self {
+            FlowError::StageFailed { stage, .. } | FlowError::StagePanicked { stage, .. } => {
+                Some(stage)
+            }
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_stage_error(stage: &StageInfo, error: StageError) -> Self {
+        FlowError::StageFailed {
+            stage: stage.clone(),
+            message: error.to_string(),
+            source: Some(error),
+        }
+    }
+
+    pub(crate) fn from_panic(stage: &StageInfo, payload: Box<dyn std::any::Any + Send>) -> Self {
+        FlowError::StagePanicked {
+            stage: stage.clone(),
+            message: panic_message(payload.as_ref()),
+        }
+    }
+}
+
+/// The text of a panic payload (`&str` or `String`; anything else gets a generic text).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}

@@ -1,0 +1,352 @@
+//! Dispatchers decide which subscriber gets which event.
+//!
+//! - [`Dispatcher::demand`] (the default): each batch goes to the subscriber with the most
+//!   outstanding demand.
+//! - [`Dispatcher::broadcast`]: every event to every subscriber (each may filter with a
+//!   [`selector`](crate::stage::SubscribeOptions::selector)); the producer is asked for the
+//!   minimum demand over subscribers.
+//! - [`Dispatcher::partition_by_key`] / [`Dispatcher::partition_with`]: a fixed-seed hash of
+//!   a key, or a user function, picks exactly one subscriber (or drops the event).
+//!
+//! Dispatchers are the only code that sends events, and they send through
+//! [`Outlet::send`], which takes a permit cut from the subscriber's credit: no dispatcher can
+//! send beyond demand. Dynamic dispatch happens once per batch (the boxed dispatcher); the
+//! per-event key and hash functions are monomorphised inside it.
+
+use std::hash::Hash;
+
+use super::link::Outlet;
+use crate::error::StageError;
+
+/// Seeds of the partition hasher: fixed, so a key lands on the same partition in every run
+/// and on every machine.
+const PARTITION_SEEDS: [u64; 4] = [
+    0x243f_6a88_85a3_08d3,
+    0x1319_8a2e_0370_7344,
+    0xa409_3822_299f_31d0,
+    0x082e_fa98_ec4e_6c89,
+];
+
+/// The fixed-seed hash used by partitioning (`ahash` with constant keys).
+///
+/// ```
+/// use flowstage::stage::partition_hash;
+/// assert_eq!(partition_hash(&"word"), partition_hash(&"word"));
+/// ```
+pub fn partition_hash<K: Hash + ?Sized>(key: &K) -> u64 {
+    ahash::RandomState::with_seeds(
+        PARTITION_SEEDS[0],
+        PARTITION_SEEDS[1],
+        PARTITION_SEEDS[2],
+        PARTITION_SEEDS[3],
+    )
+    .hash_one(key)
+}
+
+type BuildDispatch<T> = Box<dyn FnOnce(Vec<Outlet<T>>) -> Box<dyn Dispatch<T>> + Send>;
+
+/// The dispatcher of a producer or producer-consumer, chosen in its options.
+///
+/// ```
+/// use flowstage::stage::Dispatcher;
+/// let by_parity = Dispatcher::partition_with(|n: &u64, _partitions| Some((n % 2) as usize));
+/// let by_key = Dispatcher::partition_by_key(|word: &String| word.clone());
+/// let everyone = Dispatcher::<u64>::broadcast();
+/// # let _ = (by_parity, by_key, everyone);
+/// ```
+pub struct Dispatcher<T> {
+    pub(crate) kind: &'static str,
+    pub(crate) build: BuildDispatch<T>,
+}
+
+impl<T> std::fmt::Debug for Dispatcher<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dispatcher")
+            .field("kind", &self.kind)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Default for Dispatcher<T> {
+    fn default() -> Self {
+        Self::demand()
+    }
+}
+
+impl<T: Send + 'static> Dispatcher<T> {
+    /// Each batch to the subscriber with the most outstanding demand.
+    pub fn demand() -> Self {
+        Dispatcher {
+            kind: "demand",
+            build: Box::new(|outlets| Box::new(DemandDispatch { outlets })),
+        }
+    }
+
+    /// Every event to every subscriber; upstream demand is the minimum over subscribers.
+    pub fn broadcast() -> Self
+    where
+        T: Clone,
+    {
+        Dispatcher {
+            kind: "broadcast",
+            build: Box::new(|outlets| Box::new(BroadcastDispatch { outlets })),
+        }
+    }
+
+    /// Each event to partition `partition_hash(key(event)) % partitions`; one partition per
+    /// subscriber.
+    pub fn partition_by_key<K: Hash>(key: impl Fn(&T) -> K + Send + Sync + 'static) -> Self {
+        Self::partition_with(move |event, partitions| {
+            Some((partition_hash(&key(event)) % partitions as u64) as usize)
+        })
+    }
+
+    /// Each event to the partition `route(event, partitions)` returns, or nowhere for
+    /// `None` (the event is dropped on purpose and not counted as lost). An index out of
+    /// range fails the stage.
+    pub fn partition_with(
+        route: impl Fn(&T, usize) -> Option<usize> + Send + Sync + 'static,
+    ) -> Self {
+        Dispatcher {
+            kind: "partition",
+            build: Box::new(move |outlets| Box::new(PartitionDispatch::new(outlets, route))),
+        }
+    }
+}
+
+/// The runtime's view of a dispatcher, called once per batch.
+pub(crate) trait Dispatch<T>: Send {
+    fn outlets(&mut self) -> &mut [Outlet<T>];
+    fn outlets_ref(&self) -> &[Outlet<T>];
+
+    /// Subscriber `sub` asked for `n` more.
+    fn ask(&mut self, sub: usize, n: usize) {
+        if let Some(outlet) = self.outlets().get_mut(sub) {
+            outlet.grant(n);
+        }
+    }
+
+    /// Subscriber `sub` is gone.
+    fn cancel(&mut self, sub: usize) {
+        if let Some(outlet) = self.outlets().get_mut(sub) {
+            outlet.close();
+        }
+    }
+
+    /// How many more events the producer should make now.
+    fn demand(&self) -> usize;
+
+    /// Sends what credit allows; returns the events it could not send, in order.
+    fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError>;
+
+    /// Events held inside the dispatcher (partition queues).
+    fn pending(&self) -> usize {
+        0
+    }
+
+    /// Sends held events that credit now allows; returns how many were dropped because
+    /// their subscriber had gone.
+    fn flush(&mut self) -> usize {
+        0
+    }
+
+    fn all_closed(&self) -> bool {
+        self.outlets_ref().iter().all(|outlet| !outlet.is_open())
+    }
+
+    /// Credit held over all subscribers (for metrics).
+    fn credit(&self) -> usize {
+        self.outlets_ref().iter().map(Outlet::credit).sum()
+    }
+}
+
+struct DemandDispatch<T> {
+    outlets: Vec<Outlet<T>>,
+}
+
+impl<T: Send> Dispatch<T> for DemandDispatch<T> {
+    fn outlets(&mut self) -> &mut [Outlet<T>] {
+        &mut self.outlets
+    }
+
+    fn outlets_ref(&self) -> &[Outlet<T>] {
+        &self.outlets
+    }
+
+    fn demand(&self) -> usize {
+        self.credit()
+    }
+
+    fn dispatch(&mut self, mut events: Vec<T>) -> Result<Vec<T>, StageError> {
+        while !events.is_empty() {
+            let Some(outlet) = self
+                .outlets
+                .iter_mut()
+                .filter(|outlet| outlet.credit() > 0)
+                .max_by_key(|outlet| outlet.credit())
+            else {
+                break;
+            };
+            let permit = outlet.take(events.len());
+            if permit.len() == events.len() {
+                outlet.send(permit, std::mem::take(&mut events));
+            } else {
+                let rest = events.split_off(permit.len());
+                outlet.send(permit, std::mem::replace(&mut events, rest));
+            }
+        }
+        Ok(events)
+    }
+}
+
+struct BroadcastDispatch<T> {
+    outlets: Vec<Outlet<T>>,
+}
+
+impl<T: Clone + Send> Dispatch<T> for BroadcastDispatch<T> {
+    fn outlets(&mut self) -> &mut [Outlet<T>] {
+        &mut self.outlets
+    }
+
+    fn outlets_ref(&self) -> &[Outlet<T>] {
+        &self.outlets
+    }
+
+    fn demand(&self) -> usize {
+        self.outlets
+            .iter()
+            .filter(|outlet| outlet.is_open())
+            .map(Outlet::credit)
+            .min()
+            .unwrap_or(0)
+    }
+
+    fn dispatch(&mut self, mut events: Vec<T>) -> Result<Vec<T>, StageError> {
+        let n = self.demand().min(events.len());
+        if n == 0 {
+            return Ok(events);
+        }
+        let rest = events.split_off(n);
+        let open: Vec<usize> = (0..self.outlets.len())
+            .filter(|&i| self.outlets[i].is_open())
+            .collect();
+        for (position, &i) in open.iter().enumerate() {
+            let outlet = &mut self.outlets[i];
+            // Every subscriber pays for the whole batch, selected or not, as in GenStage.
+            let permit = outlet.take(n);
+            let batch: Vec<T> = match &outlet.selector {
+                Some(selector) => events.iter().filter(|e| selector(e)).cloned().collect(),
+                None if position + 1 == open.len() => std::mem::take(&mut events),
+                None => events.clone(),
+            };
+            outlet.send(permit, batch);
+        }
+        Ok(rest)
+    }
+}
+
+struct PartitionDispatch<T, F> {
+    outlets: Vec<Outlet<T>>,
+    /// Events routed to a partition whose subscriber has no credit yet; at most a bound per
+    /// partition before the producer is asked for nothing more.
+    queues: Vec<Vec<T>>,
+    route: F,
+}
+
+impl<T, F> PartitionDispatch<T, F> {
+    fn new(mut outlets: Vec<Outlet<T>>, route: F) -> Self {
+        // Subscribers may name their partition; the runtime checked the indices are 0..n.
+        outlets.sort_by_key(|outlet| outlet.partition);
+        let queues = outlets.iter().map(|_| Vec::new()).collect();
+        PartitionDispatch {
+            outlets,
+            queues,
+            route,
+        }
+    }
+}
+
+impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for PartitionDispatch<T, F> {
+    fn outlets(&mut self) -> &mut [Outlet<T>] {
+        &mut self.outlets
+    }
+
+    fn outlets_ref(&self) -> &[Outlet<T>] {
+        &self.outlets
+    }
+
+    fn ask(&mut self, sub: usize, n: usize) {
+        // `sub` is the subscription order; partitions were sorted, so look it up.
+        if let Some(outlet) = self.outlets.iter_mut().find(|o| o.sub_index() == sub) {
+            outlet.grant(n);
+        }
+    }
+
+    fn cancel(&mut self, sub: usize) {
+        if let Some(outlet) = self.outlets.iter_mut().find(|o| o.sub_index() == sub) {
+            outlet.close();
+        }
+    }
+
+    fn demand(&self) -> usize {
+        let mut demand = 0;
+        for (outlet, queue) in self.outlets.iter().zip(&self.queues) {
+            if !outlet.is_open() {
+                continue;
+            }
+            // A full queue means its consumer is behind: ask for nothing until it drains,
+            // so skewed keys cannot grow memory without bound.
+            if queue.len() >= outlet.max_demand {
+                return 0;
+            }
+            demand += outlet.credit().saturating_sub(queue.len());
+        }
+        demand
+    }
+
+    fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError> {
+        let partitions = self.outlets.len();
+        for event in events {
+            match (self.route)(&event, partitions) {
+                Some(p) if p < partitions => self.queues[p].push(event),
+                Some(p) => {
+                    return Err(format!(
+                        "partition function returned {p}, but there are {partitions} partitions"
+                    )
+                    .into());
+                }
+                None => {}
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn pending(&self) -> usize {
+        self.queues.iter().map(Vec::len).sum()
+    }
+
+    fn flush(&mut self) -> usize {
+        let mut dropped = 0;
+        for (outlet, queue) in self.outlets.iter_mut().zip(&mut self.queues) {
+            if queue.is_empty() {
+                continue;
+            }
+            if !outlet.is_open() {
+                dropped += queue.len();
+                queue.clear();
+                continue;
+            }
+            let permit = outlet.take(queue.len());
+            if permit.len() == 0 {
+                continue;
+            }
+            let batch = if permit.len() == queue.len() {
+                std::mem::take(queue)
+            } else {
+                queue.drain(..permit.len()).collect()
+            };
+            outlet.send(permit, batch);
+        }
+        dropped
+    }
+}

@@ -1,0 +1,84 @@
+//! Per-stage counters a user can read during or after a run.
+//!
+//! Counters are updated once per batch, never per event. They are plain `Relaxed` atomics:
+//! each is an independent statistic, nothing synchronises through them, so no ordering
+//! beyond atomicity of each counter is needed.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::error::StageInfo;
+
+#[derive(Debug, Default)]
+pub(crate) struct StageMetrics {
+    events_in: AtomicU64,
+    events_out: AtomicU64,
+    demand: AtomicU64,
+    buffered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl StageMetrics {
+    pub(crate) fn add_in(&self, n: usize) {
+        self.events_in.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn add_out(&self, n: usize) {
+        self.events_out.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn set_demand(&self, n: usize) {
+        self.demand.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn set_buffered(&self, n: usize) {
+        self.buffered.store(n as u64, Relaxed);
+    }
+
+    pub(crate) fn add_dropped(&self, n: usize) {
+        if n > 0 {
+            self.dropped.fetch_add(n as u64, Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, stage: &StageInfo) -> StageSnapshot {
+        StageSnapshot {
+            stage: stage.clone(),
+            events_in: self.events_in.load(Relaxed),
+            events_out: self.events_out.load(Relaxed),
+            demand: self.demand.load(Relaxed),
+            buffered: self.buffered.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
+    }
+}
+
+/// A stage's counters at one moment.
+///
+/// ```
+/// use flowstage::stage::{Pipeline, SubscribeOptions, consumer_fn, from_iter};
+/// let mut pipeline = Pipeline::new();
+/// let numbers = pipeline.producer(from_iter(0..10u32));
+/// let sink = pipeline.consumer(consumer_fn(|_batch: Vec<u32>| {}));
+/// pipeline.subscribe(&sink, &numbers, SubscribeOptions::new())?;
+/// let report = pipeline.run()?;
+/// assert_eq!(report.stages[0].events_out, 10);
+/// assert_eq!(report.stages[1].events_in, 10);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageSnapshot {
+    /// Which stage.
+    pub stage: StageInfo,
+    /// Events received from upstream.
+    pub events_in: u64,
+    /// Events sent downstream.
+    pub events_out: u64,
+    /// Outstanding demand: for a producer, credit it holds from its consumers; for a
+    /// consumer, events asked for and not yet handled.
+    pub demand: u64,
+    /// Events waiting inside the stage (producer buffer, partition queues, unprocessed input).
+    pub buffered: u64,
+    /// Events a full producer buffer dropped (see `buffer_keep`), or events routed to a
+    /// partition whose consumer had already gone.
+    pub dropped: u64,
+}

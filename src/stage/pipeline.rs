@@ -1,0 +1,661 @@
+//! Building a pipeline of stages, starting it, and watching it run.
+//!
+//! Every subscription is wired before any stage runs, so a producer that finishes at once
+//! is an ordinary completion, never a race with its consumers subscribing.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::task::JoinSet;
+
+use super::buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
+use super::demand::{Cancel, SubscribeOptions};
+use super::dispatcher::Dispatcher;
+use super::link::{Control, Msg, OutletSpec};
+use super::metrics::{StageMetrics, StageSnapshot};
+use super::run::{self, InflowSpec, ProducerSettings};
+use super::{Consumer, Producer, ProducerConsumer};
+use crate::error::{FlowError, Result, StageInfo, StageKind};
+
+type StageFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// What a stage needs at start, after all subscriptions are known.
+struct Prepared {
+    body: StageFuture,
+    /// Sends `Failed` to each consumer, should the stage fail.
+    notify_failure: Vec<Box<dyn FnOnce() + Send>>,
+    /// Producers to tell that this stage is gone, when it ends.
+    upstream: Vec<(Arc<dyn Control>, usize)>,
+    /// Every subscription to this stage is temporary: its failure does not end the run.
+    tolerated: bool,
+}
+
+type Prepare = Box<dyn FnOnce(StageInfo, Arc<StageMetrics>) -> Result<Prepared> + Send>;
+
+struct StageEntry {
+    info: StageInfo,
+    metrics: Arc<StageMetrics>,
+    prepare: Prepare,
+}
+
+static NEXT_PIPELINE: AtomicU64 = AtomicU64::new(0);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The wiring locks never run user code, so a poisoned lock still holds sound data.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A graph of stages being built; nothing runs until [`run`](Pipeline::run),
+/// [`run_async`](Pipeline::run_async) or [`spawn`](Pipeline::spawn).
+///
+/// ```
+/// use flowstage::stage::{Pipeline, SubscribeOptions, consumer_fn, from_iter};
+/// let mut pipeline = Pipeline::new();
+/// let letters = pipeline.producer(from_iter(['a', 'b', 'c']));
+/// let printer = pipeline.consumer(consumer_fn(|batch: Vec<char>| println!("{batch:?}")));
+/// pipeline.subscribe(&printer, &letters, SubscribeOptions::new())?;
+/// let report = pipeline.run()?;
+/// assert_eq!(report.stages[1].events_in, 3);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[must_use = "a pipeline does nothing until it is run"]
+pub struct Pipeline {
+    id: u64,
+    stages: Vec<StageEntry>,
+    errors: Vec<FlowError>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field(
+                "stages",
+                &self.stages.iter().map(|s| &s.info).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A handle to a producing stage (producer or producer-consumer) of a [`Pipeline`], for
+/// subscribing consumers to it.
+pub struct ProducerRef<T> {
+    pipeline: u64,
+    index: usize,
+    outlets: Arc<Mutex<Vec<OutletSpec<T>>>>,
+    control: Arc<dyn Control>,
+}
+
+/// A handle to a consuming stage (consumer or producer-consumer) of a [`Pipeline`], for
+/// subscribing it to producers.
+pub struct ConsumerRef<T> {
+    pipeline: u64,
+    index: usize,
+    tx: UnboundedSender<Msg<T>>,
+    inflows: Arc<Mutex<Vec<InflowSpec>>>,
+}
+
+impl<T> std::fmt::Debug for ProducerRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ProducerRef(stage {})", self.index)
+    }
+}
+
+impl<T> std::fmt::Debug for ConsumerRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConsumerRef(stage {})", self.index)
+    }
+}
+
+/// Options of a producer.
+///
+/// ```
+/// use flowstage::stage::{BufferKeep, ProducerOptions};
+/// use std::time::Duration;
+/// let options = ProducerOptions::<u64>::new()
+///     .name("queue poller")
+///     .buffer_size(100)
+///     .buffer_keep(BufferKeep::First)
+///     .retry_interval(Duration::from_millis(5));
+/// # let _ = options;
+/// ```
+#[derive(Debug)]
+pub struct ProducerOptions<T> {
+    name: Option<String>,
+    dispatcher: Dispatcher<T>,
+    buffer_size: usize,
+    buffer_keep: BufferKeep,
+    retry_interval: Duration,
+}
+
+impl<T: Send + 'static> Default for ProducerOptions<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + 'static> ProducerOptions<T> {
+    /// Defaults: demand dispatcher, buffer of 10 000 keeping the last, retry after 10 ms.
+    pub fn new() -> Self {
+        ProducerOptions {
+            name: None,
+            dispatcher: Dispatcher::demand(),
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            buffer_keep: BufferKeep::Last,
+            retry_interval: Duration::from_millis(10),
+        }
+    }
+
+    /// The stage's name in errors and metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Who gets which event.
+    pub fn dispatcher(mut self, dispatcher: Dispatcher<T>) -> Self {
+        self.dispatcher = dispatcher;
+        self
+    }
+
+    /// How many events made beyond demand are kept.
+    pub fn buffer_size(mut self, buffer_size: usize) -> Self {
+        self.buffer_size = buffer_size;
+        self
+    }
+
+    /// Which events a full buffer keeps.
+    pub fn buffer_keep(mut self, buffer_keep: BufferKeep) -> Self {
+        self.buffer_keep = buffer_keep;
+        self
+    }
+
+    /// How long to wait before asking again a producer that returned no events while
+    /// demand was pending.
+    pub fn retry_interval(mut self, retry_interval: Duration) -> Self {
+        self.retry_interval = retry_interval;
+        self
+    }
+}
+
+/// Options of a producer-consumer.
+#[derive(Debug)]
+pub struct ProducerConsumerOptions<T> {
+    name: Option<String>,
+    dispatcher: Dispatcher<T>,
+}
+
+impl<T: Send + 'static> Default for ProducerConsumerOptions<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Send + 'static> ProducerConsumerOptions<T> {
+    /// Defaults: demand dispatcher.
+    ///
+    /// ```
+    /// use flowstage::stage::{Dispatcher, ProducerConsumerOptions};
+    /// let options = ProducerConsumerOptions::<u64>::new()
+    ///     .name("splitter")
+    ///     .dispatcher(Dispatcher::partition_by_key(|n: &u64| *n));
+    /// # let _ = options;
+    /// ```
+    pub fn new() -> Self {
+        ProducerConsumerOptions {
+            name: None,
+            dispatcher: Dispatcher::demand(),
+        }
+    }
+
+    /// The stage's name in errors and metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Who gets which event.
+    pub fn dispatcher(mut self, dispatcher: Dispatcher<T>) -> Self {
+        self.dispatcher = dispatcher;
+        self
+    }
+}
+
+/// Options of a consumer.
+///
+/// ```
+/// use flowstage::stage::ConsumerOptions;
+/// let options = ConsumerOptions::new().name("database writer");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Default)]
+pub struct ConsumerOptions {
+    name: Option<String>,
+}
+
+impl ConsumerOptions {
+    /// Defaults: no name (the stage is called `consumer#<index>`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The stage's name in errors and metrics.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+}
+
+/// Outlets of a stage, ready for its dispatcher, plus what its wrapper needs.
+struct Wired<T> {
+    outlets: Vec<super::link::Outlet<T>>,
+    notify_failure: Vec<Box<dyn FnOnce() + Send>>,
+    tolerated: bool,
+}
+
+fn wire_outlets<T: Send + 'static>(
+    specs: Vec<OutletSpec<T>>,
+    dispatcher_kind: &str,
+    stage: &StageInfo,
+    metrics: &Arc<StageMetrics>,
+) -> Result<Wired<T>> {
+    let tolerated = !specs.is_empty() && specs.iter().all(|s| s.cancel == Cancel::Temporary);
+    let notify_failure = specs
+        .iter()
+        .map(|spec| {
+            let tx = spec.tx.clone();
+            let from = spec.from;
+            Box::new(move || {
+                let _ = tx.send(Msg::Failed { from });
+            }) as Box<dyn FnOnce() + Send>
+        })
+        .collect();
+    let count = specs.len();
+    let mut outlets: Vec<_> = specs
+        .into_iter()
+        .enumerate()
+        .map(|(sub, spec)| spec.into_outlet(sub, metrics.clone()))
+        .collect();
+    if dispatcher_kind == "partition" {
+        let mut seen = vec![false; count];
+        for (sub, outlet) in outlets.iter_mut().enumerate() {
+            let partition = *outlet.partition.get_or_insert(sub);
+            match seen.get_mut(partition) {
+                Some(taken) if !*taken => *taken = true,
+                _ => {
+                    return Err(FlowError::Config(format!(
+                        "{stage}: partition {partition} is out of range or taken twice \
+                         ({count} subscribers make partitions 0..{count})"
+                    )));
+                }
+            }
+        }
+    }
+    Ok(Wired {
+        outlets,
+        notify_failure,
+        tolerated,
+    })
+}
+
+impl Pipeline {
+    /// An empty pipeline.
+    pub fn new() -> Self {
+        Pipeline {
+            id: NEXT_PIPELINE.fetch_add(1, Ordering::Relaxed),
+            stages: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn info(&self, name: Option<String>, kind: StageKind) -> StageInfo {
+        let index = self.stages.len();
+        StageInfo {
+            name: name.unwrap_or_else(|| format!("{kind}#{index}")),
+            kind,
+            index,
+        }
+    }
+
+    /// Adds a producer with default options.
+    pub fn producer<P: Producer>(&mut self, producer: P) -> ProducerRef<P::Item> {
+        self.producer_with(producer, ProducerOptions::new())
+    }
+
+    /// Adds a producer.
+    pub fn producer_with<P: Producer>(
+        &mut self,
+        producer: P,
+        options: ProducerOptions<P::Item>,
+    ) -> ProducerRef<P::Item> {
+        let info = self.info(options.name.clone(), StageKind::Producer);
+        let (tx, inbox) = unbounded_channel::<Msg<Infallible>>();
+        let outlets = Arc::new(Mutex::new(Vec::new()));
+        let wiring = outlets.clone();
+        let ProducerOptions {
+            dispatcher,
+            buffer_size,
+            buffer_keep,
+            retry_interval,
+            ..
+        } = options;
+        let prepare: Prepare = Box::new(move |stage, metrics| {
+            let specs = std::mem::take(&mut *lock(&wiring));
+            let wired = wire_outlets(specs, dispatcher.kind, &stage, &metrics)?;
+            let dispatch = (dispatcher.build)(wired.outlets);
+            let settings = ProducerSettings {
+                buffer_size,
+                buffer_keep,
+                retry_interval,
+            };
+            Ok(Prepared {
+                body: Box::pin(run::run_producer(
+                    stage, producer, inbox, dispatch, settings, metrics,
+                )),
+                notify_failure: wired.notify_failure,
+                upstream: Vec::new(),
+                tolerated: wired.tolerated,
+            })
+        });
+        self.push(info, prepare);
+        ProducerRef {
+            pipeline: self.id,
+            index: self.stages.len() - 1,
+            outlets,
+            control: Arc::new(tx),
+        }
+    }
+
+    /// Adds a producer-consumer with default options.
+    pub fn producer_consumer<S: ProducerConsumer>(
+        &mut self,
+        stage: S,
+    ) -> (ConsumerRef<S::In>, ProducerRef<S::Out>) {
+        self.producer_consumer_with(stage, ProducerConsumerOptions::new())
+    }
+
+    /// Adds a producer-consumer.
+    pub fn producer_consumer_with<S: ProducerConsumer>(
+        &mut self,
+        inner: S,
+        options: ProducerConsumerOptions<S::Out>,
+    ) -> (ConsumerRef<S::In>, ProducerRef<S::Out>) {
+        let info = self.info(options.name, StageKind::ProducerConsumer);
+        let (tx, inbox) = unbounded_channel::<Msg<S::In>>();
+        let outlets = Arc::new(Mutex::new(Vec::new()));
+        let inflows = Arc::new(Mutex::new(Vec::new()));
+        let (out_wiring, in_wiring) = (outlets.clone(), inflows.clone());
+        let dispatcher = options.dispatcher;
+        let prepare: Prepare = Box::new(move |stage, metrics| {
+            let specs = std::mem::take(&mut *lock(&out_wiring));
+            let wired = wire_outlets(specs, dispatcher.kind, &stage, &metrics)?;
+            let dispatch = (dispatcher.build)(wired.outlets);
+            let inflows: Vec<InflowSpec> = std::mem::take(&mut *lock(&in_wiring));
+            let upstream = inflows.iter().map(|i| (i.control.clone(), i.sub)).collect();
+            Ok(Prepared {
+                body: Box::pin(run::run_producer_consumer(
+                    stage, inner, inbox, inflows, dispatch, metrics,
+                )),
+                notify_failure: wired.notify_failure,
+                upstream,
+                tolerated: wired.tolerated,
+            })
+        });
+        self.push(info, prepare);
+        let index = self.stages.len() - 1;
+        (
+            ConsumerRef {
+                pipeline: self.id,
+                index,
+                tx: tx.clone(),
+                inflows,
+            },
+            ProducerRef {
+                pipeline: self.id,
+                index,
+                outlets,
+                control: Arc::new(tx),
+            },
+        )
+    }
+
+    /// Adds a consumer with default options.
+    pub fn consumer<C: Consumer>(&mut self, consumer: C) -> ConsumerRef<C::Item> {
+        self.consumer_with(consumer, ConsumerOptions::new())
+    }
+
+    /// Adds a consumer.
+    pub fn consumer_with<C: Consumer>(
+        &mut self,
+        consumer: C,
+        options: ConsumerOptions,
+    ) -> ConsumerRef<C::Item> {
+        let info = self.info(options.name, StageKind::Consumer);
+        let (tx, inbox) = unbounded_channel::<Msg<C::Item>>();
+        let inflows = Arc::new(Mutex::new(Vec::new()));
+        let in_wiring = inflows.clone();
+        let prepare: Prepare = Box::new(move |stage, metrics| {
+            let inflows: Vec<InflowSpec> = std::mem::take(&mut *lock(&in_wiring));
+            let upstream = inflows.iter().map(|i| (i.control.clone(), i.sub)).collect();
+            Ok(Prepared {
+                body: Box::pin(run::run_consumer(stage, consumer, inbox, inflows, metrics)),
+                notify_failure: Vec::new(),
+                upstream,
+                tolerated: false,
+            })
+        });
+        self.push(info, prepare);
+        ConsumerRef {
+            pipeline: self.id,
+            index: self.stages.len() - 1,
+            tx,
+            inflows,
+        }
+    }
+
+    fn push(&mut self, info: StageInfo, prepare: Prepare) {
+        self.stages.push(StageEntry {
+            info,
+            metrics: Arc::new(StageMetrics::default()),
+            prepare,
+        });
+    }
+
+    /// Subscribes `consumer` to `producer`.
+    ///
+    /// Fails with [`FlowError::Config`] for invalid demand settings or handles from
+    /// another pipeline.
+    pub fn subscribe<T>(
+        &mut self,
+        consumer: &ConsumerRef<T>,
+        producer: &ProducerRef<T>,
+        options: SubscribeOptions<T>,
+    ) -> Result<()> {
+        options.validate()?;
+        if consumer.pipeline != self.id || producer.pipeline != self.id {
+            return Err(FlowError::Config(
+                "subscribe: both stages must belong to this pipeline".into(),
+            ));
+        }
+        let mut outlets = lock(&producer.outlets);
+        let mut inflows = lock(&consumer.inflows);
+        let from = inflows.len();
+        let sub = outlets.len();
+        let min_demand = options.min();
+        inflows.push(InflowSpec {
+            control: producer.control.clone(),
+            sub,
+            max_demand: options.max_demand,
+            min_demand,
+            mode: options.mode,
+            cancel: options.cancel,
+        });
+        outlets.push(OutletSpec {
+            tx: consumer.tx.clone(),
+            from,
+            max_demand: options.max_demand,
+            cancel: options.cancel,
+            partition: options.partition,
+            selector: options.selector,
+        });
+        Ok(())
+    }
+
+    /// Runs the pipeline to completion, blocking the calling thread. Starts a runtime of
+    /// its own (also when called from inside one).
+    pub fn run(self) -> Result<Report> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // Blocking a runtime's worker would stall it: run on a thread of our own.
+            return std::thread::scope(|scope| {
+                scope
+                    .spawn(move || self.run_blocking())
+                    .join()
+                    .unwrap_or_else(|_| Err(FlowError::Cancelled))
+            });
+        }
+        self.run_blocking()
+    }
+
+    fn run_blocking(self) -> Result<Report> {
+        let runtime = crate::runtime::build()?;
+        runtime.block_on(async move { self.spawn()?.join().await })
+    }
+
+    /// Runs the pipeline to completion on the caller's tokio runtime.
+    pub async fn run_async(self) -> Result<Report> {
+        self.spawn()?.join().await
+    }
+
+    /// Starts every stage on the current tokio runtime and returns a handle to the run.
+    ///
+    /// Fails with [`FlowError::Config`] outside a tokio runtime, or when a setting is
+    /// invalid (nothing is started then).
+    pub fn spawn(self) -> Result<Running> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            FlowError::Config("Pipeline::spawn needs a tokio runtime; use run() instead".into())
+        })?;
+        if let Some(error) = self.errors.into_iter().next() {
+            return Err(error);
+        }
+        let mut infos = Vec::with_capacity(self.stages.len());
+        let mut metrics = Vec::with_capacity(self.stages.len());
+        let mut prepared = Vec::with_capacity(self.stages.len());
+        for entry in self.stages {
+            prepared.push((entry.prepare)(entry.info.clone(), entry.metrics.clone())?);
+            infos.push(entry.info);
+            metrics.push(entry.metrics);
+        }
+        let mut tasks = JoinSet::new();
+        let mut tolerated = Vec::with_capacity(prepared.len());
+        for (index, stage) in prepared.into_iter().enumerate() {
+            tolerated.push(stage.tolerated);
+            tasks.spawn_on(supervise(index, infos[index].clone(), stage), &handle);
+        }
+        Ok(Running {
+            tasks,
+            infos,
+            metrics,
+            tolerated,
+        })
+    }
+}
+
+/// Runs one stage: catches its panics, and on its end tells its neighbours.
+async fn supervise(index: usize, info: StageInfo, stage: Prepared) -> (usize, Result<()>) {
+    let result = match AssertUnwindSafe(stage.body).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(FlowError::from_panic(&info, panic)),
+    };
+    if result.is_err() {
+        for notify in stage.notify_failure {
+            notify();
+        }
+    }
+    for (control, sub) in stage.upstream {
+        control.cancel(sub);
+    }
+    (index, result)
+}
+
+/// A running pipeline. Dropping it cancels every stage.
+#[must_use = "dropping a Running cancels it"]
+pub struct Running {
+    tasks: JoinSet<(usize, Result<()>)>,
+    infos: Vec<StageInfo>,
+    metrics: Vec<Arc<StageMetrics>>,
+    tolerated: Vec<bool>,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("stages", &self.infos)
+            .field("running", &self.tasks.len())
+            .finish()
+    }
+}
+
+/// What a finished run reports.
+#[derive(Debug)]
+pub struct Report {
+    /// Every stage's counters at the end, in the order stages were added.
+    pub stages: Vec<StageSnapshot>,
+    /// Failures that did not end the run (stages whose subscriptions were all
+    /// [`Cancel::Temporary`]).
+    pub tolerated: Vec<FlowError>,
+}
+
+impl Running {
+    /// Every stage's counters now.
+    pub fn metrics(&self) -> Vec<StageSnapshot> {
+        self.infos
+            .iter()
+            .zip(&self.metrics)
+            .map(|(info, metrics)| metrics.snapshot(info))
+            .collect()
+    }
+
+    /// Waits for the run to end. The first failure cancels every other stage and is
+    /// returned once they have all stopped.
+    pub async fn join(mut self) -> Result<Report> {
+        let mut tolerated = Vec::new();
+        while let Some(joined) = self.tasks.join_next().await {
+            let error = match joined {
+                Ok((_, Ok(()))) => continue,
+                Ok((index, Err(error))) if self.tolerated[index] => {
+                    tolerated.push(error);
+                    continue;
+                }
+                Ok((_, Err(error))) => error,
+                Err(_) => FlowError::Cancelled,
+            };
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+            return Err(error);
+        }
+        Ok(Report {
+            stages: self.metrics(),
+            tolerated,
+        })
+    }
+
+    /// Cancels every stage and waits until they have stopped.
+    pub async fn cancel(mut self) {
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+    }
+}

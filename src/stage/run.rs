@@ -1,0 +1,435 @@
+//! The three stage loops: producer, producer-consumer, consumer.
+//!
+//! Each runs as one tokio task and owns its state; stages talk only through inbox messages
+//! (see [`link`](super::link)). The loops are where the contracts live:
+//! - a producer asks its user code for `credit - buffered` events, never more than its
+//!   consumers asked for, and keeps asking while that debt is unpaid (no stalls);
+//! - a consumer hands events over in chunks of `max_demand - min_demand` and re-asks after
+//!   each chunk (GenStage's automatic demand);
+//! - a producer-consumer takes input only while its consumers have demand.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+
+use super::buffer::Buffer;
+use super::demand::{Cancel, DemandMode, Inflow};
+use super::dispatcher::Dispatch;
+use super::link::{Control, Msg};
+use super::metrics::StageMetrics;
+use super::{Consumer, ConsumerContext, Produced, Producer, ProducerConsumer};
+use crate::error::{FlowError, Result, StageError, StageInfo};
+
+/// A consumer's side of one subscription, as the runtime keeps it.
+pub(crate) struct InflowSpec {
+    pub(crate) control: Arc<dyn Control>,
+    pub(crate) sub: usize,
+    pub(crate) max_demand: usize,
+    pub(crate) min_demand: usize,
+    pub(crate) mode: DemandMode,
+    pub(crate) cancel: Cancel,
+}
+
+struct Inlet {
+    control: Arc<dyn Control>,
+    sub: usize,
+    inflow: Inflow,
+    cancel: Cancel,
+    open: bool,
+}
+
+/// All subscriptions of a consuming stage.
+struct Inlets {
+    inlets: Vec<Inlet>,
+    open: usize,
+    /// A permanent subscription's producer finished: the stage finishes too.
+    stop: bool,
+}
+
+impl Inlets {
+    fn new(specs: Vec<InflowSpec>) -> Self {
+        let inlets: Vec<Inlet> = specs
+            .into_iter()
+            .map(|spec| Inlet {
+                control: spec.control,
+                sub: spec.sub,
+                inflow: Inflow::new(spec.max_demand, spec.min_demand, spec.mode),
+                cancel: spec.cancel,
+                open: true,
+            })
+            .collect();
+        Inlets {
+            open: inlets.len(),
+            inlets,
+            stop: false,
+        }
+    }
+
+    /// Lets the stage see each subscription (manual demand asks here), then sends the
+    /// automatic first asks.
+    fn subscribe(&mut self, mut handle_subscribe: impl FnMut(&mut ConsumerContext)) {
+        for from in 0..self.inlets.len() {
+            let mut context = ConsumerContext::new(from);
+            handle_subscribe(&mut context);
+            self.manual_asks(&mut context);
+            let inlet = &mut self.inlets[from];
+            let ask = inlet.inflow.initial_ask();
+            if ask > 0 {
+                inlet.control.ask(inlet.sub, ask);
+            }
+        }
+    }
+
+    fn chunk_size(&self, from: usize) -> usize {
+        self.inlets
+            .get(from)
+            .map_or(1, |inlet| inlet.inflow.chunk_size())
+    }
+
+    /// `n` events from `from` were handled: re-ask per automatic demand, then send the
+    /// stage's own manual asks.
+    fn handled(&mut self, from: usize, n: usize, context: &mut ConsumerContext) {
+        if let Some(inlet) = self.inlets.get_mut(from) {
+            let ask = inlet.inflow.handled(n);
+            if ask > 0 && inlet.open {
+                inlet.control.ask(inlet.sub, ask);
+            }
+        }
+        self.manual_asks(context);
+    }
+
+    fn manual_asks(&mut self, context: &mut ConsumerContext) {
+        for (upstream, n) in context.take_asks() {
+            if let Some(inlet) = self.inlets.get_mut(upstream) {
+                if inlet.open && n > 0 {
+                    inlet.inflow.asked(n);
+                    inlet.control.ask(inlet.sub, n);
+                }
+            }
+        }
+    }
+
+    /// Subscription `from` ended (normally, or because its producer failed).
+    fn close(&mut self, from: usize) {
+        if let Some(inlet) = self.inlets.get_mut(from) {
+            if inlet.open {
+                inlet.open = false;
+                self.open -= 1;
+                if inlet.cancel == Cancel::Permanent {
+                    self.stop = true;
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.stop || self.open == 0
+    }
+
+    /// Tells every producer still subscribed that this stage is gone.
+    fn cancel_all(&mut self) {
+        for inlet in &mut self.inlets {
+            if inlet.open {
+                inlet.open = false;
+                inlet.control.cancel(inlet.sub);
+            }
+        }
+        self.open = 0;
+    }
+}
+
+/// Splits `events` into chunks of at most `size`, without copying when one chunk will do.
+fn chunks<T>(events: Vec<T>, size: usize) -> impl Iterator<Item = Vec<T>> {
+    let mut single = None;
+    let mut many = None;
+    if events.len() <= size {
+        single = Some(events);
+    } else {
+        let mut iter = events.into_iter();
+        many = Some(std::iter::from_fn(move || {
+            let chunk: Vec<T> = iter.by_ref().take(size).collect();
+            (!chunk.is_empty()).then_some(chunk)
+        }));
+    }
+    single.into_iter().chain(many.into_iter().flatten())
+}
+
+fn stage_error(stage: &StageInfo, error: StageError) -> FlowError {
+    FlowError::from_stage_error(stage, error)
+}
+
+/// Settings of a producer's loop.
+pub(crate) struct ProducerSettings {
+    pub(crate) buffer_size: usize,
+    pub(crate) buffer_keep: super::BufferKeep,
+    pub(crate) retry_interval: Duration,
+}
+
+pub(crate) async fn run_producer<P: Producer>(
+    stage: StageInfo,
+    mut producer: P,
+    mut inbox: UnboundedReceiver<Msg<Infallible>>,
+    mut dispatch: Box<dyn Dispatch<P::Item>>,
+    settings: ProducerSettings,
+    metrics: Arc<StageMetrics>,
+) -> Result<()> {
+    let mut buffer = Buffer::new(settings.buffer_size, settings.buffer_keep);
+    let mut finished = false;
+    let mut retry_at: Option<Instant> = None;
+    loop {
+        // Take every control message that is already here, so demand is coalesced.
+        while let Ok(msg) = inbox.try_recv() {
+            apply_control(dispatch.as_mut(), msg);
+        }
+        // Buffered events were made first: they go before anything new.
+        if !buffer.is_empty() {
+            let sendable = buffer.take(dispatch.demand());
+            let left = dispatch
+                .dispatch(sendable)
+                .map_err(|e| stage_error(&stage, e))?;
+            buffer.extend(left);
+        }
+        metrics.add_dropped(dispatch.flush());
+        metrics.set_demand(dispatch.credit());
+        metrics.set_buffered(buffer.len() + dispatch.pending());
+
+        if dispatch.all_closed() {
+            return Ok(());
+        }
+        if finished && buffer.is_empty() && dispatch.pending() == 0 {
+            for outlet in dispatch.outlets() {
+                outlet.finish();
+            }
+            return Ok(());
+        }
+        let want = if finished {
+            0
+        } else {
+            dispatch.demand().saturating_sub(buffer.len())
+        };
+        if want > 0 && retry_at.is_none_or(|at| Instant::now() >= at) {
+            retry_at = None;
+            let (events, last) = match producer
+                .handle_demand(want)
+                .await
+                .map_err(|e| stage_error(&stage, e))?
+            {
+                Produced::Events(events) => (events, false),
+                Produced::Finished(events) => (events, true),
+            };
+            finished = last;
+            if events.is_empty() && !last {
+                // Nothing to give now: keep the debt and ask again after the interval.
+                retry_at = Some(Instant::now() + settings.retry_interval);
+            }
+            let left = dispatch
+                .dispatch(events)
+                .map_err(|e| stage_error(&stage, e))?;
+            metrics.add_dropped(buffer.extend(left));
+            continue;
+        }
+        tokio::select! {
+            msg = inbox.recv() => match msg {
+                Some(msg) => apply_control(dispatch.as_mut(), msg),
+                // Every consumer's handle is gone: nobody can ask any more.
+                None => return Ok(()),
+            },
+            () = sleep_until(retry_at), if retry_at.is_some() => {}
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
+fn apply_control<T, I>(dispatch: &mut dyn Dispatch<T>, msg: Msg<I>) {
+    match msg {
+        Msg::Ask { sub, n } => dispatch.ask(sub, n),
+        Msg::Cancel { sub } => dispatch.cancel(sub),
+        // A producer has no upstream; these cannot reach it.
+        Msg::Events { .. } | Msg::Done { .. } | Msg::Failed { .. } => {}
+    }
+}
+
+pub(crate) async fn run_consumer<C: Consumer>(
+    stage: StageInfo,
+    mut consumer: C,
+    mut inbox: UnboundedReceiver<Msg<C::Item>>,
+    inflows: Vec<InflowSpec>,
+    metrics: Arc<StageMetrics>,
+) -> Result<()> {
+    let mut inlets = Inlets::new(inflows);
+    inlets.subscribe(|context| consumer.handle_subscribe(context));
+    while !inlets.finished() {
+        let Some(msg) = inbox.recv().await else {
+            break;
+        };
+        match msg {
+            Msg::Events { from, events } => {
+                metrics.add_in(events.len());
+                for chunk in chunks(events, inlets.chunk_size(from)) {
+                    let n = chunk.len();
+                    let mut context = ConsumerContext::new(from);
+                    consumer
+                        .handle_events(chunk, &mut context)
+                        .await
+                        .map_err(|e| stage_error(&stage, e))?;
+                    inlets.handled(from, n, &mut context);
+                }
+            }
+            Msg::Done { from } | Msg::Failed { from } => inlets.close(from),
+            Msg::Ask { .. } | Msg::Cancel { .. } => {}
+        }
+    }
+    inlets.cancel_all();
+    consumer
+        .handle_done()
+        .await
+        .map_err(|e| stage_error(&stage, e))
+}
+
+pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
+    stage: StageInfo,
+    mut inner: S,
+    mut inbox: UnboundedReceiver<Msg<S::In>>,
+    inflows: Vec<InflowSpec>,
+    mut dispatch: Box<dyn Dispatch<S::Out>>,
+    metrics: Arc<StageMetrics>,
+) -> Result<()> {
+    let mut inlets = Inlets::new(inflows);
+    inlets.subscribe(|context| inner.handle_subscribe(context));
+    // Input received and not yet handled: at most the demand this stage sent upstream.
+    let mut input: VecDeque<(usize, Vec<S::In>)> = VecDeque::new();
+    let mut queued = 0usize;
+    // Output made and not yet sent for lack of credit; input waits until it is gone.
+    let mut output: Vec<S::Out> = Vec::new();
+    let mut done_handled = false;
+    loop {
+        while let Ok(msg) = inbox.try_recv() {
+            receive(
+                msg,
+                &mut input,
+                &mut queued,
+                &mut inlets,
+                dispatch.as_mut(),
+                &metrics,
+            );
+        }
+        metrics.add_dropped(dispatch.flush());
+        if !output.is_empty() {
+            output = dispatch
+                .dispatch(std::mem::take(&mut output))
+                .map_err(|e| stage_error(&stage, e))?;
+        }
+        metrics.set_demand(dispatch.credit());
+        metrics.set_buffered(queued + output.len() + dispatch.pending());
+        if dispatch.all_closed() {
+            // Nobody downstream any more: stop and let the producers know.
+            inlets.cancel_all();
+            return Ok(());
+        }
+        let demand = dispatch.demand();
+        if output.is_empty() && demand > 0 && !input.is_empty() {
+            let (from, chunk) = next_chunk(&mut input, inlets.chunk_size_for_front(), demand);
+            let n = chunk.len();
+            queued -= n;
+            let mut context = ConsumerContext::new(from);
+            let made = inner
+                .handle_events(chunk, &mut context)
+                .await
+                .map_err(|e| stage_error(&stage, e))?;
+            inlets.handled(from, n, &mut context);
+            output = dispatch
+                .dispatch(made)
+                .map_err(|e| stage_error(&stage, e))?;
+            continue;
+        }
+        if input.is_empty() && inlets.finished() {
+            if !done_handled {
+                done_handled = true;
+                inlets.cancel_all();
+                let made = inner
+                    .handle_done()
+                    .await
+                    .map_err(|e| stage_error(&stage, e))?;
+                output.extend(made);
+                continue;
+            }
+            if output.is_empty() && dispatch.pending() == 0 {
+                for outlet in dispatch.outlets() {
+                    outlet.finish();
+                }
+                return Ok(());
+            }
+        }
+        match inbox.recv().await {
+            Some(msg) => receive(
+                msg,
+                &mut input,
+                &mut queued,
+                &mut inlets,
+                dispatch.as_mut(),
+                &metrics,
+            ),
+            None => {
+                // No producer and no consumer can reach us: nothing more will happen.
+                inlets.cancel_all();
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn receive<I, O>(
+    msg: Msg<I>,
+    input: &mut VecDeque<(usize, Vec<I>)>,
+    queued: &mut usize,
+    inlets: &mut Inlets,
+    dispatch: &mut dyn Dispatch<O>,
+    metrics: &StageMetrics,
+) {
+    match msg {
+        Msg::Events { from, events } => {
+            metrics.add_in(events.len());
+            *queued += events.len();
+            input.push_back((from, events));
+        }
+        Msg::Done { from } | Msg::Failed { from } => inlets.close(from),
+        Msg::Ask { sub, n } => dispatch.ask(sub, n),
+        Msg::Cancel { sub } => dispatch.cancel(sub),
+    }
+}
+
+impl Inlets {
+    fn chunk_size_for_front(&self) -> impl Fn(usize) -> usize + '_ {
+        move |from| self.chunk_size(from)
+    }
+}
+
+/// Cuts the next chunk off the front of the input queue: at most the subscription's chunk
+/// size and at most the downstream demand.
+fn next_chunk<I>(
+    input: &mut VecDeque<(usize, Vec<I>)>,
+    chunk_size: impl Fn(usize) -> usize,
+    demand: usize,
+) -> (usize, Vec<I>) {
+    let Some((from, events)) = input.front_mut() else {
+        return (0, Vec::new());
+    };
+    let from = *from;
+    let limit = chunk_size(from).min(demand).max(1);
+    if events.len() <= limit {
+        let (_, events) = input.pop_front().unwrap_or((from, Vec::new()));
+        (from, events)
+    } else {
+        let rest = events.split_off(limit);
+        (from, std::mem::replace(events, rest))
+    }
+}
