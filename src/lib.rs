@@ -29,8 +29,17 @@
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 pub mod error;
+pub mod flow;
 mod runtime;
+pub mod sink;
+pub mod source;
 pub mod stage;
+
+/// Test support for `tests/loom.rs` (only with `--cfg flowstage_loom`); not public API.
+#[cfg(flowstage_loom)]
+#[doc(hidden)]
+#[path = "loom_support.rs"]
+pub mod __loom;
 
 pub use error::{FlowError, Result, StageError, StageInfo, StageKind};
 pub use runtime::default_parallelism;

@@ -1,0 +1,252 @@
+//! The planner: turns a flow's plan into stages of a [`Pipeline`].
+//!
+//! This is the only module that knows both the flow layer and the stage layer. A plan node
+//! compiles itself given the logic that follows it ([`Plan::compile`]); stage-making nodes
+//! (sources, `partition`, `shuffle`, `merge`, `departition`, `take_sort`) create stages
+//! whose work is that logic, and record what they built in the [`Graph`] that
+//! [`explain`](super::Flow::explain) prints.
+
+use std::sync::Arc;
+
+use super::explain::{Graph, Node};
+use super::logic::{Logic, PartitionInfo};
+use crate::error::{Result, StageError};
+use crate::source::BoxedProducer;
+use crate::stage::{
+    Consumer, ConsumerContext, Dispatcher, Pipeline, Produced, Producer, ProducerConsumer,
+    ProducerConsumerOptions, ProducerOptions, ProducerRef,
+};
+
+/// A node of a flow's plan. Implemented by the crate's operators; users meet it as the
+/// type parameter of [`Flow`](super::Flow).
+pub trait Plan: Send + 'static {
+    /// The events this plan emits.
+    type Item: Send + 'static;
+
+    /// Builds the plan into `compiler`'s pipeline with `logic` running after it in the
+    /// same stage, and the outputs dispatched by `dispatch`. Returns the outputs.
+    #[doc(hidden)]
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = Self::Item> + Clone;
+}
+
+/// One output of a compiled layer: a stage to subscribe to, and its graph node.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Output<T> {
+    pub(crate) producer: ProducerRef<T>,
+    pub(crate) node: usize,
+}
+
+/// How a layer's outputs dispatch to the next layer: a fresh dispatcher per stage.
+#[doc(hidden)]
+pub struct DispatchSpec<T> {
+    make: Arc<dyn Fn() -> Dispatcher<T> + Send + Sync>,
+    pub(crate) label: String,
+}
+
+impl<T> std::fmt::Debug for DispatchSpec<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
+}
+
+impl<T: Send + 'static> DispatchSpec<T> {
+    pub(crate) fn demand() -> Self {
+        DispatchSpec {
+            make: Arc::new(Dispatcher::demand),
+            label: "demand".into(),
+        }
+    }
+
+    pub(crate) fn new(
+        label: impl Into<String>,
+        make: impl Fn() -> Dispatcher<T> + Send + Sync + 'static,
+    ) -> Self {
+        DispatchSpec {
+            make: Arc::new(make),
+            label: label.into(),
+        }
+    }
+
+    pub(crate) fn make(&self) -> Dispatcher<T> {
+        (self.make)()
+    }
+}
+
+/// The state of one compilation: the pipeline being built and the graph to explain it.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Compiler {
+    pub(crate) pipeline: Pipeline,
+    pub(crate) graph: Graph,
+}
+
+impl Compiler {
+    pub(crate) fn new(pipeline: Pipeline) -> Self {
+        Compiler {
+            pipeline,
+            graph: Graph::default(),
+        }
+    }
+
+    /// Adds one source producer with `logic` fused into it.
+    pub(crate) fn source<T, L>(
+        &mut self,
+        label: &str,
+        producer: BoxedProducer<T>,
+        mut logic: L,
+        partition: PartitionInfo,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Output<L::Out>
+    where
+        T: Send + 'static,
+        L: Logic<In = T>,
+    {
+        logic.start(partition);
+        let node = self.graph.add(Node::new(
+            format!("{label}[{}]", partition.index),
+            "producer",
+            &logic,
+            &dispatch.label,
+        ));
+        let name = self.graph.nodes[node].name.clone();
+        let producer = self.pipeline.producer_with(
+            FusedProducer {
+                producer,
+                logic,
+                finished: false,
+            },
+            ProducerOptions::new()
+                .name(name)
+                .dispatcher(dispatch.make())
+                // Fused operators may make more events than asked (flat_map); they wait here
+                // and nothing more is asked until they are gone, so the buffer is bounded by
+                // one batch's expansion — and a flow never drops events.
+                .buffer_size(usize::MAX),
+        );
+        Output { producer, node }
+    }
+
+    /// Adds one stage of a layer, running `logic`.
+    pub(crate) fn stage<L: Logic>(
+        &mut self,
+        label: &str,
+        mut logic: L,
+        partition: PartitionInfo,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> (crate::stage::ConsumerRef<L::In>, Output<L::Out>) {
+        logic.start(partition);
+        let node = self.graph.add(Node::new(
+            format!("{label}[{}]", partition.index),
+            "producer-consumer",
+            &logic,
+            &dispatch.label,
+        ));
+        let name = self.graph.nodes[node].name.clone();
+        let (input, producer) = self.pipeline.producer_consumer_with(
+            LogicStage { logic },
+            ProducerConsumerOptions::new()
+                .name(name)
+                .dispatcher(dispatch.make()),
+        );
+        (input, Output { producer, node })
+    }
+}
+
+/// A source producer with the layer's logic fused into it.
+struct FusedProducer<T, L> {
+    producer: BoxedProducer<T>,
+    logic: L,
+    finished: bool,
+}
+
+impl<T, L> Producer for FusedProducer<T, L>
+where
+    T: Send + 'static,
+    L: Logic<In = T>,
+{
+    type Item = L::Out;
+
+    async fn handle_demand(
+        &mut self,
+        demand: usize,
+    ) -> std::result::Result<Produced<L::Out>, StageError> {
+        if self.finished {
+            return Ok(Produced::Finished(Vec::new()));
+        }
+        let mut out = Vec::new();
+        // Keep reading while the chain filters everything out, so a selective filter
+        // does not look like an idle source (which would wait for the retry interval).
+        loop {
+            let (events, last) = match self.producer.handle_demand(demand).await? {
+                Produced::Events(events) => (events, false),
+                Produced::Finished(events) => (events, true),
+            };
+            let read = events.len();
+            self.logic.batch(events, &mut out);
+            if last {
+                self.finished = true;
+                self.logic.done(&mut out);
+                return Ok(Produced::Finished(out));
+            }
+            if !out.is_empty() || read == 0 {
+                return Ok(Produced::Events(out));
+            }
+        }
+    }
+}
+
+/// A stage of a layer running the layer's logic over its input.
+struct LogicStage<L> {
+    logic: L,
+}
+
+impl<L: Logic> ProducerConsumer for LogicStage<L> {
+    type In = L::In;
+    type Out = L::Out;
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<L::In>,
+        _context: &mut ConsumerContext,
+    ) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.logic.batch(events, &mut out);
+        Ok(out)
+    }
+
+    async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.logic.done(&mut out);
+        Ok(out)
+    }
+}
+
+/// A consumer that hands each batch to a closure and calls another at the end.
+pub(crate) struct SinkConsumer<T, F> {
+    pub(crate) handle: F,
+    pub(crate) _events: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, F> Consumer for SinkConsumer<T, F>
+where
+    T: Send + 'static,
+    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send + 'static,
+{
+    type Item = T;
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<T>,
+        _context: &mut ConsumerContext,
+    ) -> std::result::Result<(), StageError> {
+        (self.handle)(events)
+    }
+}

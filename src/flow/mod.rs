@@ -1,0 +1,835 @@
+//! The flow layer: lazy, typed queries compiled onto stages when run.
+//!
+//! A [`Flow`] is built like an iterator — `from_iter(..).map(..).filter(..)` — and does
+//! nothing until a terminal runs it (`collect`, `run`, iteration, `into_stream`,
+//! `into_stages`). Then the plan is compiled onto the [stage layer](crate::stage):
+//! consecutive stateless operators are fused into the stage before them, `partition`
+//! starts a new layer of stages behind a hash dispatcher, and reducers keep per-stage state.
+//!
+//! ```
+//! use flowstage::flow::{Flow, Partition};
+//! use std::collections::HashMap;
+//!
+//! let text = ["the quick brown fox", "jumps over the lazy dog"];
+//! let counts: HashMap<String, u64> = Flow::from_iter(text)
+//!     .flat_map(|line: &str| line.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+//!     .partition(Partition::new().stages(2))
+//!     .reduce(HashMap::new, |word, mut counts: HashMap<String, u64>| {
+//!         *counts.entry(word).or_default() += 1;
+//!         counts
+//!     })
+//!     .collect()?;
+//! assert_eq!(counts["the"], 2);
+//! # Ok::<(), flowstage::FlowError>(())
+//! ```
+//!
+//! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
+//! name a flow as `Flow<impl Plan<Item = T>>`.
+
+mod compile;
+mod departition;
+mod explain;
+mod logic;
+mod partition;
+mod plan;
+mod reduce;
+mod uniq;
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub use compile::Plan;
+pub use explain::Explain;
+pub use logic::{Logic, PartitionInfo};
+pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
+pub use reduce::{
+    Emit, EmitEvents, EmitNothing, EmitState, Emits, Fold, FoldEmit, OnTrigger, Step, Trigger,
+    TriggerName, WindowInfo,
+};
+
+pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer};
+pub(crate) use logic::Identity;
+
+/// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
+/// `Iterator::map`. Users meet them only in type names.
+pub mod nodes {
+    pub use super::departition::{DepartitionNode, TakeSortNode};
+    pub use super::plan::{
+        Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
+        Merge, RejectNode, Send2, SourceNode, StageHead,
+    };
+    pub use super::reduce::ReduceNode;
+    pub use super::uniq::UniqNode;
+}
+
+use nodes::*;
+
+use crate::error::Result;
+use crate::sink::{self, FlowIter, FlowStream};
+use crate::source::{IterSource, ItersSource, ParIterSource, Source, StagesSource, StreamSource};
+use crate::stage::{Pipeline, ProducerRef, Report, Running};
+
+/// A lazy, typed query. Build it with sources and operators; run it with a terminal.
+#[must_use = "flows are lazy and do nothing unless run"]
+#[derive(Debug)]
+pub struct Flow<P> {
+    plan: P,
+}
+
+impl Flow<()> {
+    /// A flow over any [`Source`]: the general constructor.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::source::Source;
+    /// # use flowstage::source::BoxedProducer;
+    /// # struct Numbers;
+    /// # impl Source for Numbers {
+    /// #     type Item = u32;
+    /// #     fn into_producers(self) -> flowstage::Result<Vec<BoxedProducer<u32>>> {
+    /// #         Ok(vec![BoxedProducer::new(flowstage::stage::from_iter(0..3u32))])
+    /// #     }
+    /// # }
+    /// let items: Vec<u32> = Flow::from_source(Numbers).collect()?;
+    /// assert_eq!(items, [0, 1, 2]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_source<S: Source>(source: S) -> Flow<SourceNode<S>> {
+        Flow {
+            plan: SourceNode {
+                source,
+                label: "source",
+            },
+        }
+    }
+
+    /// A flow over one iterator, read by one producer.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let doubled: Vec<u32> = Flow::from_iter(1..=3u32).map(|x| x * 2).collect()?;
+    /// assert_eq!(doubled, [2, 4, 6]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_iter<I>(iter: I) -> Flow<SourceNode<IterSource<I::IntoIter>>>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: IterSource(iter.into_iter()),
+                label: "from_iter",
+            },
+        }
+    }
+
+    /// A flow over several iterators, one producer each: the way to read in parallel. An
+    /// empty list is an error when the flow runs.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let mut all: Vec<u32> = Flow::from_iters(vec![1..4u32, 4..7u32])
+    ///     .filter(|x| x % 2 == 0)
+    ///     .collect()?;
+    /// all.sort();
+    /// assert_eq!(all, [2, 4, 6]);
+    /// assert!(Flow::from_iters(Vec::<std::ops::Range<u32>>::new()).collect::<Vec<_>>().is_err());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_iters<I>(
+        iters: impl IntoIterator<Item = I>,
+    ) -> Flow<SourceNode<ItersSource<I::IntoIter>>>
+    where
+        I: IntoIterator,
+        I::IntoIter: Send + 'static,
+        I::Item: Send + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: ItersSource(iters.into_iter().map(IntoIterator::into_iter).collect()),
+                label: "from_iters",
+            },
+        }
+    }
+
+    /// A flow over a rayon parallel iterator, read by one producer per core.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use rayon::prelude::*;
+    /// let total: u64 = Flow::from_par_iter((1..=100u64).into_par_iter())
+    ///     .collect::<Vec<_>>()?
+    ///     .into_iter()
+    ///     .sum();
+    /// assert_eq!(total, 5050);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_par_iter<I>(iter: I) -> Flow<SourceNode<ParIterSource<I>>>
+    where
+        I: rayon::iter::ParallelIterator + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: ParIterSource {
+                    iter,
+                    readers: crate::runtime::default_parallelism(),
+                },
+                label: "from_par_iter",
+            },
+        }
+    }
+
+    /// A flow over any `futures::Stream`, read by one producer.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let items: Vec<u32> = Flow::from_stream(futures::stream::iter(vec![1u32, 2, 3])).collect()?;
+    /// assert_eq!(items, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_stream<S>(stream: S) -> Flow<SourceNode<StreamSource<S>>>
+    where
+        S: futures::Stream + Send + Unpin + 'static,
+        S::Item: Send + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: StreamSource(stream),
+                label: "from_stream",
+            },
+        }
+    }
+
+    /// A flow over user producers from the stage layer, one stage each.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::from_iter;
+    /// let mut items: Vec<u32> = Flow::from_stages(vec![from_iter(0..2u32), from_iter(2..4u32)]).collect()?;
+    /// items.sort();
+    /// assert_eq!(items, [0, 1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_stages<P: crate::stage::Producer>(
+        producers: Vec<P>,
+    ) -> Flow<SourceNode<StagesSource<P>>> {
+        Flow {
+            plan: SourceNode {
+                source: StagesSource(producers),
+                label: "from_stages",
+            },
+        }
+    }
+
+    /// Several flows into one new layer of stages (options as for
+    /// [`shuffle`](Flow::shuffle)).
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Shuffle};
+    /// let evens = Flow::from_iter(vec![0u32, 2, 4]);
+    /// let odds = Flow::from_iter(vec![1u32, 3, 5]);
+    /// let mut all: Vec<u32> = Flow::merge(vec![evens, odds], Shuffle::shuffle().stages(2)).collect()?;
+    /// all.sort();
+    /// assert_eq!(all, [0, 1, 2, 3, 4, 5]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn merge<P: Plan>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P::Item>> {
+        let mut merge = Merge::new(flows.into_iter().map(|flow| flow.plan).collect());
+        merge.stages = options.stages;
+        merge.max_demand = options.max_demand;
+        merge.min_demand = options.min();
+        merge.error = options.validate();
+        Flow { plan: merge }
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Applies `f` to each event (fused into the current stage).
+    pub fn map<U, F>(self, f: F) -> Flow<MapNode<P, F>>
+    where
+        U: Send + 'static,
+        F: Fn(P::Item) -> U + Send + Sync + 'static,
+    {
+        Flow {
+            plan: MapNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+
+    /// Maps each event to any number of events (fused).
+    pub fn flat_map<I, F>(self, f: F) -> Flow<FlatMapNode<P, F>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(P::Item) -> I + Send + Sync + 'static,
+    {
+        Flow {
+            plan: FlatMapNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+
+    /// Keeps the events for which `predicate` is true (fused).
+    pub fn filter<F>(self, predicate: F) -> Flow<FilterNode<P, F>>
+    where
+        F: Fn(&P::Item) -> bool + Send + Sync + 'static,
+    {
+        Flow {
+            plan: FilterNode {
+                inner: self.plan,
+                f: Arc::new(predicate),
+            },
+        }
+    }
+
+    /// Drops the events for which `predicate` is true (fused).
+    pub fn reject<F>(self, predicate: F) -> Flow<RejectNode<P, F>>
+    where
+        F: Fn(&P::Item) -> bool + Send + Sync + 'static,
+    {
+        Flow {
+            plan: RejectNode {
+                inner: self.plan,
+                f: Arc::new(predicate),
+            },
+        }
+    }
+
+    /// Maps and keeps the `Some`s (fused).
+    pub fn filter_map<U, F>(self, f: F) -> Flow<FilterMapNode<P, F>>
+    where
+        U: Send + 'static,
+        F: Fn(P::Item) -> Option<U> + Send + Sync + 'static,
+    {
+        Flow {
+            plan: FilterMapNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+
+    /// Calls `f` on each event and passes it on (fused).
+    pub fn inspect<F>(self, f: F) -> Flow<InspectNode<P, F>>
+    where
+        F: Fn(&P::Item) + Send + Sync + 'static,
+    {
+        Flow {
+            plan: InspectNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+
+    /// Maps the value of `(key, value)` events (fused).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let pairs: Vec<(char, u32)> = Flow::from_iter(vec![('a', 1), ('b', 2)]).map_values(|v| v * 10).collect()?;
+    /// assert_eq!(pairs, [('a', 10), ('b', 20)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn map_values<K, V, W, F>(
+        self,
+        f: F,
+    ) -> Flow<MapNode<P, impl Fn((K, V)) -> (K, W) + Send + Sync + 'static>>
+    where
+        P: Plan<Item = (K, V)>,
+        K: Send + 'static,
+        W: Send + 'static,
+        F: Fn(V) -> W + Send + Sync + 'static,
+    {
+        self.map(move |(key, value)| (key, f(value)))
+    }
+
+    /// Keeps the first event of each key, per stage.
+    pub fn uniq_by<K, F>(self, key: F) -> Flow<UniqNode<P, F>>
+    where
+        K: Hash + Eq + Send + 'static,
+        F: Fn(&P::Item) -> K + Send + Sync + 'static,
+    {
+        Flow {
+            plan: UniqNode {
+                inner: self.plan,
+                key: Arc::new(key),
+            },
+        }
+    }
+
+    /// Keeps the first of equal events, per stage.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let items: Vec<u32> = Flow::from_iter(vec![1u32, 2, 1, 3, 2]).uniq().collect()?;
+    /// assert_eq!(items, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn uniq(self) -> Flow<UniqNode<P, impl Fn(&P::Item) -> P::Item + Send + Sync + 'static>>
+    where
+        P::Item: Hash + Eq + Clone,
+    {
+        self.uniq_by(P::Item::clone)
+    }
+
+    /// A new layer of stages; each event goes to the stage its key hashes to.
+    pub fn partition<R: Route<P::Item>>(self, options: Partition<R>) -> Flow<Exchange<P, R>> {
+        Flow {
+            plan: Exchange {
+                inner: self.plan,
+                error: options.validate(),
+                min_demand: options.min(),
+                route: Some(Arc::new(options.route)),
+                stages: options.stages,
+                max_demand: options.max_demand,
+                label: "partition",
+            },
+        }
+    }
+
+    /// A new layer of stages behind the demand dispatcher (no keys).
+    pub fn shuffle(self, options: Shuffle) -> Flow<Exchange<P, NoRoute>> {
+        Flow {
+            plan: Exchange {
+                inner: self.plan,
+                error: options.validate(),
+                min_demand: options.min(),
+                route: None,
+                stages: options.stages,
+                max_demand: options.max_demand,
+                label: "shuffle",
+            },
+        }
+    }
+
+    /// Folds the events of each stage (and window) into an accumulator started by `init`;
+    /// emits at each trigger — by default the accumulator's items (for a map: its pairs).
+    /// Change what is emitted with [`emit_state`](Flow::emit_state),
+    /// [`emit_nothing`](Flow::emit_nothing) or [`on_trigger`](Flow::on_trigger).
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sums: Vec<u64> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(1))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .collect()?;
+    /// assert_eq!(sums, [55]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn reduce<Acc, I, F>(
+        self,
+        init: I,
+        f: F,
+    ) -> Flow<ReduceNode<P, Acc, I, Fold<F>, EmitEvents>>
+    where
+        Acc: Send + 'static,
+        I: Fn() -> Acc + Send + Sync + 'static,
+        F: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
+    {
+        Flow {
+            plan: ReduceNode {
+                inner: self.plan,
+                init: Arc::new(init),
+                step: Arc::new(Fold(f)),
+                emit: Arc::new(EmitEvents),
+                finish: |_| {},
+                label: "reduce",
+            },
+        }
+    }
+
+    /// Like [`reduce`](Flow::reduce), and `f` also emits events as it goes:
+    /// `f(event, acc) -> (events, acc)`. At triggers nothing more is emitted unless
+    /// [`on_trigger`](Flow::on_trigger) says so.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let running: Vec<u64> = Flow::from_iter(1..=4u64)
+    ///     .partition(Partition::new().stages(1))
+    ///     .emit_and_reduce(|| 0u64, |x, sum| (vec![sum + x], sum + x))
+    ///     .collect()?;
+    /// assert_eq!(running, [1, 3, 6, 10]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn emit_and_reduce<Acc, U, E, I, F>(
+        self,
+        init: I,
+        f: F,
+    ) -> Flow<ReduceNode<P, Acc, I, FoldEmit<F>, EmitNothing<U>>>
+    where
+        Acc: Send + 'static,
+        U: Send + 'static,
+        E: IntoIterator<Item = U>,
+        I: Fn() -> Acc + Send + Sync + 'static,
+        F: Fn(P::Item, Acc) -> (E, Acc) + Send + Sync + 'static,
+    {
+        Flow {
+            plan: ReduceNode {
+                inner: self.plan,
+                init: Arc::new(init),
+                step: Arc::new(FoldEmit(f)),
+                emit: Arc::new(EmitNothing(PhantomData)),
+                finish: |_| {},
+                label: "emit_and_reduce",
+            },
+        }
+    }
+
+    /// Groups values by key, per stage: `key → values`, newest first.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let words = vec!["apple", "avocado", "banana"];
+    /// let mut groups: Vec<(char, Vec<&str>)> = Flow::from_iter(words)
+    ///     .partition(Partition::new().stages(1))
+    ///     .group_by(|w: &&str| w.chars().next().unwrap_or(' '), |w| w)
+    ///     .collect()?;
+    /// groups.sort();
+    /// assert_eq!(groups, [('a', vec!["avocado", "apple"]), ('b', vec!["banana"])]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn group_by<K, V, KF, VF>(
+        self,
+        key: KF,
+        value: VF,
+    ) -> Flow<
+        ReduceNode<
+            P,
+            HashMap<K, Vec<V>>,
+            fn() -> HashMap<K, Vec<V>>,
+            Fold<
+                impl Fn(P::Item, HashMap<K, Vec<V>>) -> HashMap<K, Vec<V>> + Send + Sync + 'static,
+            >,
+            EmitEvents,
+        >,
+    >
+    where
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+        KF: Fn(&P::Item) -> K + Send + Sync + 'static,
+        VF: Fn(P::Item) -> V + Send + Sync + 'static,
+    {
+        let fold = move |event: P::Item, mut groups: HashMap<K, Vec<V>>| {
+            let key = key(&event);
+            groups.entry(key).or_default().push(value(event));
+            groups
+        };
+        Flow {
+            plan: ReduceNode {
+                inner: self.plan,
+                init: Arc::new(HashMap::new as fn() -> HashMap<K, Vec<V>>),
+                step: Arc::new(Fold(fold)),
+                emit: Arc::new(EmitEvents),
+                finish: reduce::newest_first,
+                label: "group_by",
+            },
+        }
+    }
+
+    /// Groups `(key, value)` events by key: [`group_by`](Flow::group_by) on pairs.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let events = vec![("foo", 1), ("foo", 2), ("bar", 3), ("foo", 4), ("bar", 5)];
+    /// let state: Vec<_> = Flow::from_iter(events)
+    ///     .partition(Partition::new().stages(1))
+    ///     .group_by_key()
+    ///     .emit_state()
+    ///     .collect()?;
+    /// assert_eq!(state[0]["foo"], [4, 2, 1]);
+    /// assert_eq!(state[0]["bar"], [5, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn group_by_key<K, V>(
+        self,
+    ) -> Flow<
+        ReduceNode<
+            P,
+            HashMap<K, Vec<V>>,
+            fn() -> HashMap<K, Vec<V>>,
+            Fold<impl Fn((K, V), HashMap<K, Vec<V>>) -> HashMap<K, Vec<V>> + Send + Sync + 'static>,
+            EmitEvents,
+        >,
+    >
+    where
+        P: Plan<Item = (K, V)>,
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+    {
+        let fold = |(key, value): (K, V), mut groups: HashMap<K, Vec<V>>| {
+            groups.entry(key).or_default().push(value);
+            groups
+        };
+        Flow {
+            plan: ReduceNode {
+                inner: self.plan,
+                init: Arc::new(HashMap::new as fn() -> HashMap<K, Vec<V>>),
+                step: Arc::new(Fold(fold)),
+                emit: Arc::new(EmitEvents),
+                finish: reduce::newest_first,
+                label: "group_by_key",
+            },
+        }
+    }
+
+    /// One stage merging what every partition emits: `merge(event, acc)` into an
+    /// accumulator started by `init`; when all partitions are done, emits `done(acc)`.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sums: Vec<Vec<u64>> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(4))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .departition(Vec::new, |sum, mut sums: Vec<u64>| { sums.push(sum); sums }, |mut sums| { sums.sort(); sums })
+    ///     .collect()?;
+    /// assert_eq!(sums.len(), 1);
+    /// assert_eq!(sums[0].len(), 4);
+    /// assert_eq!(sums[0].iter().sum::<u64>(), 55);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn departition<Acc, U, I, M, D>(
+        self,
+        init: I,
+        merge: M,
+        done: D,
+    ) -> Flow<DepartitionNode<P, I, M, D>>
+    where
+        Acc: Send + 'static,
+        U: Send + 'static,
+        I: Fn() -> Acc + Send + Sync + 'static,
+        M: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
+        D: Fn(Acc) -> U + Send + Sync + 'static,
+    {
+        Flow {
+            plan: DepartitionNode {
+                inner: self.plan,
+                init: Arc::new(init),
+                merge: Arc::new(merge),
+                done: Arc::new(done),
+            },
+        }
+    }
+
+    /// The `n` smallest events by `cmp`, sorted, as one list: top `n` per partition, then
+    /// one merging stage. Equal to sorting everything and taking `n`.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let top: Vec<Vec<u32>> = Flow::from_iter(vec![5u32, 1, 9, 3, 7])
+    ///     .partition(Partition::new().stages(2))
+    ///     .take_sort(3, |a, b| b.cmp(a))
+    ///     .collect()?;
+    /// assert_eq!(top, [vec![9, 7, 5]]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn take_sort<C>(self, n: usize, cmp: C) -> Flow<TakeSortNode<P, C>>
+    where
+        C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync + 'static,
+    {
+        Flow {
+            plan: TakeSortNode {
+                inner: self.plan,
+                n,
+                cmp: Arc::new(cmp),
+            },
+        }
+    }
+
+    fn compile(self, pipeline: Pipeline) -> Result<(Compiler, Vec<compile::Output<P::Item>>)> {
+        let mut compiler = Compiler::new(pipeline);
+        let outputs = self
+            .plan
+            .compile(&mut compiler, Identity::new(), &DispatchSpec::demand())?;
+        Ok((compiler, outputs))
+    }
+
+    /// The compiled stage graph: which operators fused into which stage, dispatchers,
+    /// partitions. Compiles the flow without running it.
+    pub fn explain(self) -> Result<Explain> {
+        let (compiler, _) = self.compile(Pipeline::new())?;
+        Ok(Explain {
+            graph: compiler.graph,
+        })
+    }
+
+    /// Compiles the flow into `pipeline` and returns its outputs, for user consumers to
+    /// subscribe to.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::{Pipeline, SubscribeOptions, consumer_fn};
+    /// use std::sync::{Arc, Mutex};
+    /// let seen = Arc::new(Mutex::new(0u32));
+    /// let sum = seen.clone();
+    /// let mut pipeline = Pipeline::new();
+    /// let outputs = Flow::from_iter(1..=4u32).map(|x| x * x).into_stages(&mut pipeline)?;
+    /// let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u32>| *sum.lock().unwrap() += batch.iter().sum::<u32>()));
+    /// for output in &outputs {
+    ///     pipeline.subscribe(&sink, output, SubscribeOptions::new())?;
+    /// }
+    /// pipeline.run()?;
+    /// assert_eq!(*seen.lock().unwrap(), 30);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn into_stages(self, pipeline: &mut Pipeline) -> Result<Vec<ProducerRef<P::Item>>> {
+        let taken = std::mem::take(pipeline);
+        let (compiler, outputs) = self.compile(taken)?;
+        *pipeline = compiler.pipeline;
+        Ok(outputs.into_iter().map(|output| output.producer).collect())
+    }
+
+    /// Runs the flow and collects every event (order across stages is not defined).
+    /// Blocks; works from plain `main`.
+    pub fn collect<B: FromIterator<P::Item>>(self) -> Result<B> {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::collect(compiler.pipeline, outputs)
+    }
+
+    /// Runs the flow for its side effects, discarding its events; returns the run's
+    /// per-stage counters. Blocks.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let report = Flow::from_iter(0..100u32).filter(|x| x % 2 == 0).run()?;
+    /// assert_eq!(report.stages[0].events_out, 50);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn run(self) -> Result<Report> {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::discard(compiler.pipeline, outputs)?.run()
+    }
+
+    /// Runs the flow on the caller's tokio runtime, discarding its events.
+    pub async fn run_async(self) -> Result<Report> {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::discard(compiler.pipeline, outputs)?.run_async().await
+    }
+
+    /// Starts the flow on the caller's tokio runtime, discarding its events, and returns
+    /// the running handle: read [`Running::metrics`] while it runs.
+    pub fn spawn(self) -> Result<Running> {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::discard(compiler.pipeline, outputs)?.spawn()
+    }
+
+    /// Runs the flow as an async stream of its events on the caller's tokio runtime. A
+    /// failed run ends the stream with one `Err`. Dropping the stream stops the flow.
+    pub fn into_stream(self) -> Result<FlowStream<P::Item>> {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::stream(compiler.pipeline, outputs)
+    }
+}
+
+impl<P: StageHead> Flow<P> {
+    /// Maps each whole batch (a `Vec` of events) to events; only as the first operation
+    /// of a stage (directly after a source, `partition`, `shuffle` or `merge`).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let sizes: Vec<usize> = Flow::from_iter(0..10u32).map_batch(|batch| vec![batch.len()]).collect()?;
+    /// assert_eq!(sizes.iter().sum::<usize>(), 10);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn map_batch<I, F>(self, f: F) -> Flow<MapBatchNode<P, F>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
+    {
+        Flow {
+            plan: MapBatchNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+}
+
+impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
+    /// At each trigger, emit the accumulator itself.
+    pub fn emit_state(self) -> Flow<ReduceNode<P, Acc, I, S, EmitState>> {
+        Flow {
+            plan: self.plan.with_emit(EmitState),
+        }
+    }
+
+    /// At each trigger, emit the accumulator's items (the default of `reduce`).
+    pub fn emit_events(self) -> Flow<ReduceNode<P, Acc, I, S, EmitEvents>> {
+        Flow {
+            plan: self.plan.with_emit(EmitEvents),
+        }
+    }
+
+    /// At each trigger, emit nothing.
+    pub fn emit_nothing<U>(self) -> Flow<ReduceNode<P, Acc, I, S, EmitNothing<U>>> {
+        Flow {
+            plan: self.plan.with_emit(EmitNothing(PhantomData)),
+        }
+    }
+
+    /// At each trigger, `f(acc, partition, trigger) -> (events, new_acc)`: returning a
+    /// fresh accumulator resets, returning `acc` keeps it. On `Done` the returned
+    /// accumulator is dropped.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let tagged: Vec<(usize, u64)> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(1))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .on_trigger(|sum, partition, _trigger| (vec![(partition.index, sum)], 0))
+    ///     .collect()?;
+    /// assert_eq!(tagged, [(0, 55)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn on_trigger<U, Es, F>(self, f: F) -> Flow<ReduceNode<P, Acc, I, S, OnTrigger<F>>>
+    where
+        Es: IntoIterator<Item = U>,
+        F: Fn(Acc, PartitionInfo, &Trigger) -> (Es, Acc) + Send + Sync + 'static,
+    {
+        Flow {
+            plan: self.plan.with_emit(OnTrigger(f)),
+        }
+    }
+}
+
+impl<P: Plan> IntoIterator for Flow<P> {
+    type Item = Result<P::Item>;
+    type IntoIter = FlowIter<P::Item>;
+
+    /// Runs the flow in the background and iterates over its events as they come,
+    /// blocking; a failed run ends the iteration with one `Err`. Dropping the iterator
+    /// stops the flow.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let mut total = 0u64;
+    /// for x in Flow::from_iter(1..=10u64).map(|x| x * x) {
+    ///     total += x?;
+    /// }
+    /// assert_eq!(total, 385);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    fn into_iter(self) -> FlowIter<P::Item> {
+        match self.compile(Pipeline::new()) {
+            Ok((compiler, outputs)) => sink::iter(compiler.pipeline, outputs),
+            Err(error) => FlowIter::failed(error),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Options of `partition`, `shuffle` and `merge`: how many stages, which key, what demand.
+
+use std::hash::Hash;
+
+use crate::error::FlowError;
+use crate::stage::demand::validate_demand;
+use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash};
+
+/// How an event picks its partition. Implemented for the crate's routing options.
+pub trait Route<T>: Send + Sync + 'static {
+    /// The partition of `event` among `partitions`, or `None` to drop it.
+    fn route(&self, event: &T, partitions: usize) -> Option<usize>;
+}
+
+/// Routes by the hash of the whole event (the default key).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HashEvent;
+
+impl<T: Hash> Route<T> for HashEvent {
+    #[inline]
+    fn route(&self, event: &T, partitions: usize) -> Option<usize> {
+        Some((partition_hash(event) % partitions as u64) as usize)
+    }
+}
+
+/// Routes by the hash of a key function's result.
+#[derive(Debug, Clone, Copy)]
+pub struct ByKey<F>(F);
+
+impl<T, K: Hash, F: Fn(&T) -> K + Send + Sync + 'static> Route<T> for ByKey<F> {
+    #[inline]
+    fn route(&self, event: &T, partitions: usize) -> Option<usize> {
+        Some((partition_hash(&(self.0)(event)) % partitions as u64) as usize)
+    }
+}
+
+/// Routes by a user function returning the partition, or `None` to drop the event.
+#[derive(Debug, Clone, Copy)]
+pub struct ByHash<F>(F);
+
+impl<T, F: Fn(&T, usize) -> Option<usize> + Send + Sync + 'static> Route<T> for ByHash<F> {
+    #[inline]
+    fn route(&self, event: &T, partitions: usize) -> Option<usize> {
+        (self.0)(event, partitions)
+    }
+}
+
+/// No routing: the demand dispatcher (`shuffle`, `merge`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoRoute;
+
+impl<T> Route<T> for NoRoute {
+    fn route(&self, _event: &T, _partitions: usize) -> Option<usize> {
+        None
+    }
+}
+
+/// Options of a new layer: stages, routing, demand.
+///
+/// ```
+/// use flowstage::flow::{Flow, Partition};
+/// let pairs = vec![("a", 1), ("b", 2), ("a", 3)];
+/// let mut sums: Vec<(&str, i32)> = Flow::from_iter(pairs)
+///     .partition(Partition::by_key(|(key, _): &(&str, i32)| *key).stages(2).max_demand(100))
+///     .reduce(std::collections::HashMap::new, |(key, value), mut sums| {
+///         *sums.entry(key).or_insert(0) += value;
+///         sums
+///     })
+///     .collect()?;
+/// sums.sort();
+/// assert_eq!(sums, [("a", 4), ("b", 2)]);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Partition<R = HashEvent> {
+    pub(crate) route: R,
+    pub(crate) stages: usize,
+    pub(crate) max_demand: usize,
+    pub(crate) min_demand: Option<usize>,
+}
+
+impl Default for Partition<HashEvent> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Partition<HashEvent> {
+    /// Partitions by the hash of the whole event, over as many stages as cores.
+    pub fn new() -> Self {
+        Partition {
+            route: HashEvent,
+            stages: crate::runtime::default_parallelism(),
+            max_demand: DEFAULT_MAX_DEMAND,
+            min_demand: None,
+        }
+    }
+
+    /// Partitions by the hash of `key(event)`.
+    pub fn by_key<T, K: Hash, F>(key: F) -> Partition<ByKey<F>>
+    where
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
+        Partition::new().with_route(ByKey(key))
+    }
+
+    /// Partitions by `hash(event, partitions)`: a partition index, or `None` to drop the
+    /// event. An index out of range fails the run.
+    pub fn by_hash<T, F>(hash: F) -> Partition<ByHash<F>>
+    where
+        F: Fn(&T, usize) -> Option<usize> + Send + Sync + 'static,
+    {
+        Partition::new().with_route(ByHash(hash))
+    }
+}
+
+impl<R> Partition<R> {
+    fn with_route<S>(self, route: S) -> Partition<S> {
+        Partition {
+            route,
+            stages: self.stages,
+            max_demand: self.max_demand,
+            min_demand: self.min_demand,
+        }
+    }
+
+    /// The number of stages of the new layer (default: available parallelism).
+    pub fn stages(mut self, stages: usize) -> Self {
+        self.stages = stages;
+        self
+    }
+
+    /// `max_demand` of each subscription into the new layer.
+    pub fn max_demand(mut self, max_demand: usize) -> Self {
+        self.max_demand = max_demand;
+        self
+    }
+
+    /// `min_demand` of each subscription into the new layer (default: half of max).
+    pub fn min_demand(mut self, min_demand: usize) -> Self {
+        self.min_demand = Some(min_demand);
+        self
+    }
+
+    pub(crate) fn min(&self) -> usize {
+        self.min_demand.unwrap_or(self.max_demand / 2)
+    }
+
+    pub(crate) fn validate(&self) -> Option<FlowError> {
+        if self.stages == 0 {
+            return Some(FlowError::Config("a layer needs at least one stage".into()));
+        }
+        validate_demand(self.max_demand, self.min()).err()
+    }
+}
+
+/// Options of `shuffle` and `merge`: a new layer behind the demand dispatcher.
+pub type Shuffle = Partition<NoRoute>;
+
+impl Partition<NoRoute> {
+    /// A new layer with no routing, over as many stages as cores.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Shuffle};
+    /// let total: u64 = Flow::from_iter(1..=10u64)
+    ///     .shuffle(Shuffle::shuffle().stages(3))
+    ///     .collect::<Vec<_>>()?
+    ///     .into_iter()
+    ///     .sum();
+    /// assert_eq!(total, 55);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn shuffle() -> Self {
+        Partition::new().with_route(NoRoute)
+    }
+}

@@ -1,0 +1,401 @@
+//! Plan nodes: one per operator, each compiling itself onto stages.
+//!
+//! Stateless operators prepend their logic to what follows and compile their input with it
+//! (fusion). Stage-making nodes (`SourceNode`, `Exchange`, `Merge`) create stages running
+//! the logic they were given.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::logic::{self, Identity, Logic, PartitionInfo};
+use super::partition::Route;
+use crate::error::{FlowError, Result};
+use crate::source::Source;
+use crate::stage::{Dispatcher, SubscribeOptions};
+
+/// A flow's sources; see [`Flow::from_source`](super::Flow::from_source).
+#[derive(Debug)]
+pub struct SourceNode<S> {
+    pub(crate) source: S,
+    pub(crate) label: &'static str,
+}
+
+impl<S: Source> Plan for SourceNode<S> {
+    type Item = S::Item;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = S::Item> + Clone,
+    {
+        let producers = self.source.into_producers()?;
+        if producers.is_empty() {
+            return Err(FlowError::Config(format!(
+                "{}: a source must have at least one producer",
+                self.label
+            )));
+        }
+        let count = producers.len();
+        Ok(producers
+            .into_iter()
+            .enumerate()
+            .map(|(index, producer)| {
+                compiler.source(
+                    self.label,
+                    producer,
+                    logic.clone(),
+                    PartitionInfo { index, count },
+                    dispatch,
+                )
+            })
+            .collect())
+    }
+}
+
+/// Declares the plan node of a stateless operator: it prepends its logic node.
+macro_rules! op_node {
+    (
+        $(#[$doc:meta])*
+        $node:ident => $logic:ident, [$($extra:ident),*], Item = $item:ty,
+        where F: $bound:path $(, $more:ident: $more_bound:path)*
+    ) => {
+        $(#[$doc])*
+        pub struct $node<P, F> {
+            pub(crate) inner: P,
+            pub(crate) f: Arc<F>,
+        }
+
+        impl<P, F> std::fmt::Debug for $node<P, F> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($node))
+            }
+        }
+
+        impl<P, F, $($extra),*> Plan for $node<P, F>
+        where
+            P: Plan,
+            F: $bound + Send + Sync + 'static,
+            $($more: $more_bound,)*
+        {
+            type Item = $item;
+
+            fn compile<L>(
+                self,
+                compiler: &mut Compiler,
+                logic: L,
+                dispatch: &DispatchSpec<L::Out>,
+            ) -> Result<Vec<Output<L::Out>>>
+            where
+                L: Logic<In = Self::Item> + Clone,
+            {
+                self.inner.compile(compiler, logic::$logic::new(self.f, logic), dispatch)
+            }
+        }
+    };
+}
+
+op_node! {
+    /// `map`.
+    MapNode => Map, [U], Item = U, where F: Fn(P::Item) -> U, U: Send2
+}
+op_node! {
+    /// `filter`.
+    FilterNode => Filter, [], Item = P::Item, where F: Fn(&P::Item) -> bool
+}
+op_node! {
+    /// `reject`.
+    RejectNode => Reject, [], Item = P::Item, where F: Fn(&P::Item) -> bool
+}
+op_node! {
+    /// `filter_map`.
+    FilterMapNode => FilterMap, [U], Item = U, where F: Fn(P::Item) -> Option<U>, U: Send2
+}
+op_node! {
+    /// `inspect`.
+    InspectNode => Inspect, [], Item = P::Item, where F: Fn(&P::Item)
+}
+
+/// `Send + 'static`, as one bound for the macro.
+pub trait Send2: Send + 'static {}
+impl<T: Send + 'static> Send2 for T {}
+
+/// `flat_map`.
+pub struct FlatMapNode<P, F> {
+    pub(crate) inner: P,
+    pub(crate) f: Arc<F>,
+}
+
+impl<P, F> std::fmt::Debug for FlatMapNode<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FlatMapNode")
+    }
+}
+
+impl<P, F, I> Plan for FlatMapNode<P, F>
+where
+    P: Plan,
+    I: IntoIterator,
+    I::Item: Send + 'static,
+    F: Fn(P::Item) -> I + Send + Sync + 'static,
+{
+    type Item = I::Item;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = Self::Item> + Clone,
+    {
+        let logic = logic::FlatMap {
+            f: self.f,
+            rest: logic,
+            _in: PhantomData,
+        };
+        self.inner.compile(compiler, logic, dispatch)
+    }
+}
+
+/// `map_batch`: only directly on a stage head (a source or a new layer).
+pub struct MapBatchNode<P, F> {
+    pub(crate) inner: P,
+    pub(crate) f: Arc<F>,
+}
+
+impl<P, F> std::fmt::Debug for MapBatchNode<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MapBatchNode")
+    }
+}
+
+impl<P, F, I> Plan for MapBatchNode<P, F>
+where
+    P: Plan,
+    I: IntoIterator,
+    I::Item: Send + 'static,
+    F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
+{
+    type Item = I::Item;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = Self::Item> + Clone,
+    {
+        let logic = logic::MapBatch {
+            f: self.f,
+            rest: logic,
+            _in: PhantomData,
+        };
+        self.inner.compile(compiler, logic, dispatch)
+    }
+}
+
+/// Marks plans whose logic starts a stage, the only places `map_batch` may go.
+pub trait StageHead: Plan {}
+impl<S: Source> StageHead for SourceNode<S> {}
+impl<P: Plan, R: Route<P::Item>> StageHead for Exchange<P, R> {}
+impl<T: Send + 'static> StageHead for Merge<T> {}
+
+/// A new layer of stages behind a dispatcher: `partition` and `shuffle`.
+pub struct Exchange<P, R> {
+    pub(crate) inner: P,
+    pub(crate) route: Option<Arc<R>>,
+    pub(crate) stages: usize,
+    pub(crate) max_demand: usize,
+    pub(crate) min_demand: usize,
+    pub(crate) label: &'static str,
+    pub(crate) error: Option<FlowError>,
+}
+
+impl<P, R> std::fmt::Debug for Exchange<P, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exchange")
+            .field("label", &self.label)
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+impl<P: Plan, R: Route<P::Item>> Plan for Exchange<P, R> {
+    type Item = P::Item;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = Self::Item> + Clone,
+    {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        let stages = self.stages;
+        // With one stage there is nothing to route: the demand dispatcher does.
+        let upstream_dispatch = match (&self.route, stages) {
+            (Some(route), 2..) => {
+                let route = route.clone();
+                DispatchSpec::new(format!("partition({stages})"), move || {
+                    let route = route.clone();
+                    Dispatcher::partition_with(move |event, partitions| {
+                        route.route(event, partitions)
+                    })
+                })
+            }
+            _ => DispatchSpec::demand(),
+        };
+        let upstream = self
+            .inner
+            .compile(compiler, Identity::new(), &upstream_dispatch)?;
+        layer(
+            compiler,
+            self.label,
+            upstream,
+            stages,
+            self.max_demand,
+            self.min_demand,
+            logic,
+            dispatch,
+        )
+    }
+}
+
+/// Adds a layer of `stages` stages running `logic`, each subscribed to every upstream
+/// output (stage `i` takes partition `i`).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer<T, L>(
+    compiler: &mut Compiler,
+    label: &str,
+    upstream: Vec<Output<T>>,
+    stages: usize,
+    max_demand: usize,
+    min_demand: usize,
+    logic: L,
+    dispatch: &DispatchSpec<L::Out>,
+) -> Result<Vec<Output<L::Out>>>
+where
+    T: Send + 'static,
+    L: Logic<In = T> + Clone,
+{
+    let mut outputs = Vec::with_capacity(stages);
+    for index in 0..stages {
+        let partition = PartitionInfo {
+            index,
+            count: stages,
+        };
+        let (input, output) = compiler.stage(label, logic.clone(), partition, dispatch);
+        for source in &upstream {
+            compiler.pipeline.subscribe(
+                &input,
+                &source.producer,
+                SubscribeOptions::new()
+                    .max_demand(max_demand)
+                    .min_demand(min_demand)
+                    .partition(index),
+            )?;
+            compiler.graph.connect(source.node, output.node);
+        }
+        outputs.push(output);
+    }
+    Ok(outputs)
+}
+
+/// The object-safe form of a plan compiled without further logic, for `merge`.
+trait DynPlan<T>: Send {
+    fn compile_boxed(
+        self: Box<Self>,
+        compiler: &mut Compiler,
+        dispatch: &DispatchSpec<T>,
+    ) -> Result<Vec<Output<T>>>;
+}
+
+impl<P: Plan> DynPlan<P::Item> for P {
+    fn compile_boxed(
+        self: Box<Self>,
+        compiler: &mut Compiler,
+        dispatch: &DispatchSpec<P::Item>,
+    ) -> Result<Vec<Output<P::Item>>> {
+        (*self).compile(compiler, Identity::new(), dispatch)
+    }
+}
+
+/// Several flows into one new layer; see [`Flow::merge`](super::Flow::merge).
+pub struct Merge<T> {
+    inputs: Vec<Box<dyn DynPlan<T>>>,
+    pub(crate) stages: usize,
+    pub(crate) max_demand: usize,
+    pub(crate) min_demand: usize,
+    pub(crate) error: Option<FlowError>,
+}
+
+impl<T> std::fmt::Debug for Merge<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Merge")
+            .field("inputs", &self.inputs.len())
+            .field("stages", &self.stages)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static> Merge<T> {
+    pub(crate) fn new<P: Plan<Item = T>>(inputs: Vec<P>) -> Self {
+        Merge {
+            inputs: inputs
+                .into_iter()
+                .map(|p| Box::new(p) as Box<dyn DynPlan<T>>)
+                .collect(),
+            stages: crate::runtime::default_parallelism(),
+            max_demand: crate::stage::DEFAULT_MAX_DEMAND,
+            min_demand: crate::stage::DEFAULT_MAX_DEMAND / 2,
+            error: None,
+        }
+    }
+}
+
+impl<T: Send + 'static> Plan for Merge<T> {
+    type Item = T;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = T> + Clone,
+    {
+        if let Some(error) = self.error {
+            return Err(error);
+        }
+        if self.inputs.is_empty() {
+            return Err(FlowError::Config("merge needs at least one flow".into()));
+        }
+        let mut upstream = Vec::new();
+        for input in self.inputs {
+            upstream.extend(input.compile_boxed(compiler, &DispatchSpec::demand())?);
+        }
+        layer(
+            compiler,
+            "merge",
+            upstream,
+            self.stages,
+            self.max_demand,
+            self.min_demand,
+            logic,
+            dispatch,
+        )
+    }
+}

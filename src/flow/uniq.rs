@@ -1,0 +1,105 @@
+//! `uniq` / `uniq_by`: a per-stage seen-set.
+
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use ahash::AHashSet;
+
+use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::logic::{Logic, PartitionInfo};
+use crate::error::Result;
+
+/// Passes an event only if its key was not seen before in this stage.
+pub(crate) struct UniqBy<A, K, F, L> {
+    key: Arc<F>,
+    seen: AHashSet<K>,
+    rest: L,
+    _in: PhantomData<fn(A)>,
+}
+
+impl<A, K, F, L: Clone> Clone for UniqBy<A, K, F, L> {
+    fn clone(&self) -> Self {
+        UniqBy {
+            key: self.key.clone(),
+            seen: AHashSet::new(),
+            rest: self.rest.clone(),
+            _in: PhantomData,
+        }
+    }
+}
+
+impl<A, K, F, L> Logic for UniqBy<A, K, F, L>
+where
+    A: Send + 'static,
+    K: Hash + Eq + Send + 'static,
+    F: Fn(&A) -> K + Send + Sync + 'static,
+    L: Logic<In = A>,
+{
+    type In = A;
+    type Out = L::Out;
+
+    fn start(&mut self, partition: PartitionInfo) {
+        self.rest.start(partition);
+    }
+
+    #[inline]
+    fn push(&mut self, event: A, out: &mut Vec<L::Out>) {
+        if self.seen.insert((self.key)(&event)) {
+            self.rest.push(event, out);
+        }
+    }
+
+    fn done(&mut self, out: &mut Vec<L::Out>) {
+        self.seen = AHashSet::new();
+        self.rest.done(out);
+    }
+
+    fn describe(&self, names: &mut Vec<String>) {
+        names.push("uniq_by".to_string());
+        self.rest.describe(names);
+    }
+
+    fn has_reducer(&self) -> bool {
+        self.rest.has_reducer()
+    }
+}
+
+/// The plan node of `uniq_by`.
+pub struct UniqNode<P, F> {
+    pub(crate) inner: P,
+    pub(crate) key: Arc<F>,
+}
+
+impl<P, F> std::fmt::Debug for UniqNode<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UniqNode")
+    }
+}
+
+impl<P, K, F> Plan for UniqNode<P, F>
+where
+    P: Plan,
+    K: Hash + Eq + Send + 'static,
+    F: Fn(&P::Item) -> K + Send + Sync + 'static,
+{
+    type Item = P::Item;
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = Self::Item> + Clone,
+    {
+        let uniq = UniqBy {
+            key: self.key,
+            seen: AHashSet::new(),
+            rest: logic,
+            _in: PhantomData,
+        };
+        self.inner.compile(compiler, uniq, dispatch)
+    }
+}

@@ -1,0 +1,112 @@
+//! Blocking iteration over a running flow.
+
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::error::{FlowError, Result};
+use crate::flow::Output;
+use crate::stage::Pipeline;
+
+/// Batches in flight between the flow and the iterator: the consumer waits when the
+/// iterator is this far behind, and backpressure does the rest.
+const IN_FLIGHT: usize = 2;
+
+/// A blocking iterator over a running flow's events; see `Flow::into_iter`.
+///
+/// The flow runs on a runtime of its own in a background thread. Dropping the iterator
+/// stops the flow and waits for that thread to end.
+#[derive(Debug)]
+pub struct FlowIter<T> {
+    batches: Option<mpsc::Receiver<Vec<T>>>,
+    current: std::vec::IntoIter<T>,
+    stop: Option<oneshot::Sender<()>>,
+    runner: Option<JoinHandle<Result<()>>>,
+    failed: Option<FlowError>,
+}
+
+impl<T> FlowIter<T> {
+    pub(crate) fn failed(error: FlowError) -> Self {
+        FlowIter {
+            batches: None,
+            current: Vec::new().into_iter(),
+            stop: None,
+            runner: None,
+            failed: Some(error),
+        }
+    }
+}
+
+pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>>) -> FlowIter<T> {
+    let (pipeline, rx) = match super::channel(pipeline, outputs, IN_FLIGHT) {
+        Ok(wired) => wired,
+        Err(error) => return FlowIter::failed(error),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let runner = std::thread::Builder::new()
+        .name("flowstage-iter".into())
+        .spawn(move || {
+            let runtime = crate::runtime::build()?;
+            runtime.block_on(async move {
+                let running = pipeline.spawn()?;
+                tokio::select! {
+                    result = running.join() => result.map(|_| ()),
+                    // Dropping `running` here aborts every stage.
+                    _ = stopped => Ok(()),
+                }
+            })
+        });
+    match runner {
+        Ok(runner) => FlowIter {
+            batches: Some(rx),
+            current: Vec::new().into_iter(),
+            stop: Some(stop),
+            runner: Some(runner),
+            failed: None,
+        },
+        Err(error) => FlowIter::failed(FlowError::Runtime(error)),
+    }
+}
+
+impl<T> Iterator for FlowIter<T> {
+    type Item = Result<T>;
+
+    fn next(&mut self) -> Option<Result<T>> {
+        loop {
+            if let Some(event) = self.current.next() {
+                return Some(Ok(event));
+            }
+            if let Some(error) = self.failed.take() {
+                return Some(Err(error));
+            }
+            let batches = self.batches.as_mut()?;
+            match batches.blocking_recv() {
+                Some(batch) => self.current = batch.into_iter(),
+                None => {
+                    // The flow ended: report how.
+                    self.batches = None;
+                    self.stop = None;
+                    let outcome = match self.runner.take().map(JoinHandle::join) {
+                        Some(Ok(result)) => result,
+                        Some(Err(_)) => Err(FlowError::Cancelled),
+                        None => Ok(()),
+                    };
+                    return outcome.err().map(Err);
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for FlowIter<T> {
+    fn drop(&mut self) {
+        // Close our end first so a consumer blocked on sending wakes up, then stop the run.
+        self.batches = None;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(runner) = self.runner.take() {
+            let _ = runner.join();
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Sinks: where a flow's events go — a collection, a blocking iterator, an async stream,
+//! or nowhere. Each subscribes one consumer to every output of the flow's last layer.
+
+mod iter;
+mod stream;
+
+use std::sync::{Arc, Mutex};
+
+pub use iter::FlowIter;
+pub use stream::FlowStream;
+
+pub(crate) use iter::iter;
+pub(crate) use stream::stream;
+
+use crate::error::{Result, StageError};
+use crate::flow::Output;
+use crate::stage::{ConsumerRef, Pipeline, SubscribeOptions};
+
+/// Subscribes `consumer` to every output.
+pub(crate) fn subscribe_all<T>(
+    pipeline: &mut Pipeline,
+    consumer: &ConsumerRef<T>,
+    outputs: &[Output<T>],
+) -> Result<()> {
+    for output in outputs {
+        pipeline.subscribe(consumer, &output.producer, SubscribeOptions::new())?;
+    }
+    Ok(())
+}
+
+fn sink<T, F>(mut pipeline: Pipeline, outputs: Vec<Output<T>>, handle: F) -> Result<Pipeline>
+where
+    T: Send + 'static,
+    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send + 'static,
+{
+    let consumer = pipeline.consumer_with(
+        crate::flow::SinkConsumer {
+            handle,
+            _events: std::marker::PhantomData,
+        },
+        crate::stage::ConsumerOptions::new().name("sink"),
+    );
+    subscribe_all(&mut pipeline, &consumer, &outputs)?;
+    Ok(pipeline)
+}
+
+/// Runs the pipeline, collecting every event.
+pub(crate) fn collect<T, B>(pipeline: Pipeline, outputs: Vec<Output<T>>) -> Result<B>
+where
+    T: Send + 'static,
+    B: FromIterator<T>,
+{
+    let batches: Arc<Mutex<Vec<Vec<T>>>> = Arc::default();
+    let into = batches.clone();
+    let pipeline = sink(pipeline, outputs, move |batch: Vec<T>| {
+        into.lock().unwrap_or_else(|p| p.into_inner()).push(batch);
+        Ok(())
+    })?;
+    pipeline.run()?;
+    let batches = std::mem::take(&mut *batches.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(batches.into_iter().flatten().collect())
+}
+
+/// A consumer sending each batch into a bounded channel: when the reader is behind, the
+/// consumer waits, stops asking, and backpressure reaches the sources.
+struct ChannelSink<T> {
+    tx: tokio::sync::mpsc::Sender<Vec<T>>,
+}
+
+impl<T: Send + 'static> crate::stage::Consumer for ChannelSink<T> {
+    type Item = T;
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<T>,
+        _context: &mut crate::stage::ConsumerContext,
+    ) -> std::result::Result<(), StageError> {
+        // A closed channel means the reader was dropped; the run is being stopped.
+        self.tx
+            .send(events)
+            .await
+            .map_err(|_| StageError::from("the flow's reader was dropped"))
+    }
+}
+
+/// A pipeline whose flow output goes into a bounded channel of batches.
+pub(crate) fn channel<T: Send + 'static>(
+    mut pipeline: Pipeline,
+    outputs: Vec<Output<T>>,
+    in_flight: usize,
+) -> Result<(Pipeline, tokio::sync::mpsc::Receiver<Vec<T>>)> {
+    let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
+    let consumer = pipeline.consumer_with(
+        ChannelSink { tx },
+        crate::stage::ConsumerOptions::new().name("sink"),
+    );
+    subscribe_all(&mut pipeline, &consumer, &outputs)?;
+    Ok((pipeline, rx))
+}
+
+/// A pipeline whose flow output is dropped.
+pub(crate) fn discard<T: Send + 'static>(
+    pipeline: Pipeline,
+    outputs: Vec<Output<T>>,
+) -> Result<Pipeline> {
+    sink(pipeline, outputs, |_batch: Vec<T>| Ok(()))
+}

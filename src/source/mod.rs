@@ -1,0 +1,99 @@
+//! Sources: where a flow's events come from.
+//!
+//! Anything that implements [`Source`] can start a flow
+//! ([`Flow::from_source`](crate::flow::Flow::from_source)). A source becomes one or more
+//! producers of the stage layer — one per parallel reader. The crate's own sources
+//! (iterators, several iterators, rayon parallel iterators, async streams, user
+//! producers) are in this module, one per file; users implement [`Source`] for their own
+//! systems.
+
+mod iter;
+mod par_iter;
+mod stages;
+mod stream;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use iter::{IterSource, ItersSource};
+pub use par_iter::ParIterSource;
+pub use stages::StagesSource;
+pub use stream::{StreamProducer, StreamSource};
+
+use crate::error::{Result, StageError};
+use crate::stage::{Produced, Producer};
+
+/// Something a flow can read from: it splits into producers, one per parallel reader.
+///
+/// ```
+/// use flowstage::source::{BoxedProducer, Source};
+/// use flowstage::stage::from_iter;
+///
+/// /// Numbers `0..n`, read by two producers (evens and odds).
+/// struct TwoReaders(u64);
+///
+/// impl Source for TwoReaders {
+///     type Item = u64;
+///     fn into_producers(self) -> flowstage::Result<Vec<BoxedProducer<u64>>> {
+///         Ok(vec![
+///             BoxedProducer::new(from_iter((0..self.0).step_by(2))),
+///             BoxedProducer::new(from_iter((1..self.0).step_by(2))),
+///         ])
+///     }
+/// }
+///
+/// let mut all: Vec<u64> = flowstage::flow::Flow::from_source(TwoReaders(10)).collect()?;
+/// all.sort();
+/// assert_eq!(all, (0..10).collect::<Vec<_>>());
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+pub trait Source: Send + 'static {
+    /// The events the source emits.
+    type Item: Send + 'static;
+
+    /// Splits the source into its producers (at least one). Errors here (a missing file,
+    /// an empty list) end the run before any stage starts.
+    fn into_producers(self) -> Result<Vec<BoxedProducer<Self::Item>>>;
+}
+
+type HandleDemand<'a, T> =
+    Pin<Box<dyn Future<Output = std::result::Result<Produced<T>, StageError>> + Send + 'a>>;
+
+/// The object-safe form of [`Producer`].
+trait DynProducer<T>: Send {
+    fn handle_demand_boxed(&mut self, demand: usize) -> HandleDemand<'_, T>;
+}
+
+impl<P: Producer> DynProducer<P::Item> for P {
+    fn handle_demand_boxed(&mut self, demand: usize) -> HandleDemand<'_, P::Item> {
+        Box::pin(self.handle_demand(demand))
+    }
+}
+
+/// A producer of any type, boxed: what a [`Source`] splits into. The box costs one dynamic
+/// call (and one small allocation) per batch, never per event.
+pub struct BoxedProducer<T>(Box<dyn DynProducer<T>>);
+
+impl<T> std::fmt::Debug for BoxedProducer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BoxedProducer")
+    }
+}
+
+impl<T: Send + 'static> BoxedProducer<T> {
+    /// Boxes `producer`.
+    pub fn new(producer: impl Producer<Item = T>) -> Self {
+        BoxedProducer(Box::new(producer))
+    }
+}
+
+impl<T: Send + 'static> Producer for BoxedProducer<T> {
+    type Item = T;
+
+    fn handle_demand(
+        &mut self,
+        demand: usize,
+    ) -> impl Future<Output = std::result::Result<Produced<T>, StageError>> + Send {
+        self.0.handle_demand_boxed(demand)
+    }
+}
