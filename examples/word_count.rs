@@ -1,19 +1,16 @@
-//! Word count on the stage layer: lines -> word splitters -> partitioned counters.
+//! Word count with a flow: chunks of text -> words -> partition by word -> count.
 //!
 //! `cargo run --release --example word_count -- [FILE|-] [--top N] [--stages N]`
 //!
 //! With no FILE it counts a small built-in text. Words are maximal runs of bytes that are
-//! not ASCII whitespace. Output: `total N`, `distinct N`, then the top N words as
-//! `<count>\t<word>`, by count descending, ties by the word's bytes ascending.
+//! not ASCII whitespace (space, \t, \n, \r, \x0b, \x0c), compared as raw bytes. Output:
+//! `total N`, `distinct N`, then the top N words as `<count>\t<word>`, by count
+//! descending, ties by the word's bytes ascending.
 
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 
-use flowstage::stage::{
-    Dispatcher, Pipeline, ProducerConsumerOptions, SubscribeOptions, consumer_fn, from_iter,
-    producer_consumer_fn,
-};
+use ahash::AHashMap;
+use flowstage::flow::{Flow, Partition};
 
 const BUILT_IN: &str = "\
 the quick brown fox jumps over the lazy dog
@@ -59,6 +56,21 @@ fn is_space(byte: &u8) -> bool {
     matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }
 
+/// Splits `text` into `parts` pieces that end on whitespace, so no word is cut.
+fn chunks(text: &'static [u8], parts: usize) -> Vec<&'static [u8]> {
+    let mut pieces = Vec::with_capacity(parts);
+    let mut start = 0;
+    for part in 1..=parts {
+        let mut end = (text.len() * part / parts).max(start);
+        while end < text.len() && !is_space(&text[end]) {
+            end += 1;
+        }
+        pieces.push(&text[start..end]);
+        start = end;
+    }
+    pieces
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let text: Vec<u8> = match args.file.as_deref() {
@@ -70,47 +82,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some(path) => std::fs::read(path)?,
     };
-    let lines: Vec<Vec<u8>> = text.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
+    // The text lives as long as the program: words are borrowed slices of it, never copied.
+    let text: &'static [u8] = Box::leak(text.into_boxed_slice());
 
-    let counts: Arc<Mutex<HashMap<Vec<u8>, u64>>> = Arc::default();
-    let mut pipeline = Pipeline::new();
-    let source = pipeline.producer(from_iter(lines));
-    let (split_in, split_out) = pipeline.producer_consumer_with(
-        producer_consumer_fn(|lines: Vec<Vec<u8>>| {
-            lines
-                .iter()
-                .flat_map(|line| line.split(is_space).filter(|w| !w.is_empty()))
-                .map(<[u8]>::to_vec)
-                .collect::<Vec<_>>()
-        }),
-        ProducerConsumerOptions::new()
-            .dispatcher(Dispatcher::partition_by_key(|w: &Vec<u8>| w.clone())),
-    );
-    pipeline.subscribe(&split_in, &source, SubscribeOptions::new())?;
-    for _ in 0..args.stages {
-        let counts = counts.clone();
-        let mut local: HashMap<Vec<u8>, u64> = HashMap::new();
-        let counter = pipeline.consumer(consumer_fn(move |words: Vec<Vec<u8>>| {
-            for word in words {
-                *local.entry(word).or_default() += 1;
-            }
-            let mut counts = counts.lock().unwrap_or_else(|p| p.into_inner());
-            for (word, n) in local.drain() {
-                *counts.entry(word).or_default() += n;
-            }
-        }));
-        pipeline.subscribe(&counter, &split_out, SubscribeOptions::new())?;
-    }
-    pipeline.run()?;
+    let per_reader = chunks(text, args.stages)
+        .into_iter()
+        .map(|chunk| chunk.split(is_space).filter(|word| !word.is_empty()));
+    let counts: Vec<(&[u8], u64)> = Flow::from_iters(per_reader)
+        .partition(Partition::by_key(|word: &&[u8]| *word).stages(args.stages))
+        .reduce(AHashMap::new, |word, mut counts: AHashMap<&[u8], u64>| {
+            *counts.entry(word).or_default() += 1;
+            counts
+        })
+        .collect()?;
 
-    let counts = std::mem::take(&mut *counts.lock().unwrap_or_else(|p| p.into_inner()));
-    let total: u64 = counts.values().sum();
-    let mut ranked: Vec<(Vec<u8>, u64)> = counts.into_iter().collect();
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
     println!("total {total}");
-    println!("distinct {}", ranked.len());
-    ranked.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    println!("distinct {}", counts.len());
+    let mut ranked = counts;
+    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
     for (word, count) in ranked.into_iter().take(args.top) {
-        println!("{count}\t{}", String::from_utf8_lossy(&word));
+        println!("{count}\t{}", String::from_utf8_lossy(word));
     }
     Ok(())
 }

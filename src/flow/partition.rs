@@ -5,6 +5,7 @@ use std::hash::Hash;
 use crate::error::FlowError;
 use crate::stage::demand::validate_demand;
 use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash};
+use crate::window::Window;
 
 /// How an event picks its partition. Implemented for the crate's routing options.
 pub trait Route<T>: Send + Sync + 'static {
@@ -77,6 +78,7 @@ pub struct Partition<R = HashEvent> {
     pub(crate) stages: usize,
     pub(crate) max_demand: usize,
     pub(crate) min_demand: Option<usize>,
+    pub(crate) window: Window,
 }
 
 impl Default for Partition<HashEvent> {
@@ -93,6 +95,7 @@ impl Partition<HashEvent> {
             stages: crate::runtime::default_parallelism(),
             max_demand: DEFAULT_MAX_DEMAND,
             min_demand: None,
+            window: Window::Global,
         }
     }
 
@@ -121,6 +124,7 @@ impl<R> Partition<R> {
             stages: self.stages,
             max_demand: self.max_demand,
             min_demand: self.min_demand,
+            window: self.window,
         }
     }
 
@@ -139,6 +143,12 @@ impl<R> Partition<R> {
     /// `min_demand` of each subscription into the new layer (default: half of max).
     pub fn min_demand(mut self, min_demand: usize) -> Self {
         self.min_demand = Some(min_demand);
+        self
+    }
+
+    /// The window of the new layer's reduce family (default: global).
+    pub fn window(mut self, window: Window) -> Self {
+        self.window = window;
         self
     }
 
