@@ -78,6 +78,25 @@ pub enum FlowError {
         /// The panic's message.
         message: String,
     },
+    /// A file could not be opened or read.
+    #[error("{}{}: {source}", path.display(), offset.map(|o| format!(" at byte {o}")).unwrap_or_default())]
+    Io {
+        /// The file (`-` for standard input).
+        path: std::path::PathBuf,
+        /// Where in the file, when known.
+        offset: Option<u64>,
+        /// What went wrong.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Text that must be UTF-8 is not.
+    #[error("{}: invalid UTF-8 at byte {offset}", path.display())]
+    InvalidUtf8 {
+        /// The file (`-` for standard input).
+        path: std::path::PathBuf,
+        /// The offset of the first invalid byte in the file.
+        offset: u64,
+    },
     /// The run was cancelled before it finished (its handle was dropped or cancelled).
     #[error("the run was cancelled")]
     Cancelled,

@@ -7,18 +7,24 @@
 //! producers) are in this module, one per file; users implement [`Source`] for their own
 //! systems.
 
+mod chunk;
+mod file;
 mod iter;
 mod par_iter;
 mod stages;
 mod stream;
+mod word;
 
 use std::future::Future;
 use std::pin::Pin;
 
+pub use chunk::{Chunk, Delimiter, IntoWords, Words, is_word_separator};
+pub use file::{DEFAULT_BLOCK_SIZE, FileSource};
 pub use iter::{IterSource, ItersSource};
 pub use par_iter::ParIterSource;
 pub use stages::StagesSource;
 pub use stream::{StreamProducer, StreamSource};
+pub use word::Word;
 
 use crate::error::{Result, StageError};
 use crate::stage::{Produced, Producer};

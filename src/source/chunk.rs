@@ -1,0 +1,243 @@
+//! `Chunk`: a piece of a file made of whole records, and how to split it.
+
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::word::Word;
+use crate::error::FlowError;
+
+/// What records end on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Delimiter {
+    /// `\n`: records are lines.
+    Line,
+    /// Any ASCII whitespace (space, `\t`, `\n`, `\r`, `\x0b`, `\x0c`): records are words.
+    #[default]
+    Whitespace,
+}
+
+/// ASCII whitespace as words are split: space, \t, \n, \r, \x0b, \x0c.
+const WHITESPACE: [bool; 256] = {
+    let mut table = [false; 256];
+    table[b' ' as usize] = true;
+    table[b'\t' as usize] = true;
+    table[b'\n' as usize] = true;
+    table[b'\r' as usize] = true;
+    table[0x0b] = true;
+    table[0x0c] = true;
+    table
+};
+
+/// Whether `byte` separates words.
+#[inline]
+pub fn is_word_separator(byte: u8) -> bool {
+    WHITESPACE[byte as usize]
+}
+
+impl Delimiter {
+    /// Whether `byte` ends a record.
+    #[inline]
+    pub fn is(self, byte: u8) -> bool {
+        match self {
+            Delimiter::Line => byte == b'\n',
+            Delimiter::Whitespace => is_word_separator(byte),
+        }
+    }
+
+    /// The first delimiter in `bytes`.
+    pub fn find(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Delimiter::Line => memchr::memchr(b'\n', bytes),
+            Delimiter::Whitespace => bytes.iter().position(|&b| is_word_separator(b)),
+        }
+    }
+
+    /// The last delimiter in `bytes`.
+    pub fn rfind(self, bytes: &[u8]) -> Option<usize> {
+        match self {
+            Delimiter::Line => memchr::memrchr(b'\n', bytes),
+            Delimiter::Whitespace => bytes.iter().rposition(|&b| is_word_separator(b)),
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Data {
+    Owned(Vec<u8>),
+    Mapped(Arc<memmap2::Mmap>, Range<usize>),
+}
+
+/// A piece of a file (or stream) made of whole records: it never cuts a word or a line.
+///
+/// ```
+/// use flowstage::source::Chunk;
+/// let chunk = Chunk::from_bytes(b"to be\tor  not\n".to_vec());
+/// let words: Vec<&[u8]> = chunk.words().collect();
+/// assert_eq!(words, [&b"to"[..], b"be", b"or", b"not"]);
+/// ```
+#[derive(Debug)]
+pub struct Chunk {
+    data: Data,
+    offset: u64,
+    path: Arc<Path>,
+}
+
+impl Chunk {
+    pub(crate) fn owned(bytes: Vec<u8>, offset: u64, path: Arc<Path>) -> Self {
+        Chunk {
+            data: Data::Owned(bytes),
+            offset,
+            path,
+        }
+    }
+
+    pub(crate) fn mapped(
+        map: Arc<memmap2::Mmap>,
+        range: Range<usize>,
+        offset: u64,
+        path: Arc<Path>,
+    ) -> Self {
+        Chunk {
+            data: Data::Mapped(map, range),
+            offset,
+            path,
+        }
+    }
+
+    /// A chunk of in-memory bytes (offset 0, path `-`).
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Chunk::owned(bytes, 0, Arc::from(Path::new("-")))
+    }
+
+    /// The bytes.
+    #[inline]
+    pub fn bytes(&self) -> &[u8] {
+        match &self.data {
+            Data::Owned(bytes) => bytes,
+            Data::Mapped(map, range) => map.get(range.clone()).unwrap_or(&[]),
+        }
+    }
+
+    /// Where the chunk starts in its file.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The file the chunk comes from (`-` for standard input).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The words: maximal runs of bytes that are not ASCII whitespace.
+    pub fn words(&self) -> Words<'_> {
+        Words {
+            bytes: self.bytes(),
+        }
+    }
+
+    /// The words, as owned [`Word`]s (no allocation for words up to 30 bytes).
+    ///
+    /// ```
+    /// use flowstage::source::{Chunk, Word};
+    /// let words: Vec<Word> = Chunk::from_bytes(b"a b a".to_vec()).into_words().collect();
+    /// assert_eq!(words, [Word::from("a"), Word::from("b"), Word::from("a")]);
+    /// ```
+    pub fn into_words(self) -> IntoWords {
+        IntoWords {
+            chunk: self,
+            position: 0,
+        }
+    }
+
+    /// The lines, without their `\n` (nor a `\r` before it); a last line without `\n`
+    /// counts too.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        let bytes = self.bytes();
+        let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let empty = bytes.is_empty();
+        body.split(|&b| b == b'\n')
+            .filter(move |_| !empty)
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+    }
+
+    /// The lines as text: invalid UTF-8 is an error naming the file and the byte offset.
+    ///
+    /// ```
+    /// use flowstage::source::Chunk;
+    /// let chunk = Chunk::from_bytes(b"fine\nbad \xff here\n".to_vec());
+    /// let lines: Vec<_> = chunk.text_lines().collect();
+    /// assert_eq!(lines[0].as_ref().unwrap(), "fine");
+    /// assert!(lines[1].as_ref().unwrap_err().to_string().contains("byte 9"));
+    /// ```
+    pub fn text_lines(&self) -> impl Iterator<Item = Result<&str, FlowError>> {
+        let base = self.bytes().as_ptr() as usize;
+        self.lines().map(move |line| {
+            std::str::from_utf8(line).map_err(|error| FlowError::InvalidUtf8 {
+                path: self.path.to_path_buf(),
+                offset: self.offset
+                    + (line.as_ptr() as usize - base) as u64
+                    + error.valid_up_to() as u64,
+            })
+        })
+    }
+
+    /// The lines as text, invalid UTF-8 replaced by U+FFFD.
+    pub fn text_lines_lossy(&self) -> impl Iterator<Item = std::borrow::Cow<'_, str>> {
+        self.lines().map(String::from_utf8_lossy)
+    }
+}
+
+/// The words of a chunk; see [`Chunk::words`].
+#[derive(Debug, Clone)]
+pub struct Words<'a> {
+    bytes: &'a [u8],
+}
+
+#[inline]
+fn next_word(bytes: &[u8], position: &mut usize) -> Option<Range<usize>> {
+    let mut start = *position;
+    while start < bytes.len() && is_word_separator(bytes[start]) {
+        start += 1;
+    }
+    if start == bytes.len() {
+        *position = start;
+        return None;
+    }
+    let mut end = start + 1;
+    while end < bytes.len() && !is_word_separator(bytes[end]) {
+        end += 1;
+    }
+    *position = end;
+    Some(start..end)
+}
+
+impl<'a> Iterator for Words<'a> {
+    type Item = &'a [u8];
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a [u8]> {
+        let bytes = self.bytes;
+        let mut position = 0;
+        let range = next_word(bytes, &mut position);
+        self.bytes = &bytes[position..];
+        range.map(|range| &bytes[range])
+    }
+}
+
+/// The words of a chunk as owned [`Word`]s; see [`Chunk::into_words`].
+#[derive(Debug)]
+pub struct IntoWords {
+    chunk: Chunk,
+    position: usize,
+}
+
+impl Iterator for IntoWords {
+    type Item = Word;
+
+    #[inline]
+    fn next(&mut self) -> Option<Word> {
+        let bytes = self.chunk.bytes();
+        next_word(bytes, &mut self.position).map(|range| Word::new(&bytes[range]))
+    }
+}

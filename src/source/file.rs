@@ -1,0 +1,333 @@
+//! Files read as parallel byte ranges aligned on a delimiter.
+//!
+//! A [`FileSource`] splits a file into one byte range per reader. Each range owns the
+//! records (lines, or runs of non-whitespace) that *start* in it: a reader whose range
+//! starts mid-record skips to the next delimiter, and every reader finishes the record it
+//! is in when it reaches its range's end. So every record is read exactly once, and no
+//! record is cut.
+//!
+//! Each reader streams its range in blocks (default 1 MiB) and emits one [`Chunk`] — whole
+//! records, ending on a delimiter — per call, whatever the demand: memory per reader is a
+//! block or two, never the file. With [`FileSource::mmap`] the chunks are slices of one
+//! shared mapping instead of copies.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::chunk::{Chunk, Delimiter};
+use super::{BoxedProducer, Source};
+use crate::error::{FlowError, Result, StageError};
+use crate::stage::{Produced, Producer};
+
+/// Default block size of a reader.
+pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
+
+/// A file read in parallel byte ranges; emits [`Chunk`]s of whole records.
+///
+/// ```
+/// use flowstage::flow::Flow;
+/// use flowstage::source::FileSource;
+/// # let dir = std::env::temp_dir().join(format!("flowstage-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("words.txt");
+/// std::fs::write(&path, "one two three\nfour five\n")?;
+/// let words: usize = Flow::from_source(FileSource::new(&path).readers(2))
+///     .map(|chunk| chunk.words().count())
+///     .collect::<Vec<_>>()?
+///     .into_iter()
+///     .sum();
+/// assert_eq!(words, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    path: PathBuf,
+    readers: usize,
+    delimiter: Delimiter,
+    block_size: usize,
+    mmap: bool,
+}
+
+impl FileSource {
+    /// Reads `path` with one reader per core, whitespace-aligned, 1 MiB blocks.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        FileSource {
+            path: path.as_ref().to_path_buf(),
+            readers: crate::runtime::default_parallelism(),
+            delimiter: Delimiter::Whitespace,
+            block_size: DEFAULT_BLOCK_SIZE,
+            mmap: false,
+        }
+    }
+
+    /// The number of parallel readers (byte ranges); at least 1.
+    pub fn readers(mut self, readers: usize) -> Self {
+        self.readers = readers.max(1);
+        self
+    }
+
+    /// What records end on: lines, or any ASCII whitespace (the default, for words).
+    pub fn delimiter(mut self, delimiter: Delimiter) -> Self {
+        self.delimiter = delimiter;
+        self
+    }
+
+    /// Bytes read per block (at least 1).
+    pub fn block_size(mut self, block_size: usize) -> Self {
+        self.block_size = block_size.max(1);
+        self
+    }
+
+    /// Map the file instead of reading it: chunks are slices of the mapping, no copies.
+    /// The file must not change while the flow runs.
+    pub fn mmap(mut self, mmap: bool) -> Self {
+        self.mmap = mmap;
+        self
+    }
+}
+
+fn io_error(path: &Path, offset: Option<u64>, source: std::io::Error) -> FlowError {
+    FlowError::Io {
+        path: path.to_path_buf(),
+        offset,
+        source,
+    }
+}
+
+impl Source for FileSource {
+    type Item = Chunk;
+
+    fn into_producers(self) -> Result<Vec<BoxedProducer<Chunk>>> {
+        let path: Arc<Path> = Arc::from(self.path.as_path());
+        let file = File::open(&path).map_err(|e| io_error(&path, None, e))?;
+        let metadata = file.metadata().map_err(|e| io_error(&path, None, e))?;
+        if metadata.is_dir() {
+            return Err(io_error(
+                &path,
+                None,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        let len = metadata.len();
+        let readers = (self.readers as u64).min(len.max(1));
+        let map = if self.mmap && len > 0 {
+            // SAFETY: the mapping is read-only; the caller promises (see `mmap`) that the
+            // file does not change while the flow runs.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(&path, None, e))?;
+            Some(Arc::new(map))
+        } else {
+            None
+        };
+        let producers = (0..readers)
+            .map(|i| {
+                let start = len * i / readers;
+                let end = len * (i + 1) / readers;
+                let reader = RangeReader {
+                    path: path.clone(),
+                    file: None,
+                    map: map.clone(),
+                    start,
+                    end,
+                    position: start,
+                    aligned: start == 0,
+                    carry: Vec::new(),
+                    delimiter: self.delimiter,
+                    block_size: self.block_size,
+                    finished: start >= end,
+                };
+                BoxedProducer::new(reader)
+            })
+            .collect();
+        Ok(producers)
+    }
+}
+
+/// Reads the records that start in `start..end`.
+struct RangeReader {
+    path: Arc<Path>,
+    file: Option<File>,
+    map: Option<Arc<memmap2::Mmap>>,
+    start: u64,
+    end: u64,
+    /// The next byte to read.
+    position: u64,
+    /// Whether `position` is at a record boundary (the first record has been found).
+    aligned: bool,
+    /// Bytes read after the last delimiter: the start of an unfinished record.
+    carry: Vec<u8>,
+    delimiter: Delimiter,
+    block_size: usize,
+    finished: bool,
+}
+
+impl RangeReader {
+    fn error(&self, offset: u64, source: std::io::Error) -> StageError {
+        Box::new(io_error(&self.path, Some(offset), source))
+    }
+
+    fn read_block(&mut self, at: u64, size: usize) -> std::result::Result<Vec<u8>, StageError> {
+        if self.file.is_none() {
+            let mut file = File::open(&self.path).map_err(|e| self.error(at, e))?;
+            file.seek(SeekFrom::Start(at)).map_err(|e| self.error(at, e))?;
+            self.file = Some(file);
+        }
+        let mut block = Vec::with_capacity(size);
+        let taken = match self.file.as_mut() {
+            Some(file) => file.take(size as u64).read_to_end(&mut block),
+            None => Ok(0),
+        };
+        taken.map_err(|e| self.error(at, e))?;
+        Ok(block)
+    }
+
+    /// Bytes `at..at + size` (fewer at the end of the file).
+    fn bytes(&mut self, at: u64, size: usize) -> std::result::Result<Slice, StageError> {
+        match &self.map {
+            Some(map) => {
+                let from = (at as usize).min(map.len());
+                let to = from.saturating_add(size).min(map.len());
+                Ok(Slice::Mapped(from, to))
+            }
+            None => self.read_block(at, size).map(Slice::Owned),
+        }
+    }
+
+    fn view<'a>(&'a self, slice: &'a Slice) -> &'a [u8] {
+        match (slice, &self.map) {
+            (Slice::Owned(bytes), _) => bytes,
+            (Slice::Mapped(from, to), Some(map)) => &map[*from..*to],
+            (Slice::Mapped(..), None) => &[],
+        }
+    }
+
+    /// Skips the tail of a record that started in the previous range.
+    fn align(&mut self) -> std::result::Result<(), StageError> {
+        // A record starts at `start` only if the byte before it is a delimiter.
+        let before = self.bytes(self.start - 1, 1)?;
+        let before_is_delimiter = self.view(&before).first().is_some_and(|&b| self.delimiter.is(b));
+        self.position = self.start;
+        if before_is_delimiter {
+            self.aligned = true;
+            return Ok(());
+        }
+        loop {
+            if self.position >= self.end {
+                // The record that crosses our whole range belongs to an earlier reader.
+                self.finished = true;
+                return Ok(());
+            }
+            let slice = self.bytes(self.position, self.block_size)?;
+            let bytes = self.view(&slice);
+            if bytes.is_empty() {
+                self.finished = true;
+                return Ok(());
+            }
+            let read = bytes.len() as u64;
+            if let Some(index) = self.delimiter.find(bytes) {
+                self.position += index as u64 + 1;
+                self.aligned = true;
+                // A record starting at `end` or later belongs to the next range.
+                self.finished = self.position >= self.end;
+                // The stream position moved past the block: re-seek on the next read.
+                self.file = None;
+                return Ok(());
+            }
+            self.position += read;
+        }
+    }
+
+    /// The next chunk of whole records, or `None` at the end of the range.
+    fn next_chunk(&mut self) -> std::result::Result<Option<Chunk>, StageError> {
+        if self.finished {
+            return Ok(None);
+        }
+        if !self.aligned {
+            self.align()?;
+            if self.finished {
+                return Ok(None);
+            }
+            self.file = None;
+        }
+        loop {
+            let at = self.position;
+            let slice = self.bytes(at, self.block_size)?;
+            let block = self.view(&slice);
+            let read = block.len();
+            if read == 0 {
+                // End of file: the unfinished record is the last one.
+                self.finished = true;
+                let offset = at - self.carry.len() as u64;
+                let rest = std::mem::take(&mut self.carry);
+                return Ok((!rest.is_empty()).then(|| Chunk::owned(rest, offset, self.path.clone())));
+            }
+            // Records starting at or past `end` belong to the next range: we only need to
+            // finish the one we are in, so search only up to the first delimiter there.
+            let cut = match self.delimiter.rfind(block) {
+                Some(last) => last + 1,
+                None => 0,
+            };
+            let record_start = at - self.carry.len() as u64;
+            if cut == 0 {
+                // No delimiter in this block: the record goes on.
+                let owned = self.view(&slice).to_vec();
+                self.carry.extend_from_slice(&owned);
+                self.position += read as u64;
+                continue;
+            }
+            // Where does our range stop inside this block? At the first delimiter at or
+            // after `end - 1`, so the record in progress at `end` is finished here.
+            let stop = if at + read as u64 >= self.end {
+                let from = self.end.saturating_sub(1).saturating_sub(at) as usize;
+                match self.delimiter.find(&block[from.min(read)..]) {
+                    Some(index) => Some(from + index + 1),
+                    None => None,
+                }
+            } else {
+                None
+            };
+            let take = stop.unwrap_or(cut);
+            self.position = at + take as u64;
+            if stop.is_some() {
+                self.finished = true;
+            }
+            let chunk = match (&slice, &self.map) {
+                (Slice::Mapped(from, _), Some(map)) if self.carry.is_empty() => {
+                    Chunk::mapped(map.clone(), *from..*from + take, record_start, self.path.clone())
+                }
+                _ => {
+                    let mut bytes = std::mem::take(&mut self.carry);
+                    bytes.extend_from_slice(&self.view(&slice)[..take]);
+                    Chunk::owned(bytes, record_start, self.path.clone())
+                }
+            };
+            if !self.finished {
+                let rest = self.view(&slice)[take..].to_vec();
+                self.position += rest.len() as u64;
+                self.carry = rest;
+            }
+            return Ok(Some(chunk));
+        }
+    }
+}
+
+/// A block: read into memory, or a range of the mapping.
+enum Slice {
+    Owned(Vec<u8>),
+    Mapped(usize, usize),
+}
+
+impl Producer for RangeReader {
+    type Item = Chunk;
+
+    async fn handle_demand(&mut self, _demand: usize) -> std::result::Result<Produced<Chunk>, StageError> {
+        // One chunk per call, whatever the demand: a chunk holds many records, and memory
+        // must stay at a block or two per reader.
+        match self.next_chunk()? {
+            Some(chunk) if !self.finished => Ok(Produced::Events(vec![chunk])),
+            Some(chunk) => Ok(Produced::Finished(vec![chunk])),
+            None => Ok(Produced::Finished(Vec::new())),
+        }
+    }
+}
