@@ -76,6 +76,7 @@
 
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+pub mod corpus;
 pub mod error;
 pub mod flow;
 mod runtime;

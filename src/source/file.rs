@@ -170,7 +170,8 @@ impl RangeReader {
     fn read_block(&mut self, at: u64, size: usize) -> std::result::Result<Vec<u8>, StageError> {
         if self.file.is_none() {
             let mut file = File::open(&self.path).map_err(|e| self.error(at, e))?;
-            file.seek(SeekFrom::Start(at)).map_err(|e| self.error(at, e))?;
+            file.seek(SeekFrom::Start(at))
+                .map_err(|e| self.error(at, e))?;
             self.file = Some(file);
         }
         let mut block = Vec::with_capacity(size);
@@ -206,7 +207,10 @@ impl RangeReader {
     fn align(&mut self) -> std::result::Result<(), StageError> {
         // A record starts at `start` only if the byte before it is a delimiter.
         let before = self.bytes(self.start - 1, 1)?;
-        let before_is_delimiter = self.view(&before).first().is_some_and(|&b| self.delimiter.is(b));
+        let before_is_delimiter = self
+            .view(&before)
+            .first()
+            .is_some_and(|&b| self.delimiter.is(b));
         self.position = self.start;
         if before_is_delimiter {
             self.aligned = true;
@@ -260,7 +264,9 @@ impl RangeReader {
                 self.finished = true;
                 let offset = at - self.carry.len() as u64;
                 let rest = std::mem::take(&mut self.carry);
-                return Ok((!rest.is_empty()).then(|| Chunk::owned(rest, offset, self.path.clone())));
+                return Ok(
+                    (!rest.is_empty()).then(|| Chunk::owned(rest, offset, self.path.clone()))
+                );
             }
             // Records starting at or past `end` belong to the next range: we only need to
             // finish the one we are in, so search only up to the first delimiter there.
@@ -280,10 +286,9 @@ impl RangeReader {
             // after `end - 1`, so the record in progress at `end` is finished here.
             let stop = if at + read as u64 >= self.end {
                 let from = self.end.saturating_sub(1).saturating_sub(at) as usize;
-                match self.delimiter.find(&block[from.min(read)..]) {
-                    Some(index) => Some(from + index + 1),
-                    None => None,
-                }
+                self.delimiter
+                    .find(&block[from.min(read)..])
+                    .map(|index| from + index + 1)
             } else {
                 None
             };
@@ -293,9 +298,12 @@ impl RangeReader {
                 self.finished = true;
             }
             let chunk = match (&slice, &self.map) {
-                (Slice::Mapped(from, _), Some(map)) if self.carry.is_empty() => {
-                    Chunk::mapped(map.clone(), *from..*from + take, record_start, self.path.clone())
-                }
+                (Slice::Mapped(from, _), Some(map)) if self.carry.is_empty() => Chunk::mapped(
+                    map.clone(),
+                    *from..*from + take,
+                    record_start,
+                    self.path.clone(),
+                ),
                 _ => {
                     let mut bytes = std::mem::take(&mut self.carry);
                     bytes.extend_from_slice(&self.view(&slice)[..take]);
@@ -321,7 +329,10 @@ enum Slice {
 impl Producer for RangeReader {
     type Item = Chunk;
 
-    async fn handle_demand(&mut self, _demand: usize) -> std::result::Result<Produced<Chunk>, StageError> {
+    async fn handle_demand(
+        &mut self,
+        _demand: usize,
+    ) -> std::result::Result<Produced<Chunk>, StageError> {
         // One chunk per call, whatever the demand: a chunk holds many records, and memory
         // must stay at a block or two per reader.
         match self.next_chunk()? {

@@ -127,7 +127,8 @@ impl<T> SubscribeOptions<T> {
     }
 
     /// For a broadcast dispatcher: only events for which `selector` is true reach this
-    /// consumer (the others still count against its demand, as in GenStage).
+    /// consumer (the others do not use up its demand: their credit is given back, as
+    /// GenStage does).
     pub fn selector(mut self, selector: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
         self.selector = Some(Box::new(selector));
         self

@@ -232,14 +232,18 @@ impl<T: Clone + Send> Dispatch<T> for BroadcastDispatch<T> {
             .collect();
         for (position, &i) in open.iter().enumerate() {
             let outlet = &mut self.outlets[i];
-            // Every subscriber pays for the whole batch, selected or not, as in GenStage.
             let permit = outlet.take(n);
             let batch: Vec<T> = match &outlet.selector {
                 Some(selector) => events.iter().filter(|e| selector(e)).cloned().collect(),
                 None if position + 1 == open.len() => std::mem::take(&mut events),
                 None => events.clone(),
             };
+            // Events a selector filtered out never reach the consumer, so its demand
+            // accounting never sees them: give their credit back (GenStage re-asks the
+            // discarded count on the subscriber's behalf), or the subscription stalls.
+            let discarded = n - batch.len();
             outlet.send(permit, batch);
+            outlet.grant(discarded);
         }
         Ok(rest)
     }
@@ -341,7 +345,10 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 continue;
             }
             let batch = if permit.len() == queue.len() {
-                std::mem::take(queue)
+                // The queue keeps its capacity: it refills to about the same size, and
+                // growing it again from empty costs a dozen reallocations per batch.
+                let capacity = queue.capacity();
+                std::mem::replace(queue, Vec::with_capacity(capacity))
             } else {
                 queue.drain(..permit.len()).collect()
             };

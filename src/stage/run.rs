@@ -322,12 +322,13 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
                 &metrics,
             );
         }
-        metrics.add_dropped(dispatch.flush());
         if !output.is_empty() {
             output = dispatch
                 .dispatch(std::mem::take(&mut output))
                 .map_err(|e| stage_error(&stage, e))?;
         }
+        // After dispatching: a partition dispatcher queues first, then sends under credit.
+        metrics.add_dropped(dispatch.flush());
         metrics.set_demand(dispatch.credit());
         metrics.set_buffered(queued + output.len() + dispatch.pending());
         if dispatch.all_closed() {

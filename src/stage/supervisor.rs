@@ -195,7 +195,13 @@ where
             // The slot is held across restarts: a restart never adds concurrency.
             let _slot = slot;
             loop {
-                let outcome = AssertUnwindSafe(worker(event.clone())).catch_unwind().await;
+                // `worker(..)` is called inside the caught future: a panic in the worker
+                // function itself (before its future exists) is a worker failure too.
+                let attempt = {
+                    let (worker, event) = (&worker, event.clone());
+                    async move { worker(event).await }
+                };
+                let outcome = AssertUnwindSafe(attempt).catch_unwind().await;
                 let (panicked, message) = match outcome {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(error)) => (false, error.to_string()),
