@@ -485,3 +485,32 @@ async fn every_event_is_handled_exactly_once() {
         assert_eq!(consumer.events_in, events);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_worker_failure_ends_the_run_while_the_source_is_idle() {
+    // One event, then a producer that stays open with nothing to give: the supervisor gets
+    // no more events, so only its own failure signal can end the run.
+    let options = SupervisorOptions::new(2)
+        .restart(Restart::Permanent)
+        .max_restarts(2, Duration::from_secs(60));
+    let supervisor = Supervisor::new(options, |_n: u64| async {
+        Err::<(), StageError>("always fails".into())
+    });
+    let subscribe = supervisor.subscribe_options();
+    let mut pipeline = Pipeline::new();
+    let mut sent = false;
+    let source = pipeline.producer(flowstage::stage::poll_fn(move |_demand: usize| {
+        if sent {
+            flowstage::stage::Produced::Events(Vec::new())
+        } else {
+            sent = true;
+            flowstage::stage::Produced::Events(vec![1u64])
+        }
+    }));
+    let workers = pipeline.consumer_with(supervisor, ConsumerOptions::new().name("workers"));
+    pipeline.subscribe(&workers, &source, subscribe).unwrap();
+    let result = tokio::time::timeout(WATCHDOG, pipeline.run_async())
+        .await
+        .expect("watchdog: the run did not end on the worker's failure");
+    assert_supervisor_failed(result);
+}

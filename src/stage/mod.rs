@@ -186,6 +186,13 @@ pub trait Consumer: Send + 'static {
     fn handle_done(&mut self) -> impl Future<Output = Result<(), StageError>> + Send {
         async { Ok(()) }
     }
+
+    /// Resolves if the consumer fails on its own while it waits for events (work it
+    /// started in the background failed for good); the run then ends with that error.
+    /// The default never resolves.
+    fn failed(&self) -> impl Future<Output = StageError> + Send {
+        std::future::pending()
+    }
 }
 
 /// A stage that takes events and emits new ones.

@@ -268,7 +268,11 @@ pub(crate) async fn run_consumer<C: Consumer>(
     let mut inlets = Inlets::new(inflows);
     inlets.subscribe(|context| consumer.handle_subscribe(context));
     while !inlets.finished() {
-        let Some(msg) = inbox.recv().await else {
+        let msg = tokio::select! {
+            msg = inbox.recv() => msg,
+            error = consumer.failed() => return Err(stage_error(&stage, error)),
+        };
+        let Some(msg) = msg else {
             break;
         };
         match msg {

@@ -134,6 +134,8 @@ pub struct Supervisor<T, F> {
     slots: Arc<Semaphore>,
     workers: JoinSet<Result<(), StageError>>,
     restart_log: Arc<Mutex<VecDeque<Instant>>>,
+    /// Set by a worker that failed for good, so the stage fails even with no events coming.
+    fatal: tokio::sync::watch::Sender<Option<String>>,
     counters: Arc<SupervisorCounters>,
     _events: std::marker::PhantomData<fn(T)>,
 }
@@ -161,6 +163,7 @@ where
             options,
             workers: JoinSet::new(),
             restart_log: Arc::new(Mutex::new(VecDeque::new())),
+            fatal: tokio::sync::watch::Sender::new(None),
             counters: Arc::new(SupervisorCounters::default()),
             _events: std::marker::PhantomData,
         }
@@ -189,6 +192,7 @@ where
         let worker = self.worker.clone();
         let restart = self.options.restart;
         let log = self.restart_log.clone();
+        let fatal = self.fatal.clone();
         let counters = self.counters.clone();
         let (max_restarts, window) = (self.options.max_restarts, self.options.max_window);
         self.workers.spawn(async move {
@@ -230,11 +234,12 @@ where
                     log.len()
                 };
                 if recent > max_restarts {
-                    return Err(format!(
+                    let message = format!(
                         "worker failed {recent} times within {window:?} \
                          (max_restarts {max_restarts}); last failure: {message}"
-                    )
-                    .into());
+                    );
+                    fatal.send_replace(Some(message.clone()));
+                    return Err(message.into());
                 }
                 counters.restarts.fetch_add(1, Relaxed);
             }
@@ -273,5 +278,21 @@ where
             joined.map_err(|e| StageError::from(e.to_string()))??;
         }
         Ok(())
+    }
+
+    fn failed(&self) -> impl Future<Output = StageError> + Send {
+        let mut fatal = self.fatal.subscribe();
+        async move {
+            let message = fatal
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|message| message.clone());
+            match message {
+                Some(message) => StageError::from(message),
+                // The supervisor is gone: nothing can fail any more.
+                None => std::future::pending().await,
+            }
+        }
     }
 }
