@@ -57,6 +57,13 @@ where
         self.acc = Some((self.merge)(event, acc));
     }
 
+    #[inline]
+    fn feed<It: Iterator<Item = T>>(&mut self, events: It, _out: &mut Vec<L::Out>) {
+        let acc = self.acc.take().unwrap_or_else(|| (self.init)());
+        let merge = &*self.merge;
+        self.acc = Some(events.fold(acc, |acc, event| merge(event, acc)));
+    }
+
     fn done(&mut self, out: &mut Vec<L::Out>) {
         let acc = self.acc.take().unwrap_or_else(|| (self.init)());
         self.rest.push((self.done)(acc), out);

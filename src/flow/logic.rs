@@ -32,13 +32,31 @@ pub trait Logic: Send + 'static {
     /// Handles one event, pushing any output into `out`.
     fn push(&mut self, event: Self::In, out: &mut Vec<Self::Out>);
 
-    /// Handles a whole batch (the default pushes each event).
-    fn batch(&mut self, events: Vec<Self::In>, out: &mut Vec<Self::Out>) {
-        // Most chains emit about one event per input: one allocation instead of regrowth.
-        out.reserve(events.len());
-        for event in events {
-            self.push(event, out);
+    /// Handles a whole batch (the default feeds it to [`feed`](Logic::feed)).
+    fn batch(&mut self, events: Vec<Self::In>, out: &mut Vec<Self::Out>)
+    where
+        Self: Sized,
+    {
+        if !self.has_reducer() {
+            // Most chains emit about one event per input: one allocation instead of
+            // regrowth. (A reducer emits at its triggers: nothing to reserve for.)
+            out.reserve(events.len());
         }
+        self.feed(events.into_iter(), out);
+    }
+
+    /// Handles the events of an iterator. Operators override it to adapt the iterator and
+    /// pass it on (`map` feeds `events.map(f)` to the rest), and the end of the chain
+    /// consumes it: one fused loop per batch with internal iteration, and per-stage state
+    /// (a reducer's accumulator) taken once per batch instead of once per event. The
+    /// default pushes each event.
+    #[inline]
+    fn feed<I>(&mut self, events: I, out: &mut Vec<Self::Out>)
+    where
+        Self: Sized,
+        I: Iterator<Item = Self::In>,
+    {
+        events.for_each(|event| self.push(event, out));
     }
 
     /// All input has arrived: fire the `Done` trigger, emit what is left.
@@ -89,6 +107,11 @@ impl<T: Send + 'static> Logic for Identity<T> {
         }
     }
 
+    #[inline]
+    fn feed<I: Iterator<Item = T>>(&mut self, events: I, out: &mut Vec<T>) {
+        out.extend(events);
+    }
+
     fn done(&mut self, _out: &mut Vec<T>) {}
 
     fn describe(&self, _names: &mut Vec<String>) {}
@@ -101,7 +124,8 @@ macro_rules! stateless {
         $(#[$doc:meta])*
         $name:ident<$in:ident>, $label:literal,
         where F: $bound:path $(, L: Logic<In = $lin:ty>)?,
-        |$self:ident, $event:ident, $out:ident| $body:block
+        |$self:ident, $event:ident, $out:ident| $body:block,
+        feed |$fself:ident, $events:ident, $fout:ident| $feed:block
     ) => {
         $(#[$doc])*
         pub(crate) struct $name<$in, F, L> {
@@ -144,6 +168,9 @@ macro_rules! stateless {
             #[inline]
             fn push(&mut $self, $event: $in, $out: &mut Vec<L::Out>) $body
 
+            #[inline]
+            fn feed<It: Iterator<Item = $in>>(&mut $fself, $events: It, $fout: &mut Vec<L::Out>) $feed
+
             fn done(&mut self, out: &mut Vec<L::Out>) {
                 self.rest.done(out);
             }
@@ -163,7 +190,8 @@ macro_rules! stateless {
 stateless! {
     /// `map(f)`.
     Map<A>, "map", where F: Fn(A) -> L::In,
-    |self, event, out| { self.rest.push((self.f)(event), out) }
+    |self, event, out| { self.rest.push((self.f)(event), out) },
+    feed |self, events, out| { self.rest.feed(events.map(&*self.f), out) }
 }
 
 stateless! {
@@ -173,7 +201,8 @@ stateless! {
         if (self.f)(&event) {
             self.rest.push(event, out);
         }
-    }
+    },
+    feed |self, events, out| { self.rest.feed(events.filter(&*self.f), out) }
 }
 
 stateless! {
@@ -183,6 +212,10 @@ stateless! {
         if !(self.f)(&event) {
             self.rest.push(event, out);
         }
+    },
+    feed |self, events, out| {
+        let f = &*self.f;
+        self.rest.feed(events.filter(|event| !f(event)), out)
     }
 }
 
@@ -193,7 +226,8 @@ stateless! {
         if let Some(mapped) = (self.f)(event) {
             self.rest.push(mapped, out);
         }
-    }
+    },
+    feed |self, events, out| { self.rest.feed(events.filter_map(&*self.f), out) }
 }
 
 stateless! {
@@ -202,7 +236,8 @@ stateless! {
     |self, event, out| {
         (self.f)(&event);
         self.rest.push(event, out);
-    }
+    },
+    feed |self, events, out| { self.rest.feed(events.inspect(&*self.f), out) }
 }
 
 /// `flat_map(f)`.
@@ -247,6 +282,11 @@ where
         for item in (self.f)(event) {
             self.rest.push(item, out);
         }
+    }
+
+    #[inline]
+    fn feed<It: Iterator<Item = A>>(&mut self, events: It, out: &mut Vec<L::Out>) {
+        self.rest.feed(events.flat_map(&*self.f), out);
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
@@ -305,9 +345,15 @@ where
     }
 
     fn batch(&mut self, events: Vec<A>, out: &mut Vec<L::Out>) {
-        for item in (self.f)(events) {
-            self.rest.push(item, out);
+        // A source's last answer may be an empty `Finished`: that is no batch to map.
+        if events.is_empty() {
+            return;
         }
+        self.rest.feed((self.f)(events).into_iter(), out);
+    }
+
+    fn feed<It: Iterator<Item = A>>(&mut self, events: It, out: &mut Vec<L::Out>) {
+        self.batch(events.collect(), out);
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {

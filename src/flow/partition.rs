@@ -11,6 +11,12 @@ use crate::window::Window;
 pub trait Route<T>: Send + Sync + 'static {
     /// The partition of `event` among `partitions`, or `None` to drop it.
     fn route(&self, event: &T, partitions: usize) -> Option<usize>;
+
+    /// Whether routing matters even with one partition (it may drop events or fail):
+    /// then a one-stage layer keeps the partition dispatcher instead of the demand one.
+    fn needed_with_one_partition(&self) -> bool {
+        false
+    }
 }
 
 /// Routes by the hash of the whole event (the default key).
@@ -43,6 +49,10 @@ impl<T, F: Fn(&T, usize) -> Option<usize> + Send + Sync + 'static> Route<T> for 
     #[inline]
     fn route(&self, event: &T, partitions: usize) -> Option<usize> {
         (self.0)(event, partitions)
+    }
+
+    fn needed_with_one_partition(&self) -> bool {
+        true
     }
 }
 

@@ -244,9 +244,10 @@ impl<P: Plan, R: Route<P::Item>> Plan for Exchange<P, R> {
             return Err(error);
         }
         let stages = self.stages;
-        // With one stage there is nothing to route: the demand dispatcher does.
+        // With one stage there is nothing to route: the demand dispatcher does (unless
+        // the user's `hash` may drop events).
         let upstream_dispatch = match (&self.route, stages) {
-            (Some(route), 2..) => {
+            (Some(route), n) if n >= 2 || route.needed_with_one_partition() => {
                 let route = route.clone();
                 DispatchSpec::new(format!("partition({stages})"), move || {
                     let route = route.clone();

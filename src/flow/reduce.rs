@@ -251,6 +251,18 @@ where
         self.acc = Some(acc);
     }
 
+    #[inline]
+    fn feed<It: Iterator<Item = T>>(&mut self, events: It, out: &mut Vec<L::Out>) {
+        // The accumulator is taken once per batch and folded through it.
+        let acc = match self.acc.take() {
+            Some(acc) => acc,
+            None => (self.init)(),
+        };
+        let (step, rest) = (&*self.step, &mut self.rest);
+        let mut emit = |emitted| rest.push(emitted, out);
+        self.acc = Some(events.fold(acc, |acc, event| step.step(event, acc, &mut emit)));
+    }
+
     fn done(&mut self, out: &mut Vec<L::Out>) {
         let mut acc = match self.acc.take() {
             Some(acc) => acc,

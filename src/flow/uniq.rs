@@ -50,6 +50,13 @@ where
         }
     }
 
+    #[inline]
+    fn feed<It: Iterator<Item = A>>(&mut self, events: It, out: &mut Vec<L::Out>) {
+        let (key, seen) = (&*self.key, &mut self.seen);
+        self.rest
+            .feed(events.filter(|event| seen.insert(key(event))), out);
+    }
+
     fn done(&mut self, out: &mut Vec<L::Out>) {
         self.seen = AHashSet::new();
         self.rest.done(out);

@@ -83,9 +83,9 @@ impl<T> Iterator for FlowIter<T> {
             match batches.blocking_recv() {
                 Some(batch) => self.current = batch.into_iter(),
                 None => {
-                    // The flow ended: report how.
+                    // The flow ended: report how. `stop` stays alive until the runner is
+                    // joined: dropping it would end the run as if stopped, losing its error.
                     self.batches = None;
-                    self.stop = None;
                     let outcome = match self.runner.take().map(JoinHandle::join) {
                         Some(Ok(result)) => result,
                         Some(Err(_)) => Err(FlowError::Cancelled),
