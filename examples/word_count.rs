@@ -1,23 +1,27 @@
-//! Word count with a flow: chunks of text -> words -> partition by word -> count.
+//! Word count over a large file, at the speed of the machine.
 //!
 //! `cargo run --release --example word_count -- [FILE|-] [--top N] [--stages N]`
 //!
-//! With no FILE it counts a small built-in text. Words are maximal runs of bytes that are
-//! not ASCII whitespace (space, \t, \n, \r, \x0b, \x0c), compared as raw bytes. Output:
-//! `total N`, `distinct N`, then the top N words as `<count>\t<word>`, by count
-//! descending, ties by the word's bytes ascending.
+//! FILE `-` reads standard input. With no FILE a deterministic corpus (Zipf-distributed
+//! words, 64 MB) is generated into the temp directory once and counted. Words are maximal
+//! runs of bytes that are not ASCII whitespace, compared as raw bytes. Output on stdout:
+//! `total N`, `distinct N`, then the top N (default 10) as `<count>\t<word>`, by count
+//! descending, ties by the word's bytes ascending. A progress bar goes to stderr when it
+//! is a terminal.
+//!
+//! The flow: parallel readers over whitespace-aligned byte ranges emit chunks; each chunk
+//! is split into words (no allocation per word) and counted by `count_by_key`, which
+//! combines counts inside each reader's stage before the partition exchange.
 
-use std::io::Read;
+use std::io::IsTerminal;
+use std::path::PathBuf;
 
-use ahash::AHashMap;
-use flowstage::flow::{Flow, Partition};
+use flowstage::corpus::Corpus;
+use flowstage::flow::{Flow, Partition, Shuffle};
+use flowstage::source::{Chunk, FileSource, Word, stdin};
 
-const BUILT_IN: &str = "\
-the quick brown fox jumps over the lazy dog
-the dog barks and the fox runs into the woods
-a stage asks for events and a producer sends no more than asked
-demand flows up and events flow down in batches
-";
+/// Size of the generated corpus when no file is given.
+const GENERATED_BYTES: usize = 64 << 20;
 
 struct Args {
     file: Option<String>,
@@ -41,8 +45,10 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|_| format!("{arg}: not a number: {value}"))?;
                 if arg == "--top" {
                     args.top = n;
+                } else if n == 0 {
+                    return Err("--stages must be at least 1".into());
                 } else {
-                    args.stages = n.max(1);
+                    args.stages = n;
                 }
             }
             _ if args.file.is_none() => args.file = Some(arg),
@@ -52,57 +58,88 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-fn is_space(byte: &u8) -> bool {
-    matches!(byte, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
-}
-
-/// Splits `text` into `parts` pieces that end on whitespace, so no word is cut.
-fn chunks(text: &'static [u8], parts: usize) -> Vec<&'static [u8]> {
-    let mut pieces = Vec::with_capacity(parts);
-    let mut start = 0;
-    for part in 1..=parts {
-        let mut end = (text.len() * part / parts).max(start);
-        while end < text.len() && !is_space(&text[end]) {
-            end += 1;
-        }
-        pieces.push(&text[start..end]);
-        start = end;
+/// The generated corpus, written once to the temp directory.
+fn generated_corpus() -> std::io::Result<PathBuf> {
+    let path = std::env::temp_dir().join(format!("flowstage-corpus-{GENERATED_BYTES}.txt"));
+    let text = Corpus::new(GENERATED_BYTES).generate();
+    let up_to_date = std::fs::metadata(&path).is_ok_and(|m| m.len() == text.len() as u64);
+    if !up_to_date {
+        let partial = path.with_extension(format!("{}.partial", std::process::id()));
+        std::fs::write(&partial, &text)?;
+        std::fs::rename(&partial, &path)?;
     }
-    pieces
+    Ok(path)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
-    let text: Vec<u8> = match args.file.as_deref() {
-        None => BUILT_IN.as_bytes().to_vec(),
-        Some("-") => {
-            let mut buffer = Vec::new();
-            std::io::stdin().read_to_end(&mut buffer)?;
-            buffer
-        }
-        Some(path) => std::fs::read(path)?,
+fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = match total {
+        Some(total) => indicatif::ProgressBar::new(total),
+        None => indicatif::ProgressBar::no_length(),
     };
-    // The text lives as long as the program: words are borrowed slices of it, never copied.
-    let text: &'static [u8] = Box::leak(text.into_boxed_slice());
+    let template = "{bytes} / {total_bytes} {binary_bytes_per_sec} eta {eta} {wide_bar}";
+    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+        bar.set_style(style);
+    }
+    bar
+}
 
-    let per_reader = chunks(text, args.stages)
-        .into_iter()
-        .map(|chunk| chunk.split(is_space).filter(|word| !word.is_empty()));
-    let counts: Vec<(&[u8], u64)> = Flow::from_iters(per_reader)
-        .partition(Partition::by_key(|word: &&[u8]| *word).stages(args.stages))
-        .reduce(AHashMap::new, |word, mut counts: AHashMap<&[u8], u64>| {
-            *counts.entry(word).or_default() += 1;
-            counts
-        })
-        .collect()?;
+fn main() {
+    if let Err(error) = count() {
+        eprintln!("word_count: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn count() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let partition = Partition::new().stages(args.stages).max_demand(4096);
+
+    let counts: Vec<(Word, u64)> = if args.file.as_deref() == Some("-") {
+        let bar = progress_bar(None);
+        // One reader; chunks are shared out to the stages (two in flight each, so memory
+        // does not grow with the input), which split and count them.
+        Flow::from_source(stdin())
+            .shuffle(
+                Shuffle::shuffle()
+                    .stages(args.stages)
+                    .max_demand(2)
+                    .min_demand(1),
+            )
+            .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
+            .flat_map(Chunk::into_words)
+            .count_by_key(partition)
+            .collect()?
+    } else {
+        let path = match &args.file {
+            Some(file) => PathBuf::from(file),
+            None => generated_corpus()?,
+        };
+        let bar = progress_bar(std::fs::metadata(&path).ok().map(|m| m.len()));
+        let done = bar.clone();
+        let counts = Flow::from_source(FileSource::new(&path).readers(args.stages))
+            .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
+            .flat_map(Chunk::into_words)
+            .count_by_key(partition)
+            .collect()?;
+        done.finish_and_clear();
+        counts
+    };
 
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     println!("total {total}");
     println!("distinct {}", counts.len());
     let mut ranked = counts;
-    ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    for (word, count) in ranked.into_iter().take(args.top) {
-        println!("{count}\t{}", String::from_utf8_lossy(word));
+    let by_rank = |a: &(Word, u64), b: &(Word, u64)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    if args.top < ranked.len() {
+        ranked.select_nth_unstable_by(args.top, by_rank);
+        ranked.truncate(args.top);
+    }
+    ranked.sort_unstable_by(by_rank);
+    for (word, count) in ranked {
+        println!("{count}\t{word}");
     }
     Ok(())
 }

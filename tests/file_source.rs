@@ -91,7 +91,9 @@ fn a_missing_file_is_a_typed_error() {
         .collect::<Vec<Chunk>>()
         .expect_err("missing file");
     match error {
-        FlowError::Io { path, .. } => assert_eq!(path, PathBuf::from("/nonexistent/flowstage/file")),
+        FlowError::Io { path, .. } => {
+            assert_eq!(path, PathBuf::from("/nonexistent/flowstage/file"))
+        }
         other => panic!("expected FlowError::Io, got {other}"),
     }
 }
@@ -115,7 +117,8 @@ fn an_empty_file_gives_no_words() {
 fn a_multi_megabyte_line_without_newlines_is_one_word() {
     let bytes = vec![b'x'; 3 << 20];
     let path = temp_file("long-word", &bytes);
-    let words = words_in_order(FileSource::new(&path).readers(3).block_size(64 << 10)).expect("read");
+    let words =
+        words_in_order(FileSource::new(&path).readers(3).block_size(64 << 10)).expect("read");
     assert_eq!(words.len(), 1);
     assert_eq!(words[0].len(), 3 << 20);
 }

@@ -26,6 +26,7 @@
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
 //! name a flow as `Flow<impl Plan<Item = T>>`.
 
+mod combine;
 mod compile;
 mod departition;
 mod explain;
@@ -41,6 +42,7 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use explain::Explain;
 pub use logic::{Logic, PartitionInfo};
@@ -56,6 +58,7 @@ pub(crate) use logic::Identity;
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
+    pub use super::combine::CombineNode;
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,

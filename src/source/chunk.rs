@@ -167,7 +167,7 @@ impl Chunk {
     /// use flowstage::source::Chunk;
     /// let chunk = Chunk::from_bytes(b"fine\nbad \xff here\n".to_vec());
     /// let lines: Vec<_> = chunk.text_lines().collect();
-    /// assert_eq!(lines[0].as_ref().unwrap(), "fine");
+    /// assert_eq!(*lines[0].as_ref().unwrap(), "fine");
     /// assert!(lines[1].as_ref().unwrap_err().to_string().contains("byte 9"));
     /// ```
     pub fn text_lines(&self) -> impl Iterator<Item = Result<&str, FlowError>> {

@@ -1,0 +1,258 @@
+//! `reduce_by_key` and `count_by_key`: keyed aggregation with a combiner.
+//!
+//! With an associative `combine`, values of one key can be combined anywhere, in any
+//! grouping. So the planner combines inside each upstream stage first (a per-stage map,
+//! flushed when it reaches [`COMBINER_CAPACITY`] keys and at the end), and only the
+//! combined `(key, value)` pairs cross the partition exchange: for word count, one pair
+//! per distinct word per stage instead of one event per word.
+
+use std::hash::Hash;
+
+use std::sync::Arc;
+
+use ahash::AHashMap;
+
+use super::Flow;
+use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::logic::{Logic, PartitionInfo};
+use super::partition::Partition;
+use crate::error::Result;
+use crate::stage::partition_hash;
+
+/// Keys a combiner holds before it flushes its pairs downstream: bounds its memory.
+pub const COMBINER_CAPACITY: usize = 1 << 16;
+
+/// A map combining the values of equal keys with `combine`.
+#[derive(Debug)]
+pub struct Combined<K, V, F> {
+    map: AHashMap<K, Option<V>>,
+    combine: Arc<F>,
+}
+
+impl<K: Hash + Eq, V, F: Fn(V, V) -> V> Combined<K, V, F> {
+    fn new(combine: Arc<F>) -> Self {
+        Combined {
+            map: AHashMap::new(),
+            combine,
+        }
+    }
+
+    #[inline]
+    fn insert(&mut self, key: K, value: V) {
+        match self.map.get_mut(&key) {
+            Some(slot) => {
+                // The slot is only empty for the instant of this combine.
+                if let Some(old) = slot.take() {
+                    *slot = Some((self.combine)(old, value));
+                }
+            }
+            None => {
+                self.map.insert(key, Some(value));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+impl<K, V, F> IntoIterator for Combined<K, V, F> {
+    type Item = (K, V);
+    type IntoIter = std::iter::FilterMap<
+        std::collections::hash_map::IntoIter<K, Option<V>>,
+        fn((K, Option<V>)) -> Option<(K, V)>,
+    >;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.map
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| (key, value)))
+    }
+}
+
+/// The combiner logic: a per-stage map in front of what follows.
+struct Combine<K, V, F, L> {
+    combined: Combined<K, V, F>,
+    rest: L,
+}
+
+impl<K, V, F, L: Clone> Clone for Combine<K, V, F, L> {
+    fn clone(&self) -> Self {
+        Combine {
+            combined: Combined {
+                map: AHashMap::new(),
+                combine: self.combined.combine.clone(),
+            },
+            rest: self.rest.clone(),
+        }
+    }
+}
+
+impl<K, V, F, L> Combine<K, V, F, L>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    F: Fn(V, V) -> V + Send + Sync + 'static,
+    L: Logic<In = (K, V)>,
+{
+    fn flush(&mut self, out: &mut Vec<L::Out>) {
+        let fresh = Combined::new(self.combined.combine.clone());
+        let full = std::mem::replace(&mut self.combined, fresh);
+        for pair in full {
+            self.rest.push(pair, out);
+        }
+    }
+}
+
+impl<K, V, F, L> Logic for Combine<K, V, F, L>
+where
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    F: Fn(V, V) -> V + Send + Sync + 'static,
+    L: Logic<In = (K, V)>,
+{
+    type In = (K, V);
+    type Out = L::Out;
+
+    fn start(&mut self, partition: PartitionInfo) {
+        self.rest.start(partition);
+    }
+
+    #[inline]
+    fn push(&mut self, (key, value): (K, V), out: &mut Vec<L::Out>) {
+        self.combined.insert(key, value);
+        if self.combined.len() >= COMBINER_CAPACITY {
+            self.flush(out);
+        }
+    }
+
+    fn batch(&mut self, events: Vec<(K, V)>, out: &mut Vec<L::Out>) {
+        for event in events {
+            self.push(event, out);
+        }
+    }
+
+    fn done(&mut self, out: &mut Vec<L::Out>) {
+        self.flush(out);
+        self.rest.done(out);
+    }
+
+    fn describe(&self, names: &mut Vec<String>) {
+        names.push("combine".to_string());
+        self.rest.describe(names);
+    }
+
+    fn has_reducer(&self) -> bool {
+        self.rest.has_reducer()
+    }
+}
+
+/// The plan node of the combiner.
+pub struct CombineNode<P, F> {
+    inner: P,
+    combine: Arc<F>,
+}
+
+impl<P, F> std::fmt::Debug for CombineNode<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CombineNode")
+    }
+}
+
+impl<P, K, V, F> Plan for CombineNode<P, F>
+where
+    P: Plan<Item = (K, V)>,
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    F: Fn(V, V) -> V + Send + Sync + 'static,
+{
+    type Item = (K, V);
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = (K, V)> + Clone,
+    {
+        let combine = Combine {
+            combined: Combined::new(self.combine),
+            rest: logic,
+        };
+        self.inner.compile(compiler, combine, dispatch)
+    }
+}
+
+impl<P, K, V> Flow<P>
+where
+    P: Plan<Item = (K, V)>,
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+{
+    /// Combines the values of each key with an associative `combine`, across the whole
+    /// flow: values are combined in each upstream stage first, then partitioned by key
+    /// (`options` gives the stages and demand) and combined per partition. Emits one
+    /// `(key, value)` pair per key.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sales = vec![("tea", 3), ("coffee", 5), ("tea", 4)];
+    /// let mut totals: Vec<(&str, i32)> = Flow::from_iter(sales)
+    ///     .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    ///     .collect()?;
+    /// totals.sort();
+    /// assert_eq!(totals, [("coffee", 5), ("tea", 7)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn reduce_by_key<F>(self, combine: F, options: Partition) -> Flow<impl Plan<Item = (K, V)>>
+    where
+        F: Fn(V, V) -> V + Send + Sync + 'static,
+    {
+        let combine = Arc::new(combine);
+        let combined = Flow {
+            plan: CombineNode {
+                inner: self.plan,
+                combine: combine.clone(),
+            },
+        };
+        let options = Partition::by_hash(|(key, _): &(K, V), partitions| {
+            Some((partition_hash(key) % partitions as u64) as usize)
+        })
+        .stages(options.stages)
+        .max_demand(options.max_demand)
+        .min_demand(options.min())
+        .window(options.window);
+        combined.partition(options).reduce(
+            move || Combined::new(combine.clone()),
+            |(key, value), mut combined: Combined<K, V, F>| {
+                combined.insert(key, value);
+                combined
+            },
+        )
+    }
+}
+
+impl<P> Flow<P>
+where
+    P: Plan,
+    P::Item: Hash + Eq,
+{
+    /// Counts the events of each distinct value: `reduce_by_key` on `(event, 1)`.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let mut counts: Vec<(char, u64)> = Flow::from_iter("abracadabra".chars())
+    ///     .count_by_key(Partition::new().stages(2))
+    ///     .collect()?;
+    /// counts.sort();
+    /// assert_eq!(counts, [('a', 5), ('b', 2), ('c', 1), ('d', 1), ('r', 2)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn count_by_key(self, options: Partition) -> Flow<impl Plan<Item = (P::Item, u64)>> {
+        self.map(|event| (event, 1u64))
+            .reduce_by_key(|a, b| a + b, options)
+    }
+}
