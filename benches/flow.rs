@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use rayon::prelude::*;
 
@@ -121,64 +122,10 @@ const TEXT_BYTES: usize = 32 << 20;
 /// Distinct words in the vocabulary.
 const VOCABULARY: usize = 50_000;
 
-/// splitmix64: a small, seeded, good-enough PRNG.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-/// A deterministic text of about `bytes` bytes: lines of 5–15 words (10 on average) drawn
-/// from `VOCABULARY` distinct lowercase words with Zipf (s = 1) frequencies; frequent
-/// words are short, as in natural text.
+/// The project's deterministic Zipf-distributed corpus (ASCII), as text.
 fn corpus(bytes: usize) -> String {
-    let mut rng = SplitMix64(0x5eed);
-    let mut seen = std::collections::HashSet::new();
-    let mut words: Vec<String> = Vec::with_capacity(VOCABULARY);
-    while words.len() < VOCABULARY {
-        let rank = words.len();
-        // 2–5 letters for the top ranks, up to 12 for the rare tail.
-        let min = 2 + ((rank + 1).ilog10() as usize).min(3);
-        let len = min + (rng.next() % 6) as usize;
-        let word: String = (0..len)
-            .map(|_| (b'a' + (rng.next() % 26) as u8) as char)
-            .collect();
-        if seen.insert(word.clone()) {
-            words.push(word);
-        }
-    }
-    // Zipf: P(rank r) ∝ 1 / (r + 1); sample by inverting the cumulative weights.
-    let mut cumulative = Vec::with_capacity(VOCABULARY);
-    let mut total = 0.0;
-    for rank in 0..VOCABULARY {
-        total += 1.0 / (rank + 1) as f64;
-        cumulative.push(total);
-    }
-    let mut text = String::with_capacity(bytes + 256);
-    while text.len() < bytes {
-        let n = 5 + (rng.next() % 11) as usize;
-        for i in 0..n {
-            let u = rng.unit() * total;
-            let rank = cumulative.partition_point(|&c| c <= u).min(VOCABULARY - 1);
-            if i > 0 {
-                text.push(' ');
-            }
-            text.push_str(&words[rank]);
-        }
-        text.push('\n');
-    }
-    text
+    let text = Corpus::new(bytes).vocabulary(VOCABULARY).generate();
+    String::from_utf8(text).expect("the generated corpus is ASCII")
 }
 
 /// `text` cut into `parts` chunks, each ending at a line end.

@@ -10,6 +10,7 @@
 mod chunk;
 mod file;
 mod iter;
+mod lines;
 mod par_iter;
 mod reader;
 mod stages;
@@ -22,6 +23,7 @@ use std::pin::Pin;
 pub use chunk::{Chunk, Delimiter, IntoWords, Words, is_word_separator};
 pub use file::{DEFAULT_BLOCK_SIZE, FileSource};
 pub use iter::{IterSource, ItersSource};
+pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
 pub use reader::{ReaderSource, stdin};
 pub use stages::StagesSource;

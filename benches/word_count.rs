@@ -1,0 +1,256 @@
+//! Word count over a large file: flowstage against the obvious rayon program, in one group.
+//!
+//! `cargo bench --bench word_count`
+//!
+//! Input: `FLOWSTAGE_WC_INPUT` if set; else real prose — the `*.rst.txt` sources of
+//! Debian's `linux-doc-6.1` package, fetched once with `apt-get download` into
+//! `target/wc-data` and concatenated to about 500 MB; if that fails, a generated
+//! Zipf-distributed corpus of the same size. The bench prints which one it used.
+//!
+//! - `flowstage_combiner`: what `examples/word_count.rs` runs — parallel readers over
+//!   whitespace-aligned ranges, words split without allocation, `count_by_key` (combined
+//!   in each reader's stage, then partitioned).
+//! - `flowstage_literal`: the literal Flow pipeline — `flat_map` words, `partition` by
+//!   word, `reduce` into a map per partition.
+//! - `flowstage_literal_strings`: the same with a `String` allocated per word (invalid
+//!   UTF-8 replaced, so its distinct count may differ): the cost `Word` avoids.
+//! - `rayon`: mmap, one `AHashMap<&[u8], u64>` per rayon split, merged.
+//! - `sequential`: one loop, one map.
+//!
+//! All four must agree on the total and the number of distinct words.
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowstage::corpus::Corpus;
+use flowstage::flow::{Flow, Partition};
+use flowstage::source::{Chunk, FileSource, Word, is_word_separator};
+use rayon::prelude::*;
+
+/// Size of the input the bench builds.
+const TARGET_BYTES: u64 = 500 << 20;
+
+fn data_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("wc-data")
+}
+
+/// Real prose: linux-doc's reStructuredText sources, repeated to about 500 MB.
+fn real_prose(dir: &Path) -> Option<PathBuf> {
+    let out = dir.join("prose-500mb.txt");
+    if std::fs::metadata(&out).is_ok_and(|m| m.len() >= TARGET_BYTES) {
+        return Some(out);
+    }
+    let fetched = Command::new("apt-get")
+        .args(["download", "linux-doc-6.1"])
+        .current_dir(dir)
+        .status()
+        .ok()?
+        .success();
+    if !fetched {
+        return None;
+    }
+    let deb = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|entry| entry.path())
+        .find(|path| path.extension().is_some_and(|e| e == "deb"))?;
+    let unpacked = dir.join("linux-doc");
+    Command::new("dpkg")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .ok()?
+        .success()
+        .then_some(())?;
+    let mut sources = Vec::new();
+    collect_rst(&unpacked, &mut sources);
+    sources.sort();
+    let mut once = Vec::new();
+    for source in &sources {
+        once.extend(std::fs::read(source).ok()?);
+    }
+    if once.is_empty() {
+        return None;
+    }
+    let mut text = Vec::with_capacity(TARGET_BYTES as usize + once.len());
+    while (text.len() as u64) < TARGET_BYTES {
+        text.extend_from_slice(&once);
+    }
+    std::fs::write(&out, text).ok()?;
+    Some(out)
+}
+
+fn collect_rst(dir: &Path, into: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_rst(&path, into);
+        } else if path.to_string_lossy().contains("_sources")
+            && path.to_string_lossy().ends_with(".rst.txt")
+        {
+            into.push(path);
+        }
+    }
+}
+
+fn input() -> PathBuf {
+    if let Ok(path) = std::env::var("FLOWSTAGE_WC_INPUT") {
+        return PathBuf::from(path);
+    }
+    let dir = data_dir();
+    std::fs::create_dir_all(&dir).expect("target/wc-data");
+    if let Some(prose) = real_prose(&dir) {
+        return prose;
+    }
+    let generated = dir.join("generated-500mb.txt");
+    if std::fs::metadata(&generated).map_or(true, |m| m.len() < TARGET_BYTES) {
+        std::fs::write(&generated, Corpus::new(TARGET_BYTES as usize).generate())
+            .expect("write the generated corpus");
+    }
+    generated
+}
+
+/// (total words, distinct words)
+type Summary = (u64, usize);
+
+fn flowstage_combiner(path: &Path) -> Summary {
+    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path))
+        .flat_map(Chunk::into_words)
+        .count_by_key(Partition::new().max_demand(4096))
+        .collect()
+        .expect("flowstage word count");
+    (counts.iter().map(|(_, n)| n).sum(), counts.len())
+}
+
+fn flowstage_literal(path: &Path) -> Summary {
+    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path))
+        .flat_map(Chunk::into_words)
+        .partition(Partition::new().max_demand(4096))
+        .reduce(AHashMap::new, |word, mut counts: AHashMap<Word, u64>| {
+            *counts.entry(word).or_default() += 1;
+            counts
+        })
+        .collect()
+        .expect("flowstage word count");
+    (counts.iter().map(|(_, n)| n).sum(), counts.len())
+}
+
+/// The literal pipeline with a `String` per word: what per-word allocation costs.
+fn flowstage_literal_strings(path: &Path) -> Summary {
+    let counts: Vec<(String, u64)> = Flow::from_source(FileSource::new(path))
+        .flat_map(|chunk: Chunk| {
+            chunk
+                .words()
+                .map(|word| String::from_utf8_lossy(word).into_owned())
+                .collect::<Vec<_>>()
+        })
+        .partition(Partition::new().max_demand(4096))
+        .reduce(AHashMap::new, |word, mut counts: AHashMap<String, u64>| {
+            *counts.entry(word).or_default() += 1;
+            counts
+        })
+        .collect()
+        .expect("flowstage word count");
+    (counts.iter().map(|(_, n)| n).sum(), counts.len())
+}
+
+fn words(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes
+        .split(|&b| is_word_separator(b))
+        .filter(|word| !word.is_empty())
+}
+
+fn rayon_baseline(path: &Path) -> Summary {
+    let file = std::fs::File::open(path).expect("open");
+    // SAFETY: the benchmark's input is not modified while it runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
+    let text: &[u8] = &map;
+    // Whitespace-aligned pieces, many per thread for rayon's load balancing.
+    let pieces = 256;
+    let mut bounds = vec![0];
+    for i in 1..pieces {
+        let mut end = (text.len() * i / pieces).max(bounds[bounds.len() - 1]);
+        while end < text.len() && !is_word_separator(text[end]) {
+            end += 1;
+        }
+        bounds.push(end);
+    }
+    bounds.push(text.len());
+    let counts = bounds
+        .par_windows(2)
+        .fold(AHashMap::<&[u8], u64>::new, |mut counts, range| {
+            for word in words(&text[range[0]..range[1]]) {
+                *counts.entry(word).or_default() += 1;
+            }
+            counts
+        })
+        .reduce(AHashMap::new, |a, b| {
+            let (mut big, small) = if a.len() >= b.len() { (a, b) } else { (b, a) };
+            for (word, n) in small {
+                *big.entry(word).or_default() += n;
+            }
+            big
+        });
+    (counts.values().sum(), counts.len())
+}
+
+fn sequential(path: &Path) -> Summary {
+    let text = std::fs::read(path).expect("read");
+    let mut counts: AHashMap<&[u8], u64> = AHashMap::new();
+    for word in words(&text) {
+        *counts.entry(word).or_default() += 1;
+    }
+    (counts.values().sum(), counts.len())
+}
+
+fn word_count(c: &mut Criterion) {
+    let path = input();
+    let bytes = std::fs::metadata(&path).expect("input").len();
+    let expected = rayon_baseline(&path);
+    eprintln!(
+        "word_count input: {} ({} MB, {} words, {} distinct)",
+        path.display(),
+        bytes >> 20,
+        expected.0,
+        expected.1
+    );
+    assert_eq!(flowstage_combiner(&path), expected);
+    assert_eq!(flowstage_literal(&path), expected);
+    assert_eq!(sequential(&path), expected);
+
+    let mut group = c.benchmark_group("word_count");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(30))
+        .throughput(Throughput::Bytes(bytes));
+    group.bench_function("flowstage_combiner", |b| {
+        b.iter(|| assert_eq!(black_box(flowstage_combiner(&path)), expected))
+    });
+    group.bench_function("flowstage_literal", |b| {
+        b.iter(|| assert_eq!(black_box(flowstage_literal(&path)), expected))
+    });
+    group.bench_function("flowstage_literal_strings", |b| {
+        b.iter(|| black_box(flowstage_literal_strings(&path)))
+    });
+    group.bench_function("rayon", |b| {
+        b.iter(|| assert_eq!(black_box(rayon_baseline(&path)), expected))
+    });
+    group.bench_function("sequential", |b| {
+        b.iter(|| assert_eq!(black_box(sequential(&path)), expected))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, word_count);
+criterion_main!(benches);
