@@ -74,6 +74,7 @@ impl From<&str> for Word {
 }
 
 impl Borrow<[u8]> for Word {
+    #[inline]
     fn borrow(&self) -> &[u8] {
         self.as_bytes()
     }
@@ -86,8 +87,16 @@ impl AsRef<[u8]> for Word {
 }
 
 impl PartialEq for Word {
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.as_bytes() == other.as_bytes()
+        match (&self.0, &other.0) {
+            // Inline bytes past `len` are always zero, so whole arrays compare equal
+            // exactly when the words do: one fixed-size compare, no call to memcmp.
+            (Repr::Inline { len: a, bytes: x }, Repr::Inline { len: b, bytes: y }) => {
+                a == b && x == y
+            }
+            _ => self.as_bytes() == other.as_bytes(),
+        }
     }
 }
 
@@ -95,6 +104,7 @@ impl Eq for Word {}
 
 impl Hash for Word {
     // Must hash like `[u8]`, for `Borrow<[u8]>` lookups.
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.as_bytes().hash(state);
     }
