@@ -247,6 +247,16 @@ pub(crate) struct FlatMap<A, F, L> {
     pub(crate) _in: PhantomData<fn(A)>,
 }
 
+impl<A, F, L> FlatMap<A, F, L> {
+    pub(crate) fn new(f: Arc<F>, rest: L) -> Self {
+        FlatMap {
+            f,
+            rest,
+            _in: PhantomData,
+        }
+    }
+}
+
 impl<A, F, L: Clone> Clone for FlatMap<A, F, L> {
     fn clone(&self) -> Self {
         FlatMap {
@@ -308,6 +318,16 @@ pub(crate) struct MapBatch<A, F, L> {
     pub(crate) f: Arc<F>,
     pub(crate) rest: L,
     pub(crate) _in: PhantomData<fn(A)>,
+}
+
+impl<A, F, L> MapBatch<A, F, L> {
+    pub(crate) fn new(f: Arc<F>, rest: L) -> Self {
+        MapBatch {
+            f,
+            rest,
+            _in: PhantomData,
+        }
+    }
 }
 
 impl<A, F, L: Clone> Clone for MapBatch<A, F, L> {

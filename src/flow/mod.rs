@@ -62,7 +62,7 @@ pub mod nodes {
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
-        Merge, RejectNode, Send2, SourceNode, StageHead,
+        Merge, RejectNode, SourceNode, StageHead,
     };
     pub use super::reduce::ReduceNode;
     pub use super::uniq::UniqNode;

@@ -4,7 +4,6 @@
 //! (fusion). Stage-making nodes (`SourceNode`, `Exchange`, `Merge`) create stages running
 //! the logic they were given.
 
-use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
@@ -62,7 +61,7 @@ macro_rules! op_node {
     (
         $(#[$doc:meta])*
         $node:ident => $logic:ident, [$($extra:ident),*], Item = $item:ty,
-        where F: $bound:path $(, $more:ident: $more_bound:path)*
+        where { $($bounds:tt)* }
     ) => {
         $(#[$doc])*
         pub struct $node<P, F> {
@@ -79,8 +78,7 @@ macro_rules! op_node {
         impl<P, F, $($extra),*> Plan for $node<P, F>
         where
             P: Plan,
-            F: $bound + Send + Sync + 'static,
-            $($more: $more_bound,)*
+            $($bounds)*
         {
             type Item = $item;
 
@@ -101,104 +99,45 @@ macro_rules! op_node {
 
 op_node! {
     /// `map`.
-    MapNode => Map, [U], Item = U, where F: Fn(P::Item) -> U, U: Send2
+    MapNode => Map, [U], Item = U,
+    where { U: Send + 'static, F: Fn(P::Item) -> U + Send + Sync + 'static, }
 }
 op_node! {
     /// `filter`.
-    FilterNode => Filter, [], Item = P::Item, where F: Fn(&P::Item) -> bool
+    FilterNode => Filter, [], Item = P::Item,
+    where { F: Fn(&P::Item) -> bool + Send + Sync + 'static, }
 }
 op_node! {
     /// `reject`.
-    RejectNode => Reject, [], Item = P::Item, where F: Fn(&P::Item) -> bool
+    RejectNode => Reject, [], Item = P::Item,
+    where { F: Fn(&P::Item) -> bool + Send + Sync + 'static, }
 }
 op_node! {
     /// `filter_map`.
-    FilterMapNode => FilterMap, [U], Item = U, where F: Fn(P::Item) -> Option<U>, U: Send2
+    FilterMapNode => FilterMap, [U], Item = U,
+    where { U: Send + 'static, F: Fn(P::Item) -> Option<U> + Send + Sync + 'static, }
 }
 op_node! {
     /// `inspect`.
-    InspectNode => Inspect, [], Item = P::Item, where F: Fn(&P::Item)
+    InspectNode => Inspect, [], Item = P::Item,
+    where { F: Fn(&P::Item) + Send + Sync + 'static, }
 }
-
-/// `Send + 'static`, as one bound for the macro.
-pub trait Send2: Send + 'static {}
-impl<T: Send + 'static> Send2 for T {}
-
-/// `flat_map`.
-pub struct FlatMapNode<P, F> {
-    pub(crate) inner: P,
-    pub(crate) f: Arc<F>,
-}
-
-impl<P, F> std::fmt::Debug for FlatMapNode<P, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FlatMapNode")
+op_node! {
+    /// `flat_map`.
+    FlatMapNode => FlatMap, [I], Item = I::Item,
+    where {
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(P::Item) -> I + Send + Sync + 'static,
     }
 }
-
-impl<P, F, I> Plan for FlatMapNode<P, F>
-where
-    P: Plan,
-    I: IntoIterator,
-    I::Item: Send + 'static,
-    F: Fn(P::Item) -> I + Send + Sync + 'static,
-{
-    type Item = I::Item;
-
-    fn compile<L>(
-        self,
-        compiler: &mut Compiler,
-        logic: L,
-        dispatch: &DispatchSpec<L::Out>,
-    ) -> Result<Vec<Output<L::Out>>>
-    where
-        L: Logic<In = Self::Item> + Clone,
-    {
-        let logic = logic::FlatMap {
-            f: self.f,
-            rest: logic,
-            _in: PhantomData,
-        };
-        self.inner.compile(compiler, logic, dispatch)
-    }
-}
-
-/// `map_batch`: only directly on a stage head (a source or a new layer).
-pub struct MapBatchNode<P, F> {
-    pub(crate) inner: P,
-    pub(crate) f: Arc<F>,
-}
-
-impl<P, F> std::fmt::Debug for MapBatchNode<P, F> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MapBatchNode")
-    }
-}
-
-impl<P, F, I> Plan for MapBatchNode<P, F>
-where
-    P: Plan,
-    I: IntoIterator,
-    I::Item: Send + 'static,
-    F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
-{
-    type Item = I::Item;
-
-    fn compile<L>(
-        self,
-        compiler: &mut Compiler,
-        logic: L,
-        dispatch: &DispatchSpec<L::Out>,
-    ) -> Result<Vec<Output<L::Out>>>
-    where
-        L: Logic<In = Self::Item> + Clone,
-    {
-        let logic = logic::MapBatch {
-            f: self.f,
-            rest: logic,
-            _in: PhantomData,
-        };
-        self.inner.compile(compiler, logic, dispatch)
+op_node! {
+    /// `map_batch`: only directly on a stage head (a source or a new layer).
+    MapBatchNode => MapBatch, [I], Item = I::Item,
+    where {
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
     }
 }
 
