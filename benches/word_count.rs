@@ -8,8 +8,9 @@
 //! Zipf-distributed corpus of the same size. The bench prints which one it used.
 //!
 //! - `flowstage_combiner`: what `examples/word_count.rs` runs — parallel readers over
-//!   whitespace-aligned ranges, words split without allocation, `count_by_key` (combined
-//!   in each reader's stage, then partitioned).
+//!   whitespace-aligned ranges, each chunk counted with borrowed word slices
+//!   (`Chunk::word_counts`), then `reduce_by_key` (combined in each reader's stage, then
+//!   partitioned).
 //! - `flowstage_literal`: the literal Flow pipeline — `flat_map` words, `partition` by
 //!   word, `reduce` into a map per partition.
 //! - `flowstage_literal_strings`: the same with a `String` allocated per word (invalid
@@ -125,8 +126,8 @@ type Summary = (u64, usize);
 
 fn flowstage_combiner(path: &Path) -> Summary {
     let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path))
-        .flat_map(Chunk::into_words)
-        .count_by_key(Partition::new().max_demand(4096))
+        .flat_map(|chunk: Chunk| chunk.word_counts())
+        .reduce_by_key(|a, b| a + b, Partition::new().max_demand(4096))
         .collect()
         .expect("flowstage word count");
     (counts.iter().map(|(_, n)| n).sum(), counts.len())

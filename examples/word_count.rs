@@ -10,8 +10,9 @@
 //! is a terminal.
 //!
 //! The flow: parallel readers over whitespace-aligned byte ranges emit chunks; each chunk
-//! is split into words (no allocation per word) and counted by `count_by_key`, which
-//! combines counts inside each reader's stage before the partition exchange.
+//! is counted with borrowed word slices (`Chunk::word_counts`: one owned `Word` per
+//! distinct word of the chunk, none per occurrence), and `reduce_by_key` adds the counts
+//! up — combined inside each reader's stage first, then partitioned by word.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -109,8 +110,8 @@ fn count() -> Result<(), Box<dyn std::error::Error>> {
                     .min_demand(1),
             )
             .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
-            .flat_map(Chunk::into_words)
-            .count_by_key(partition)
+            .flat_map(|chunk: Chunk| chunk.word_counts())
+            .reduce_by_key(|a, b| a + b, partition)
             .collect()?
     } else {
         let path = match &args.file {
@@ -121,8 +122,8 @@ fn count() -> Result<(), Box<dyn std::error::Error>> {
         let done = bar.clone();
         let counts = Flow::from_source(FileSource::new(&path).readers(args.stages))
             .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
-            .flat_map(Chunk::into_words)
-            .count_by_key(partition)
+            .flat_map(|chunk: Chunk| chunk.word_counts())
+            .reduce_by_key(|a, b| a + b, partition)
             .collect()?;
         done.finish_and_clear();
         counts

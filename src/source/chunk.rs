@@ -150,6 +150,28 @@ impl Chunk {
         }
     }
 
+    /// How often each word occurs in this chunk, as owned `(Word, count)` pairs: counted
+    /// with borrowed slices first, so a `Word` is made once per distinct word of the chunk,
+    /// not once per word. Feed the pairs to
+    /// [`reduce_by_key`](crate::flow::Flow::reduce_by_key) to count a whole file.
+    ///
+    /// ```
+    /// use flowstage::source::{Chunk, Word};
+    /// let mut counts = Chunk::from_bytes(b"a b a".to_vec()).word_counts();
+    /// counts.sort();
+    /// assert_eq!(counts, [(Word::from("a"), 2), (Word::from("b"), 1)]);
+    /// ```
+    pub fn word_counts(&self) -> Vec<(Word, u64)> {
+        let mut counts: ahash::AHashMap<&[u8], u64> = ahash::AHashMap::new();
+        for word in self.words() {
+            *counts.entry(word).or_insert(0) += 1;
+        }
+        counts
+            .into_iter()
+            .map(|(word, count)| (Word::new(word), count))
+            .collect()
+    }
+
     /// The lines, without their `\n` (nor a `\r` before it); a last line without `\n`
     /// counts too.
     pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
