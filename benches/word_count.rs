@@ -125,7 +125,7 @@ fn input() -> PathBuf {
 type Summary = (u64, usize);
 
 fn flowstage_combiner(path: &Path) -> Summary {
-    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path))
+    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path).block_size(1 << 20))
         .flat_map(|chunk: Chunk| chunk.word_counts())
         .reduce_by_key(|a, b| a + b, Partition::new().max_demand(4096))
         .collect()

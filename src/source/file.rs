@@ -6,7 +6,7 @@
 //! is in when it reaches its range's end. So every record is read exactly once, and no
 //! record is cut.
 //!
-//! Each reader streams its range in blocks (default 1 MiB) and emits one [`Chunk`] — whole
+//! Each reader streams its range in blocks (default 64 KiB) and emits one [`Chunk`] — whole
 //! records, ending on a delimiter — per call, whatever the demand: memory per reader is a
 //! block or two, never the file. With [`FileSource::mmap`] the chunks are slices of one
 //! shared mapping instead of copies.
@@ -21,8 +21,11 @@ use super::{BoxedProducer, Source};
 use crate::error::{FlowError, Result, StageError};
 use crate::stage::{Produced, Producer};
 
-/// Default block size of a reader.
-pub const DEFAULT_BLOCK_SIZE: usize = 1 << 20;
+/// Default block size of a reader: small enough that the events one chunk turns into
+/// (words, lines) stay in cache on their way through a partition exchange. On 500 MB of
+/// prose, the literal word count ran in 2.05-2.11 s with 64 KiB chunks and 2.53-2.67 s
+/// with 1 MiB. Flows that aggregate per chunk gain from larger ones.
+pub const DEFAULT_BLOCK_SIZE: usize = 64 << 10;
 
 /// A file read in parallel byte ranges; emits [`Chunk`]s of whole records.
 ///
@@ -51,7 +54,7 @@ pub struct FileSource {
 }
 
 impl FileSource {
-    /// Reads `path` with one reader per core, whitespace-aligned, 1 MiB blocks.
+    /// Reads `path` with one reader per core, whitespace-aligned, 64 KiB blocks.
     pub fn new(path: impl AsRef<Path>) -> Self {
         FileSource {
             path: path.as_ref().to_path_buf(),

@@ -253,7 +253,7 @@ struct PartitionDispatch<T, F> {
     outlets: Vec<Outlet<T>>,
     /// Events routed to a partition whose subscriber has no credit yet; at most a bound per
     /// partition before the producer is asked for nothing more.
-    queues: Vec<Vec<T>>,
+    queues: Vec<std::collections::VecDeque<T>>,
     route: F,
 }
 
@@ -261,7 +261,10 @@ impl<T, F> PartitionDispatch<T, F> {
     fn new(mut outlets: Vec<Outlet<T>>, route: F) -> Self {
         // Subscribers may name their partition; the runtime checked the indices are 0..n.
         outlets.sort_by_key(|outlet| outlet.partition);
-        let queues = outlets.iter().map(|_| Vec::new()).collect();
+        let queues = outlets
+            .iter()
+            .map(|_| std::collections::VecDeque::new())
+            .collect();
         PartitionDispatch {
             outlets,
             queues,
@@ -312,7 +315,7 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
         let partitions = self.outlets.len();
         for event in events {
             match (self.route)(&event, partitions) {
-                Some(p) if p < partitions => self.queues[p].push(event),
+                Some(p) if p < partitions => self.queues[p].push_back(event),
                 Some(p) => {
                     return Err(format!(
                         "partition function returned {p}, but there are {partitions} partitions"
@@ -326,7 +329,10 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
     }
 
     fn pending(&self) -> usize {
-        self.queues.iter().map(Vec::len).sum()
+        self.queues
+            .iter()
+            .map(std::collections::VecDeque::len)
+            .sum()
     }
 
     fn flush(&mut self) -> usize {
@@ -348,8 +354,12 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 // The queue keeps its capacity: it refills to about the same size, and
                 // growing it again from empty costs a dozen reallocations per batch.
                 let capacity = queue.capacity();
-                std::mem::replace(queue, Vec::with_capacity(capacity))
+                Vec::from(std::mem::replace(
+                    queue,
+                    std::collections::VecDeque::with_capacity(capacity),
+                ))
             } else {
+                // From the front of a ring buffer: the rest of the queue does not move.
                 queue.drain(..permit.len()).collect()
             };
             outlet.send(permit, batch);
