@@ -2053,3 +2053,43 @@ fn panic_in_on_trigger_fails_the_run() {
         other => panic!("expected StagePanicked, got {other:?}"),
     }
 }
+
+#[test]
+fn flows_run_inside_the_stages_of_other_flows_complete() {
+    // Blocking terminals share one runtime; a flow collected inside a stage of another
+    // (while both workers may be busy with stages) must not wait on that runtime.
+    let mut sums: Vec<u64> = guarded(|| {
+        Flow::from_iters(vec![0..4u64, 4..8])
+            .map(|n| {
+                Flow::from_iter(0..=n)
+                    .collect::<Vec<u64>>()
+                    .map(|all| all.iter().sum())
+                    .unwrap_or(u64::MAX)
+            })
+            .collect()
+            .expect("outer flow")
+    });
+    sums.sort_unstable();
+    assert_eq!(sums, (0..8u64).map(|n| n * (n + 1) / 2).collect::<Vec<_>>());
+}
+
+#[test]
+fn many_threads_collect_at_once() {
+    let handles: Vec<_> = (0..8u64)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                Flow::from_iter(0..10_000u64)
+                    .map(move |x| x + seed)
+                    .partition(Partition::new().stages(2))
+                    .reduce(|| 0u64, |x, sum| sum + x)
+                    .emit_state()
+                    .collect::<Vec<u64>>()
+                    .map(|sums| sums.into_iter().sum::<u64>())
+            })
+        })
+        .collect();
+    for (seed, handle) in handles.into_iter().enumerate() {
+        let total = guarded(move || handle.join().expect("thread")).expect("flow");
+        assert_eq!(total, (0..10_000u64).sum::<u64>() + 10_000 * seed as u64);
+    }
+}

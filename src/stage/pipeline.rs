@@ -515,23 +515,23 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Runs the pipeline to completion, blocking the calling thread. Starts a runtime of
-    /// its own (also when called from inside one).
+    /// Runs the pipeline to completion, blocking the calling thread, on flowstage's shared
+    /// runtime (one per process, started on first use). Called from inside a tokio
+    /// runtime — possibly from a stage of another flow, whose worker must not wait on the
+    /// pool it occupies — it runs on a runtime of its own, on a thread of its own.
     pub fn run(self) -> Result<Report> {
         if tokio::runtime::Handle::try_current().is_ok() {
-            // Blocking a runtime's worker would stall it: run on a thread of our own.
             return std::thread::scope(|scope| {
                 scope
-                    .spawn(move || self.run_blocking())
+                    .spawn(move || {
+                        let runtime = crate::runtime::build()?;
+                        runtime.block_on(async move { self.spawn()?.join().await })
+                    })
                     .join()
                     .unwrap_or_else(|_| Err(FlowError::Cancelled))
             });
         }
-        self.run_blocking()
-    }
-
-    fn run_blocking(self) -> Result<Report> {
-        let runtime = crate::runtime::build()?;
+        let runtime = crate::runtime::shared()?;
         runtime.block_on(async move { self.spawn()?.join().await })
     }
 
