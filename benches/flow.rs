@@ -8,7 +8,8 @@
 //!   rayon runs the same chain with `into_par_iter()`, and a sequential iterator gives the
 //!   single-core floor. All three check the same sum.
 //! - `word_count_literal`: the word count as a Flow user writes it — `flat_map` lines
-//!   into words, `partition` by word, `reduce` into a map per partition, collected —
+//!   into words, `partition` by word (max_demand 4096: cheap events want larger batches,
+//!   as in DESIGN.md's prototype), `reduce` into a map per partition, collected —
 //!   against rayon's `par_lines().fold(..).reduce(..)` over the same text. Both check the
 //!   total and the number of distinct words.
 //!
@@ -152,7 +153,7 @@ type Counts = AHashMap<&'static str, u64>;
 fn count_words_flowstage(chunks: &[&'static str]) -> Vec<(&'static str, u64)> {
     Flow::from_iters(chunks.iter().map(|chunk| chunk.lines()))
         .flat_map(|line: &'static str| line.split_ascii_whitespace())
-        .partition(Partition::by_key(|word: &&'static str| *word))
+        .partition(Partition::by_key(|word: &&'static str| *word).max_demand(4096))
         .reduce(Counts::new, |word, mut counts: Counts| {
             *counts.entry(word).or_insert(0) += 1;
             counts
