@@ -243,12 +243,9 @@ impl Flow<()> {
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn merge<P: Plan>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P::Item>> {
-        let mut merge = Merge::new(flows.into_iter().map(|flow| flow.plan).collect());
-        merge.stages = options.stages;
-        merge.max_demand = options.max_demand;
-        merge.min_demand = options.min();
-        merge.error = options.validate();
-        Flow { plan: merge }
+        Flow {
+            plan: Merge::new(flows.into_iter().map(|flow| flow.plan).collect(), &options),
+        }
     }
 }
 
@@ -260,10 +257,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(P::Item) -> U + Send + Sync + 'static,
     {
         Flow {
-            plan: MapNode {
-                inner: self.plan,
-                f: Arc::new(f),
-            },
+            plan: MapNode::new(self.plan, f),
         }
     }
 
@@ -275,10 +269,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(P::Item) -> I + Send + Sync + 'static,
     {
         Flow {
-            plan: FlatMapNode {
-                inner: self.plan,
-                f: Arc::new(f),
-            },
+            plan: FlatMapNode::new(self.plan, f),
         }
     }
 
@@ -288,10 +279,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(&P::Item) -> bool + Send + Sync + 'static,
     {
         Flow {
-            plan: FilterNode {
-                inner: self.plan,
-                f: Arc::new(predicate),
-            },
+            plan: FilterNode::new(self.plan, predicate),
         }
     }
 
@@ -301,10 +289,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(&P::Item) -> bool + Send + Sync + 'static,
     {
         Flow {
-            plan: RejectNode {
-                inner: self.plan,
-                f: Arc::new(predicate),
-            },
+            plan: RejectNode::new(self.plan, predicate),
         }
     }
 
@@ -315,10 +300,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(P::Item) -> Option<U> + Send + Sync + 'static,
     {
         Flow {
-            plan: FilterMapNode {
-                inner: self.plan,
-                f: Arc::new(f),
-            },
+            plan: FilterMapNode::new(self.plan, f),
         }
     }
 
@@ -328,10 +310,7 @@ impl<P: Plan> Flow<P> {
         F: Fn(&P::Item) + Send + Sync + 'static,
     {
         Flow {
-            plan: InspectNode {
-                inner: self.plan,
-                f: Arc::new(f),
-            },
+            plan: InspectNode::new(self.plan, f),
         }
     }
 
@@ -757,10 +736,7 @@ impl<P: StageHead> Flow<P> {
         F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
     {
         Flow {
-            plan: MapBatchNode {
-                inner: self.plan,
-                f: Arc::new(f),
-            },
+            plan: MapBatchNode::new(self.plan, f),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{self, Identity, Logic, PartitionInfo};
-use super::partition::Route;
+use super::partition::{Route, Shuffle};
 use crate::error::{FlowError, Result};
 use crate::source::Source;
 use crate::stage::{Dispatcher, SubscribeOptions};
@@ -67,6 +67,12 @@ macro_rules! op_node {
         pub struct $node<P, F> {
             pub(crate) inner: P,
             pub(crate) f: Arc<F>,
+        }
+
+        impl<P, F> $node<P, F> {
+            pub(crate) fn new(inner: P, f: F) -> Self {
+                $node { inner, f: Arc::new(f) }
+            }
         }
 
         impl<P, F> std::fmt::Debug for $node<P, F> {
@@ -275,10 +281,10 @@ impl<P: Plan> DynPlan<P::Item> for P {
 /// Several flows into one new layer; see [`Flow::merge`](super::Flow::merge).
 pub struct Merge<T> {
     inputs: Vec<Box<dyn DynPlan<T>>>,
-    pub(crate) stages: usize,
-    pub(crate) max_demand: usize,
-    pub(crate) min_demand: usize,
-    pub(crate) error: Option<FlowError>,
+    stages: usize,
+    max_demand: usize,
+    min_demand: usize,
+    error: Option<FlowError>,
 }
 
 impl<T> std::fmt::Debug for Merge<T> {
@@ -291,16 +297,16 @@ impl<T> std::fmt::Debug for Merge<T> {
 }
 
 impl<T: Send + 'static> Merge<T> {
-    pub(crate) fn new<P: Plan<Item = T>>(inputs: Vec<P>) -> Self {
+    pub(crate) fn new<P: Plan<Item = T>>(inputs: Vec<P>, options: &Shuffle) -> Self {
         Merge {
             inputs: inputs
                 .into_iter()
                 .map(|p| Box::new(p) as Box<dyn DynPlan<T>>)
                 .collect(),
-            stages: crate::runtime::default_parallelism(),
-            max_demand: crate::stage::DEFAULT_MAX_DEMAND,
-            min_demand: crate::stage::DEFAULT_MAX_DEMAND / 2,
-            error: None,
+            stages: options.stages,
+            max_demand: options.max_demand,
+            min_demand: options.min(),
+            error: options.validate(),
         }
     }
 }
