@@ -18,6 +18,7 @@ use super::logic::{Logic, PartitionInfo};
 use super::partition::Partition;
 use crate::error::Result;
 use crate::stage::partition_hash;
+use crate::window::WindowSignal;
 
 /// Keys a combiner holds before it flushes its pairs downstream: bounds its memory.
 /// Large enough that a natural-language vocabulary (~300k words) is combined in one
@@ -142,6 +143,10 @@ where
         self.rest.done(out);
     }
 
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.rest.window(signal, out);
+    }
+
     fn describe(&self, names: &mut Vec<String>) {
         names.push("combine".to_string());
         self.rest.describe(names);
@@ -227,8 +232,7 @@ where
         })
         .stages(options.stages)
         .max_demand(options.max_demand)
-        .min_demand(options.min())
-        .window(options.window);
+        .min_demand(options.min());
         combined.partition(options).reduce(
             move || Combined::new(combine.clone()),
             |(key, value), mut combined: Combined<K, V, F>| {

@@ -16,6 +16,7 @@ use crate::stage::{
     Consumer, ConsumerContext, Dispatcher, Pipeline, Produced, Producer, ProducerConsumer,
     ProducerConsumerOptions, ProducerOptions, ProducerRef,
 };
+use crate::window::Windower;
 
 /// A node of a flow's plan. Implemented by the crate's operators; users meet it as the
 /// type parameter of [`Flow`](super::Flow).
@@ -135,11 +136,12 @@ impl Compiler {
         Output { producer, node }
     }
 
-    /// Adds one stage of a layer, running `logic`.
+    /// Adds one stage of a layer, running `logic`, windowed by `windower` if any.
     pub(crate) fn stage<L: Logic>(
         &mut self,
         label: &str,
         mut logic: L,
+        windower: Option<Windower<L::In>>,
         partition: PartitionInfo,
         dispatch: &DispatchSpec<L::Out>,
     ) -> (crate::stage::ConsumerRef<L::In>, Output<L::Out>) {
@@ -151,12 +153,17 @@ impl Compiler {
             &dispatch.label,
         ));
         let name = self.graph.nodes[node].name.clone();
-        let (input, producer) = self.pipeline.producer_consumer_with(
-            LogicStage { logic },
-            ProducerConsumerOptions::new()
-                .name(name)
-                .dispatcher(dispatch.make()),
-        );
+        let options = ProducerConsumerOptions::new()
+            .name(name)
+            .dispatcher(dispatch.make());
+        let (input, producer) = match windower {
+            None => self
+                .pipeline
+                .producer_consumer_with(LogicStage { logic }, options),
+            Some(windower) => self
+                .pipeline
+                .producer_consumer_with(WindowedStage { logic, windower }, options),
+        };
         (input, Output { producer, node })
     }
 }
@@ -273,6 +280,55 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.done(&mut out);
+        Ok(out)
+    }
+}
+
+/// A stage of a windowed layer: its windowing cuts the input into runs per window and
+/// fires the triggers; the logic does the rest.
+struct WindowedStage<L: Logic> {
+    logic: L,
+    windower: Windower<L::In>,
+}
+
+impl<L: Logic> ProducerConsumer for WindowedStage<L> {
+    type In = L::In;
+    type Out = L::Out;
+
+    async fn handle_events(
+        &mut self,
+        events: Vec<L::In>,
+        context: &mut ConsumerContext,
+    ) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.windower
+            .batch(context.from(), events, &mut self.logic, &mut out);
+        context.count_late(self.windower.take_late());
+        Ok(out)
+    }
+
+    async fn handle_upstream_done(
+        &mut self,
+        from: usize,
+    ) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.windower.upstream_done(from, &mut self.logic, &mut out);
+        Ok(out)
+    }
+
+    async fn wakeup(&mut self) {
+        self.windower.wait().await;
+    }
+
+    async fn handle_wakeup(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.windower.wake(&mut self.logic, &mut out);
+        Ok(out)
+    }
+
+    async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
+        let mut out = Vec::new();
+        self.windower.done(&mut self.logic, &mut out);
         Ok(out)
     }
 }

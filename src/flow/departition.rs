@@ -1,22 +1,166 @@
-//! `departition` and `take_sort`: one merging stage after a partitioned layer.
+//! `departition` and `take_sort`: one merging stage after a partitioned layer, per window.
+//!
+//! The partitioned layer's chain ends in [`Tag`], which labels everything the layer emits
+//! with its window and sends a [`Tagged::Closed`] mark when a window fires `Done`. The
+//! merging stage keeps one state per window and finishes a window once every partition
+//! has closed it — so it works on unbounded flows too (periodic windows).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
-use super::logic::{Identity, Logic, PartitionInfo};
+use super::logic::{Logic, PartitionInfo};
 use super::plan::layer;
 use crate::error::Result;
 use crate::stage::DEFAULT_MAX_DEMAND;
+use crate::window::{Slots, Trigger, TriggerName, WindowInfo, WindowSignal};
 
-/// Merges everything the partitions emit into one accumulator; at `Done` emits
-/// `done(acc)`.
+/// What a partitioned layer sends to a merging stage.
+#[derive(Debug)]
+pub(crate) enum Tagged<T> {
+    /// An event emitted in window `id`.
+    Event(i64, T),
+    /// A partition fired `Done` for this window.
+    Closed(WindowInfo),
+}
+
+/// The end of a partitioned layer's chain before a merging stage: tags events with their
+/// window.
+pub(crate) struct Tag<T> {
+    window: WindowInfo,
+    windowed: bool,
+    closed_any: bool,
+    _in: PhantomData<fn(T)>,
+}
+
+impl<T> Tag<T> {
+    fn new() -> Self {
+        Tag {
+            window: WindowInfo::global(),
+            windowed: false,
+            closed_any: false,
+            _in: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Tag<T> {
+    fn clone(&self) -> Self {
+        Tag::new()
+    }
+}
+
+impl<T: Send + 'static> Logic for Tag<T> {
+    type In = T;
+    type Out = Tagged<T>;
+
+    fn start(&mut self, _partition: PartitionInfo) {}
+
+    #[inline]
+    fn push(&mut self, event: T, out: &mut Vec<Tagged<T>>) {
+        out.push(Tagged::Event(self.window.id, event));
+    }
+
+    #[inline]
+    fn feed<I: Iterator<Item = T>>(&mut self, events: I, out: &mut Vec<Tagged<T>>) {
+        let id = self.window.id;
+        out.extend(events.map(|event| Tagged::Event(id, event)));
+    }
+
+    fn done(&mut self, out: &mut Vec<Tagged<T>>) {
+        // A layer without a reduce fires no trigger: its one (global) window ends here.
+        if !self.windowed && !self.closed_any {
+            out.push(Tagged::Closed(self.window.clone()));
+        }
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<Tagged<T>>) {
+        match signal {
+            WindowSignal::Start => self.windowed = true,
+            WindowSignal::Enter(window) => self.window = window.clone(),
+            WindowSignal::Fire(trigger) if trigger.is_done() => {
+                self.closed_any = true;
+                out.push(Tagged::Closed(trigger.window.clone()));
+            }
+            WindowSignal::Fire(_) => {}
+        }
+    }
+
+    fn describe(&self, _names: &mut Vec<String>) {}
+}
+
+/// The bookkeeping of a merging stage: which partitions closed which window.
+#[derive(Debug)]
+struct Closing {
+    partitions: usize,
+    closed: BTreeMap<i64, (WindowInfo, usize)>,
+    finished_any: bool,
+}
+
+impl Closing {
+    fn new(partitions: usize) -> Self {
+        Closing {
+            partitions,
+            closed: BTreeMap::new(),
+            finished_any: false,
+        }
+    }
+
+    /// A partition closed `window`; says whether every partition has.
+    fn close(&mut self, window: WindowInfo) -> bool {
+        let id = window.id;
+        let entry = self.closed.entry(id).or_insert((window, 0));
+        entry.1 += 1;
+        if entry.1 >= self.partitions {
+            self.closed.remove(&id);
+            self.finished_any = true;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The windows still unfinished at the end of input, oldest first, with those that
+    /// only have state (`ids`); the global window if nothing was ever finished.
+    fn leftover(&mut self, ids: Vec<i64>) -> Vec<WindowInfo> {
+        let mut windows: BTreeMap<i64, WindowInfo> = std::mem::take(&mut self.closed)
+            .into_iter()
+            .map(|(id, (window, _))| (id, window))
+            .collect();
+        for id in ids {
+            windows
+                .entry(id)
+                .or_insert(WindowInfo { kind: "global", id });
+        }
+        if windows.is_empty() && !self.finished_any {
+            windows.insert(0, WindowInfo::global());
+        }
+        self.finished_any = true;
+        windows.into_values().collect()
+    }
+}
+
+/// Emits `event` for `window` down `rest`, as the window's `Done`.
+fn emit_done<L: Logic>(rest: &mut L, window: WindowInfo, event: L::In, out: &mut Vec<L::Out>) {
+    let trigger = Trigger {
+        window,
+        name: TriggerName::Done,
+    };
+    rest.window(WindowSignal::Enter(&trigger.window), out);
+    rest.push(event, out);
+    rest.window(WindowSignal::Fire(&trigger), out);
+}
+
+/// Merges everything the partitions emit for a window into one accumulator; once all of
+/// them closed the window, emits `done(acc)`.
 pub(crate) struct Departition<T, Acc, I, M, D, L> {
     init: Arc<I>,
     merge: Arc<M>,
     done: Arc<D>,
-    acc: Option<Acc>,
+    accs: Slots<Acc>,
+    closing: Closing,
     rest: L,
     _in: PhantomData<fn(T)>,
 }
@@ -27,10 +171,23 @@ impl<T, Acc, I, M, D, L: Clone> Clone for Departition<T, Acc, I, M, D, L> {
             init: self.init.clone(),
             merge: self.merge.clone(),
             done: self.done.clone(),
-            acc: None,
+            accs: Slots::default(),
+            closing: Closing::new(self.closing.partitions),
             rest: self.rest.clone(),
             _in: PhantomData,
         }
+    }
+}
+
+impl<T, Acc, U, I, M, D, L> Departition<T, Acc, I, M, D, L>
+where
+    I: Fn() -> Acc,
+    D: Fn(Acc) -> U,
+    L: Logic<In = U>,
+{
+    fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
+        let acc = self.accs.take(window.id).unwrap_or_else(|| (self.init)());
+        emit_done(&mut self.rest, window, (self.done)(acc), out);
     }
 }
 
@@ -43,31 +200,38 @@ where
     D: Fn(Acc) -> U + Send + Sync + 'static,
     L: Logic<In = U>,
 {
-    type In = T;
+    type In = Tagged<T>;
     type Out = L::Out;
 
     fn start(&mut self, partition: PartitionInfo) {
-        self.acc = Some((self.init)());
         self.rest.start(partition);
     }
 
     #[inline]
-    fn push(&mut self, event: T, _out: &mut Vec<L::Out>) {
-        let acc = self.acc.take().unwrap_or_else(|| (self.init)());
-        self.acc = Some((self.merge)(event, acc));
-    }
-
-    #[inline]
-    fn feed<It: Iterator<Item = T>>(&mut self, events: It, _out: &mut Vec<L::Out>) {
-        let acc = self.acc.take().unwrap_or_else(|| (self.init)());
-        let merge = &*self.merge;
-        self.acc = Some(events.fold(acc, |acc, event| merge(event, acc)));
+    fn push(&mut self, event: Tagged<T>, out: &mut Vec<L::Out>) {
+        match event {
+            Tagged::Event(id, event) => {
+                self.accs.enter(id);
+                let acc = self.accs.take_current().unwrap_or_else(|| (self.init)());
+                self.accs.put_current((self.merge)(event, acc));
+            }
+            Tagged::Closed(window) => {
+                if self.closing.close(window.clone()) {
+                    self.finish(window, out);
+                }
+            }
+        }
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        let acc = self.acc.take().unwrap_or_else(|| (self.init)());
-        self.rest.push((self.done)(acc), out);
+        for window in self.closing.leftover(self.accs.ids()) {
+            self.finish(window, out);
+        }
         self.rest.done(out);
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.rest.window(signal, out);
     }
 
     fn describe(&self, names: &mut Vec<String>) {
@@ -116,12 +280,13 @@ where
     {
         let upstream = self
             .inner
-            .compile(compiler, Identity::new(), &DispatchSpec::demand())?;
+            .compile(compiler, Tag::new(), &DispatchSpec::demand())?;
         let merge = Departition {
             init: self.init,
             merge: self.merge,
             done: self.done,
-            acc: None,
+            accs: Slots::default(),
+            closing: Closing::new(upstream.len()),
             rest: logic,
             _in: PhantomData,
         };
@@ -147,25 +312,72 @@ where
         1,
         DEFAULT_MAX_DEMAND,
         DEFAULT_MAX_DEMAND / 2,
+        None,
         logic,
         dispatch,
     )
 }
 
-/// Keeps the `n` smallest events by `cmp`; at `Done` emits them sorted, as one `Vec`.
-pub(crate) struct TopN<T, C, L> {
+/// The `n` smallest events by `cmp`, kept with amortised trimming.
+struct Smallest<T, C> {
     n: usize,
     cmp: Arc<C>,
-    kept: Vec<T>,
+    _t: PhantomData<fn(T)>,
+}
+
+impl<T, C> Clone for Smallest<T, C> {
+    fn clone(&self) -> Self {
+        Smallest {
+            n: self.n,
+            cmp: self.cmp.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T, C: Fn(&T, &T) -> Ordering> Smallest<T, C> {
+    fn push(&self, kept: &mut Vec<T>, event: T) {
+        kept.push(event);
+        if kept.len() >= 2 * self.n.max(512) {
+            self.trim(kept);
+        }
+    }
+
+    /// Cuts `kept` to the `n` smallest.
+    fn trim(&self, kept: &mut Vec<T>) {
+        if self.n == 0 {
+            kept.clear();
+        } else if kept.len() > self.n {
+            let cmp = &*self.cmp;
+            kept.select_nth_unstable_by(self.n - 1, |a, b| cmp(a, b));
+            kept.truncate(self.n);
+        }
+    }
+
+    /// The `n` smallest, sorted; a stable sort keeps equal events in arrival order.
+    fn finish(&self, mut kept: Vec<T>) -> Vec<T> {
+        self.trim(&mut kept);
+        let cmp = &*self.cmp;
+        kept.sort_by(|a, b| cmp(a, b));
+        kept
+    }
+}
+
+/// Per partition (and window): keeps the `n` smallest events; at `Done` emits them
+/// sorted, as one `Vec`.
+pub(crate) struct TopN<T, C, L> {
+    smallest: Smallest<T, C>,
+    kept: Slots<Vec<T>>,
+    windowed: bool,
     rest: L,
 }
 
 impl<T, C, L: Clone> Clone for TopN<T, C, L> {
     fn clone(&self) -> Self {
         TopN {
-            n: self.n,
-            cmp: self.cmp.clone(),
-            kept: Vec::new(),
+            smallest: self.smallest.clone(),
+            kept: Slots::default(),
+            windowed: false,
             rest: self.rest.clone(),
         }
     }
@@ -174,17 +386,12 @@ impl<T, C, L: Clone> Clone for TopN<T, C, L> {
 impl<T, C, L> TopN<T, C, L>
 where
     C: Fn(&T, &T) -> Ordering,
+    L: Logic<In = Vec<T>>,
 {
-    /// Cuts `kept` to the `n` smallest, amortised: only once it has doubled.
-    fn trim(&mut self) {
-        if self.n == 0 {
-            self.kept.clear();
-        } else if self.kept.len() > self.n {
-            let cmp = &*self.cmp;
-            self.kept
-                .select_nth_unstable_by(self.n - 1, |a, b| cmp(a, b));
-            self.kept.truncate(self.n);
-        }
+    fn fire_done(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
+        let kept = self.kept.take(window.id).unwrap_or_default();
+        let top = self.smallest.finish(kept);
+        emit_done(&mut self.rest, window, top, out);
     }
 }
 
@@ -203,23 +410,41 @@ where
 
     #[inline]
     fn push(&mut self, event: T, _out: &mut Vec<L::Out>) {
-        self.kept.push(event);
-        if self.kept.len() >= 2 * self.n.max(512) {
-            self.trim();
-        }
+        let kept = self.kept.current(Vec::new);
+        self.smallest.push(kept, event);
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        self.trim();
-        let cmp = &*self.cmp;
-        // A stable sort keeps equal events in arrival order.
-        self.kept.sort_by(|a, b| cmp(a, b));
-        self.rest.push(std::mem::take(&mut self.kept), out);
+        if self.windowed {
+            for id in self.kept.ids() {
+                self.fire_done(WindowInfo { kind: "window", id }, out);
+            }
+        } else {
+            self.fire_done(WindowInfo::global(), out);
+        }
         self.rest.done(out);
     }
 
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        match signal {
+            WindowSignal::Start => {
+                self.windowed = true;
+                self.rest.window(signal, out);
+            }
+            WindowSignal::Enter(window) => {
+                self.kept.enter(window.id);
+                self.rest.window(signal, out);
+            }
+            // `take_sort` emits once per window, at its end.
+            WindowSignal::Fire(trigger) if trigger.is_done() => {
+                self.fire_done(trigger.window.clone(), out)
+            }
+            WindowSignal::Fire(_) => {}
+        }
+    }
+
     fn describe(&self, names: &mut Vec<String>) {
-        names.push(format!("take_sort({})", self.n));
+        names.push(format!("take_sort({})", self.smallest.n));
         self.rest.describe(names);
     }
 
@@ -257,60 +482,106 @@ where
     where
         L: Logic<In = Vec<P::Item>> + Clone,
     {
-        let per_partition = TopN {
+        let smallest = Smallest {
             n: self.n,
-            cmp: self.cmp.clone(),
-            kept: Vec::new(),
-            rest: Identity::new(),
+            cmp: self.cmp,
+            _t: PhantomData,
+        };
+        let per_partition = TopN {
+            smallest: smallest.clone(),
+            kept: Slots::default(),
+            windowed: false,
+            rest: Tag::new(),
         };
         let upstream = self
             .inner
             .compile(compiler, per_partition, &DispatchSpec::demand())?;
         // The merging stage takes each partition's sorted list and keeps the top n of all.
-        let merge = FlattenTopN(TopN {
-            n: self.n,
-            cmp: self.cmp,
-            kept: Vec::new(),
+        let merge = MergeTopN {
+            smallest,
+            kept: Slots::default(),
+            closing: Closing::new(upstream.len()),
             rest: logic,
-        });
+        };
         one_stage(compiler, "take_sort", upstream, merge, dispatch)
     }
 }
 
-/// [`TopN`] fed with lists instead of single events.
-pub(crate) struct FlattenTopN<T, C, L>(TopN<T, C, L>);
+/// The merging stage of `take_sort`: per window, the top `n` of every partition's list.
+pub(crate) struct MergeTopN<T, C, L> {
+    smallest: Smallest<T, C>,
+    kept: Slots<Vec<T>>,
+    closing: Closing,
+    rest: L,
+}
 
-impl<T, C, L: Clone> Clone for FlattenTopN<T, C, L> {
+impl<T, C, L: Clone> Clone for MergeTopN<T, C, L> {
     fn clone(&self) -> Self {
-        FlattenTopN(self.0.clone())
+        MergeTopN {
+            smallest: self.smallest.clone(),
+            kept: Slots::default(),
+            closing: Closing::new(self.closing.partitions),
+            rest: self.rest.clone(),
+        }
     }
 }
 
-impl<T, C, L> Logic for FlattenTopN<T, C, L>
+impl<T, C, L> MergeTopN<T, C, L>
+where
+    C: Fn(&T, &T) -> Ordering,
+    L: Logic<In = Vec<T>>,
+{
+    fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
+        let kept = self.kept.take(window.id).unwrap_or_default();
+        let top = self.smallest.finish(kept);
+        emit_done(&mut self.rest, window, top, out);
+    }
+}
+
+impl<T, C, L> Logic for MergeTopN<T, C, L>
 where
     T: Send + 'static,
     C: Fn(&T, &T) -> Ordering + Send + Sync + 'static,
     L: Logic<In = Vec<T>>,
 {
-    type In = Vec<T>;
+    type In = Tagged<Vec<T>>;
     type Out = L::Out;
 
     fn start(&mut self, partition: PartitionInfo) {
-        self.0.start(partition);
+        self.rest.start(partition);
     }
 
-    fn push(&mut self, events: Vec<T>, out: &mut Vec<L::Out>) {
-        for event in events {
-            self.0.push(event, out);
+    fn push(&mut self, event: Tagged<Vec<T>>, out: &mut Vec<L::Out>) {
+        match event {
+            Tagged::Event(id, events) => {
+                self.kept.enter(id);
+                let kept = self.kept.current(Vec::new);
+                for event in events {
+                    self.smallest.push(kept, event);
+                }
+            }
+            Tagged::Closed(window) => {
+                if self.closing.close(window.clone()) {
+                    self.finish(window, out);
+                }
+            }
         }
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        self.0.done(out);
+        for window in self.closing.leftover(self.kept.ids()) {
+            self.finish(window, out);
+        }
+        self.rest.done(out);
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.rest.window(signal, out);
     }
 
     fn describe(&self, names: &mut Vec<String>) {
-        self.0.describe(names);
+        names.push(format!("take_sort({})", self.smallest.n));
+        self.rest.describe(names);
     }
 
     fn has_reducer(&self) -> bool {

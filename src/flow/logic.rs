@@ -9,6 +9,8 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use crate::window::WindowSignal;
+
 /// Which stage of its layer a logic instance runs in (Flow's `{index, count}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PartitionInfo {
@@ -62,6 +64,10 @@ pub trait Logic: Send + 'static {
     /// All input has arrived: fire the `Done` trigger, emit what is left.
     fn done(&mut self, out: &mut Vec<Self::Out>);
 
+    /// A signal of the stage's window ([`WindowSignal`]): operators with per-window state
+    /// (the reduce family, `uniq`) act on it; the others pass it on.
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<Self::Out>);
+
     /// The operators in this chain, in order, for `explain()`.
     fn describe(&self, names: &mut Vec<String>);
 
@@ -113,6 +119,8 @@ impl<T: Send + 'static> Logic for Identity<T> {
     }
 
     fn done(&mut self, _out: &mut Vec<T>) {}
+
+    fn window(&mut self, _signal: WindowSignal<'_>, _out: &mut Vec<T>) {}
 
     fn describe(&self, _names: &mut Vec<String>) {}
 }
@@ -173,6 +181,10 @@ macro_rules! stateless {
 
             fn done(&mut self, out: &mut Vec<L::Out>) {
                 self.rest.done(out);
+            }
+
+            fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+                self.rest.window(signal, out);
             }
 
             fn describe(&self, names: &mut Vec<String>) {
@@ -303,6 +315,10 @@ where
         self.rest.done(out);
     }
 
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.rest.window(signal, out);
+    }
+
     fn describe(&self, names: &mut Vec<String>) {
         names.push("flat_map".to_string());
         self.rest.describe(names);
@@ -378,6 +394,10 @@ where
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
         self.rest.done(out);
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.rest.window(signal, out);
     }
 
     fn describe(&self, names: &mut Vec<String>) {

@@ -74,6 +74,7 @@ use crate::error::Result;
 use crate::sink::{self, FlowIter, FlowStream};
 use crate::source::{IterSource, ItersSource, ParIterSource, Source, StagesSource, StreamSource};
 use crate::stage::{Pipeline, ProducerRef, Report, Running};
+use crate::window::LayerWindow;
 
 /// A lazy, typed query. Build it with sources and operators; run it with a terminal.
 #[must_use = "flows are lazy and do nothing unless run"]
@@ -366,8 +367,14 @@ impl<P: Plan> Flow<P> {
         self.uniq_by(P::Item::clone)
     }
 
-    /// A new layer of stages; each event goes to the stage its key hashes to.
-    pub fn partition<R: Route<P::Item>>(self, options: Partition<R>) -> Flow<Exchange<P, R>> {
+    /// A new layer of stages; each event goes to the stage its key hashes to. The
+    /// options' [`window`](Partition::window) splits each stage's events in time for the
+    /// reduce family.
+    pub fn partition<R, W>(self, options: Partition<R, W>) -> Flow<Exchange<P, R, W>>
+    where
+        R: Route<P::Item>,
+        W: LayerWindow<P::Item>,
+    {
         Flow {
             plan: Exchange {
                 inner: self.plan,
@@ -376,13 +383,17 @@ impl<P: Plan> Flow<P> {
                 route: Some(Arc::new(options.route)),
                 stages: options.stages,
                 max_demand: options.max_demand,
+                window: options.window,
                 label: "partition",
             },
         }
     }
 
-    /// A new layer of stages behind the demand dispatcher (no keys).
-    pub fn shuffle(self, options: Shuffle) -> Flow<Exchange<P, NoRoute>> {
+    /// A new layer of stages behind the demand dispatcher (no keys), optionally windowed.
+    pub fn shuffle<W>(self, options: Partition<NoRoute, W>) -> Flow<Exchange<P, NoRoute, W>>
+    where
+        W: LayerWindow<P::Item>,
+    {
         Flow {
             plan: Exchange {
                 inner: self.plan,
@@ -391,6 +402,7 @@ impl<P: Plan> Flow<P> {
                 route: None,
                 stages: options.stages,
                 max_demand: options.max_demand,
+                window: options.window,
                 label: "shuffle",
             },
         }

@@ -5,7 +5,7 @@ use std::hash::Hash;
 use crate::error::FlowError;
 use crate::stage::demand::validate_demand;
 use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash};
-use crate::window::Window;
+use crate::window::{NoWindow, Window};
 
 /// How an event picks its partition. Implemented for the crate's routing options.
 pub trait Route<T>: Send + Sync + 'static {
@@ -83,12 +83,12 @@ impl<T> Route<T> for NoRoute {
 /// # Ok::<(), flowstage::FlowError>(())
 /// ```
 #[derive(Debug, Clone)]
-pub struct Partition<R = HashEvent> {
+pub struct Partition<R = HashEvent, W = NoWindow> {
     pub(crate) route: R,
     pub(crate) stages: usize,
     pub(crate) max_demand: usize,
     pub(crate) min_demand: Option<usize>,
-    pub(crate) window: Window,
+    pub(crate) window: W,
 }
 
 impl Default for Partition<HashEvent> {
@@ -105,7 +105,7 @@ impl Partition<HashEvent> {
             stages: crate::runtime::default_parallelism(),
             max_demand: DEFAULT_MAX_DEMAND,
             min_demand: None,
-            window: Window::Global,
+            window: NoWindow,
         }
     }
 
@@ -127,8 +127,8 @@ impl Partition<HashEvent> {
     }
 }
 
-impl<R> Partition<R> {
-    fn with_route<S>(self, route: S) -> Partition<S> {
+impl<R, W> Partition<R, W> {
+    fn with_route<S>(self, route: S) -> Partition<S, W> {
         Partition {
             route,
             stages: self.stages,
@@ -156,10 +156,16 @@ impl<R> Partition<R> {
         self
     }
 
-    /// The window of the new layer's reduce family (default: global).
-    pub fn window(mut self, window: Window) -> Self {
-        self.window = window;
-        self
+    /// The window of the new layer's stages, for its reduce family (default: the global
+    /// window without triggers). See [`Window`].
+    pub fn window<T>(self, window: Window<T>) -> Partition<R, Window<T>> {
+        Partition {
+            route: self.route,
+            stages: self.stages,
+            max_demand: self.max_demand,
+            min_demand: self.min_demand,
+            window,
+        }
     }
 
     pub(crate) fn min(&self) -> usize {

@@ -4,7 +4,7 @@
 //! (fusion). Stage-making nodes (`SourceNode`, `Exchange`, `Merge`) create stages running
 //! the logic they were given.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{self, Identity, Logic, PartitionInfo};
@@ -12,6 +12,7 @@ use super::partition::{Route, Shuffle};
 use crate::error::{FlowError, Result};
 use crate::source::Source;
 use crate::stage::{Dispatcher, SubscribeOptions};
+use crate::window::{LayerWindow, NoWindow, Window, Windower};
 
 /// A flow's sources; see [`Flow::from_source`](super::Flow::from_source).
 #[derive(Debug)]
@@ -150,21 +151,23 @@ op_node! {
 /// Marks plans whose logic starts a stage, the only places `map_batch` may go.
 pub trait StageHead: Plan {}
 impl<S: Source> StageHead for SourceNode<S> {}
-impl<P: Plan, R: Route<P::Item>> StageHead for Exchange<P, R> {}
+impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> StageHead for Exchange<P, R, W> {}
 impl<T: Send + 'static> StageHead for Merge<T> {}
 
-/// A new layer of stages behind a dispatcher: `partition` and `shuffle`.
-pub struct Exchange<P, R> {
+/// A new layer of stages behind a dispatcher: `partition` and `shuffle`, with the layer's
+/// window `W`.
+pub struct Exchange<P, R, W = NoWindow> {
     pub(crate) inner: P,
     pub(crate) route: Option<Arc<R>>,
     pub(crate) stages: usize,
     pub(crate) max_demand: usize,
     pub(crate) min_demand: usize,
+    pub(crate) window: W,
     pub(crate) label: &'static str,
     pub(crate) error: Option<FlowError>,
 }
 
-impl<P, R> std::fmt::Debug for Exchange<P, R> {
+impl<P, R, W> std::fmt::Debug for Exchange<P, R, W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Exchange")
             .field("label", &self.label)
@@ -173,7 +176,7 @@ impl<P, R> std::fmt::Debug for Exchange<P, R> {
     }
 }
 
-impl<P: Plan, R: Route<P::Item>> Plan for Exchange<P, R> {
+impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> Plan for Exchange<P, R, W> {
     type Item = P::Item;
 
     fn compile<L>(
@@ -187,6 +190,10 @@ impl<P: Plan, R: Route<P::Item>> Plan for Exchange<P, R> {
     {
         if let Some(error) = self.error {
             return Err(error);
+        }
+        let window = self.window.into_window();
+        if let Some(window) = &window {
+            window.validate()?;
         }
         let stages = self.stages;
         // With one stage there is nothing to route: the demand dispatcher does (unless
@@ -213,6 +220,7 @@ impl<P: Plan, R: Route<P::Item>> Plan for Exchange<P, R> {
             stages,
             self.max_demand,
             self.min_demand,
+            window,
             logic,
             dispatch,
         )
@@ -229,6 +237,7 @@ pub(crate) fn layer<T, L>(
     stages: usize,
     max_demand: usize,
     min_demand: usize,
+    window: Option<Window<T>>,
     logic: L,
     dispatch: &DispatchSpec<L::Out>,
 ) -> Result<Vec<Output<L::Out>>>
@@ -237,12 +246,18 @@ where
     L: Logic<In = T> + Clone,
 {
     let mut outputs = Vec::with_capacity(stages);
+    // The layer's stages share one processing-time origin, so periodic windows and
+    // timers tick together across them.
+    let window = window.map(|window| (Arc::new(window), Arc::new(OnceLock::new())));
     for index in 0..stages {
         let partition = PartitionInfo {
             index,
             count: stages,
         };
-        let (input, output) = compiler.stage(label, logic.clone(), partition, dispatch);
+        let windower = window
+            .as_ref()
+            .map(|(window, epoch)| Windower::new(window.clone(), epoch.clone(), upstream.len()));
+        let (input, output) = compiler.stage(label, logic.clone(), windower, partition, dispatch);
         for source in &upstream {
             compiler.pipeline.subscribe(
                 &input,
@@ -340,6 +355,7 @@ impl<T: Send + 'static> Plan for Merge<T> {
             self.stages,
             self.max_demand,
             self.min_demand,
+            None,
             logic,
             dispatch,
         )

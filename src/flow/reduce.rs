@@ -2,8 +2,9 @@
 //!
 //! `reduce`, `emit_and_reduce`, `group_by` and `on_trigger` are one logic, [`Reduce`]: a
 //! step folding each event into the accumulator (possibly emitting events right away) and
-//! an emitter deciding what a trigger sends downstream. Windows other than the global one
-//! come with the windows module; for now the only trigger is `Done`.
+//! an emitter deciding what a trigger sends downstream. State is kept per window (see
+//! [`window`](crate::window)); the stage's windowing tells the reduce which window events
+//! belong to and when triggers fire.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -11,43 +12,8 @@ use std::sync::Arc;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::{FlowError, Result};
-
-/// The window a trigger fired for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowInfo {
-    /// The window kind (`"global"`, ...).
-    pub kind: &'static str,
-    /// The window's id (0 for the global window).
-    pub id: i64,
-}
-
-/// Why a trigger fired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TriggerName {
-    /// The window ended (for the global window: all input has arrived).
-    Done,
-}
-
-/// What an `on_trigger` callback learns about the trigger.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Trigger {
-    /// The window the trigger fired for.
-    pub window: WindowInfo,
-    /// Which trigger.
-    pub name: TriggerName,
-}
-
-impl Trigger {
-    pub(crate) fn done_global() -> Self {
-        Trigger {
-            window: WindowInfo {
-                kind: "global",
-                id: 0,
-            },
-            name: TriggerName::Done,
-        }
-    }
-}
+use crate::window::{Slots, WindowSignal};
+pub use crate::window::{Trigger, TriggerName, WindowInfo};
 
 /// Folds one event into the accumulator, possibly emitting events at once.
 pub trait Step<T, Acc, U>: Send + Sync + 'static {
@@ -196,7 +162,10 @@ pub(crate) struct Reduce<T, Acc, I, S, E, L> {
     emit: Arc<E>,
     /// Runs on the accumulator before every emission (`group_by` puts newest first).
     finish: fn(&mut Acc),
-    acc: Option<Acc>,
+    /// One accumulator per window (only window 0 when the stage is not windowed).
+    accs: Slots<Acc>,
+    current: i64,
+    windowed: bool,
     partition: PartitionInfo,
     rest: L,
     label: &'static str,
@@ -210,12 +179,53 @@ impl<T, Acc, I, S, E, L: Clone> Clone for Reduce<T, Acc, I, S, E, L> {
             step: self.step.clone(),
             emit: self.emit.clone(),
             finish: self.finish,
-            // Each stage starts its own accumulator.
-            acc: None,
+            // Each stage starts its own accumulators.
+            accs: Slots::default(),
+            current: 0,
+            windowed: false,
             partition: self.partition,
             rest: self.rest.clone(),
             label: self.label,
             _in: PhantomData,
+        }
+    }
+}
+
+impl<T, Acc, I, S, E, L> Reduce<T, Acc, I, S, E, L>
+where
+    T: Send + 'static,
+    Acc: Send + 'static,
+    I: Fn() -> Acc + Send + Sync + 'static,
+    S: Step<T, Acc, L::In>,
+    E: Emit<Acc, L::In>,
+    L: Logic,
+{
+    /// Emits window `trigger.window`'s accumulator per the emitter; keeps what it returns
+    /// unless the window is done. The rest of the chain sees the emission inside the
+    /// window it belongs to.
+    fn fire(&mut self, trigger: &Trigger, out: &mut Vec<L::Out>) {
+        let id = trigger.window.id;
+        let mut acc = self.accs.take(id).unwrap_or_else(|| (self.init)());
+        (self.finish)(&mut acc);
+        let other = id != self.current;
+        self.rest.window(WindowSignal::Enter(&trigger.window), out);
+        let rest = &mut self.rest;
+        let kept = self
+            .emit
+            .emit(acc, self.partition, trigger, &mut |emitted| {
+                rest.push(emitted, out)
+            });
+        self.rest.window(WindowSignal::Fire(trigger), out);
+        if other {
+            let current = crate::window::WindowInfo {
+                kind: trigger.window.kind,
+                id: self.current,
+            };
+            self.rest.window(WindowSignal::Enter(&current), out);
+        }
+        // `None` starts afresh from `init` (lazily); on `Done` the window is gone.
+        if let (Some(acc), false) = (kept, trigger.is_done()) {
+            self.accs.put(id, acc);
         }
     }
 }
@@ -234,13 +244,12 @@ where
 
     fn start(&mut self, partition: PartitionInfo) {
         self.partition = partition;
-        self.acc = Some((self.init)());
         self.rest.start(partition);
     }
 
     #[inline]
     fn push(&mut self, event: T, out: &mut Vec<L::Out>) {
-        let acc = match self.acc.take() {
+        let acc = match self.accs.take_current() {
             Some(acc) => acc,
             None => (self.init)(),
         };
@@ -248,36 +257,53 @@ where
         let acc = self
             .step
             .step(event, acc, &mut |emitted| rest.push(emitted, out));
-        self.acc = Some(acc);
+        self.accs.put_current(acc);
     }
 
     #[inline]
     fn feed<It: Iterator<Item = T>>(&mut self, events: It, out: &mut Vec<L::Out>) {
         // The accumulator is taken once per batch and folded through it.
-        let acc = match self.acc.take() {
+        let acc = match self.accs.take_current() {
             Some(acc) => acc,
             None => (self.init)(),
         };
         let (step, rest) = (&*self.step, &mut self.rest);
         let mut emit = |emitted| rest.push(emitted, out);
-        self.acc = Some(events.fold(acc, |acc, event| step.step(event, acc, &mut emit)));
+        self.accs
+            .put_current(events.fold(acc, |acc, event| step.step(event, acc, &mut emit)));
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        let mut acc = match self.acc.take() {
-            Some(acc) => acc,
-            None => (self.init)(),
-        };
-        (self.finish)(&mut acc);
-        let rest = &mut self.rest;
-        // On `Done` the returned accumulator is dropped.
-        let _ = self.emit.emit(
-            acc,
-            self.partition,
-            &Trigger::done_global(),
-            &mut |emitted| rest.push(emitted, out),
-        );
+        if self.windowed {
+            // The stage's windowing fired `Done` for every window it opened; anything left
+            // (there should be nothing) still gets its `Done`, oldest first.
+            for id in self.accs.ids() {
+                let trigger = Trigger {
+                    window: WindowInfo { kind: "window", id },
+                    name: TriggerName::Done,
+                };
+                self.fire(&trigger, out);
+            }
+        } else {
+            self.fire(&Trigger::done_global(), out);
+        }
         self.rest.done(out);
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        match signal {
+            WindowSignal::Start => {
+                self.windowed = true;
+                self.rest.window(signal, out);
+            }
+            WindowSignal::Enter(window) => {
+                self.current = window.id;
+                self.accs.enter(window.id);
+                // Events emitted while reducing belong to this window too.
+                self.rest.window(signal, out);
+            }
+            WindowSignal::Fire(trigger) => self.fire(trigger, out),
+        }
     }
 
     fn describe(&self, names: &mut Vec<String>) {
@@ -380,7 +406,9 @@ where
             step: self.step,
             emit: self.emit,
             finish: self.finish,
-            acc: None,
+            accs: Slots::default(),
+            current: 0,
+            windowed: false,
             partition: PartitionInfo { index: 0, count: 1 },
             rest: logic,
             label: self.label,

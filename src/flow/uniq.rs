@@ -1,4 +1,4 @@
-//! `uniq` / `uniq_by`: a per-stage seen-set.
+//! `uniq` / `uniq_by`: a per-stage, per-window seen-set.
 
 use std::hash::Hash;
 use std::marker::PhantomData;
@@ -9,11 +9,12 @@ use ahash::AHashSet;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::Result;
+use crate::window::{Slots, WindowSignal};
 
-/// Passes an event only if its key was not seen before in this stage.
+/// Passes an event only if its key was not seen before in this stage (and window).
 pub(crate) struct UniqBy<A, K, F, L> {
     key: Arc<F>,
-    seen: AHashSet<K>,
+    seen: Slots<AHashSet<K>>,
     rest: L,
     _in: PhantomData<fn(A)>,
 }
@@ -22,7 +23,7 @@ impl<A, K, F, L: Clone> Clone for UniqBy<A, K, F, L> {
     fn clone(&self) -> Self {
         UniqBy {
             key: self.key.clone(),
-            seen: AHashSet::new(),
+            seen: Slots::default(),
             rest: self.rest.clone(),
             _in: PhantomData,
         }
@@ -45,21 +46,32 @@ where
 
     #[inline]
     fn push(&mut self, event: A, out: &mut Vec<L::Out>) {
-        if self.seen.insert((self.key)(&event)) {
+        if self.seen.current(AHashSet::new).insert((self.key)(&event)) {
             self.rest.push(event, out);
         }
     }
 
     #[inline]
     fn feed<It: Iterator<Item = A>>(&mut self, events: It, out: &mut Vec<L::Out>) {
-        let (key, seen) = (&*self.key, &mut self.seen);
+        let (key, seen) = (&*self.key, self.seen.current(AHashSet::new));
         self.rest
             .feed(events.filter(|event| seen.insert(key(event))), out);
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        self.seen = AHashSet::new();
+        self.seen = Slots::default();
         self.rest.done(out);
+    }
+
+    fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        match signal {
+            WindowSignal::Enter(window) => self.seen.enter(window.id),
+            WindowSignal::Fire(trigger) if trigger.is_done() => {
+                self.seen.take(trigger.window.id);
+            }
+            _ => {}
+        }
+        self.rest.window(signal, out);
     }
 
     fn describe(&self, names: &mut Vec<String>) {
@@ -103,7 +115,7 @@ where
     {
         let uniq = UniqBy {
             key: self.key,
-            seen: AHashSet::new(),
+            seen: Slots::default(),
             rest: logic,
             _in: PhantomData,
         };

@@ -15,6 +15,7 @@ pub(crate) struct StageMetrics {
     demand: AtomicU64,
     buffered: AtomicU64,
     dropped: AtomicU64,
+    late: AtomicU64,
 }
 
 impl StageMetrics {
@@ -40,6 +41,12 @@ impl StageMetrics {
         }
     }
 
+    pub(crate) fn add_late(&self, n: u64) {
+        if n > 0 {
+            self.late.fetch_add(n, Relaxed);
+        }
+    }
+
     pub(crate) fn snapshot(&self, stage: &StageInfo) -> StageSnapshot {
         StageSnapshot {
             stage: stage.clone(),
@@ -48,6 +55,7 @@ impl StageMetrics {
             demand: self.demand.load(Relaxed),
             buffered: self.buffered.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            late: self.late.load(Relaxed),
         }
     }
 }
@@ -81,4 +89,8 @@ pub struct StageSnapshot {
     /// Events a full producer buffer dropped (see `buffer_keep`), or events routed to a
     /// partition whose consumer had already gone.
     pub dropped: u64,
+    /// Events that arrived for a window already closed (see
+    /// [`window`](crate::window)); with [`LateEvents`](crate::window::LateEvents) the user
+    /// can read them.
+    pub late: u64,
 }

@@ -114,6 +114,7 @@ pub trait Producer: Send + 'static {
 pub struct ConsumerContext {
     from: usize,
     asks: Vec<(usize, usize)>,
+    late: u64,
 }
 
 impl ConsumerContext {
@@ -121,7 +122,18 @@ impl ConsumerContext {
         ConsumerContext {
             from,
             asks: Vec::new(),
+            late: 0,
         }
+    }
+
+    /// Counts `n` events that came too late to be used, in the stage's metrics
+    /// ([`StageSnapshot::late`]).
+    pub fn count_late(&mut self, n: u64) {
+        self.late += n;
+    }
+
+    pub(crate) fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
     }
 
     /// The subscription the current events came from (its index among this stage's
@@ -238,6 +250,32 @@ pub trait ProducerConsumer: Send + 'static {
 
     /// Called once after all input was handled; returns the last events to emit.
     fn handle_done(&mut self) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send {
+        async { Ok(Vec::new()) }
+    }
+
+    /// Called when subscription `from` ended (its producer finished), after every event it
+    /// sent was handled; returns events to emit. Windows use it: a finished producer no
+    /// longer holds the watermark back.
+    fn handle_upstream_done(
+        &mut self,
+        from: usize,
+    ) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send {
+        let _ = from;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Resolves when the stage wants [`handle_wakeup`](ProducerConsumer::handle_wakeup)
+    /// called although no event came: a timer is due, a message arrived from outside
+    /// (GenStage's `handle_info`). The runtime awaits it only while the stage is idle and
+    /// no output waits for demand, and drops it when a message comes first, so it must be
+    /// cancel-safe. A busy stage should also check its timers as it handles events. The
+    /// default never resolves.
+    fn wakeup(&mut self) -> impl Future<Output = ()> + Send {
+        std::future::pending()
+    }
+
+    /// Handles a [`wakeup`](ProducerConsumer::wakeup); returns events to emit.
+    fn handle_wakeup(&mut self) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send {
         async { Ok(Vec::new()) }
     }
 }

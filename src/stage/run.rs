@@ -126,6 +126,10 @@ impl Inlets {
         }
     }
 
+    fn is_open(&self, from: usize) -> bool {
+        self.inlets.get(from).is_some_and(|inlet| inlet.open)
+    }
+
     fn finished(&self) -> bool {
         self.stop || self.open == 0
     }
@@ -285,6 +289,7 @@ pub(crate) async fn run_consumer<C: Consumer>(
                         .handle_events(chunk, &mut context)
                         .await
                         .map_err(|e| stage_error(&stage, e))?;
+                    metrics.add_late(context.take_late());
                     inlets.handled(from, n, &mut context);
                 }
             }
@@ -310,7 +315,7 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
     let mut inlets = Inlets::new(inflows);
     inlets.subscribe(|context| inner.handle_subscribe(context));
     // Input received and not yet handled: at most the demand this stage sent upstream.
-    let mut input: VecDeque<(usize, Vec<S::In>)> = VecDeque::new();
+    let mut input: VecDeque<Input<S::In>> = VecDeque::new();
     let mut queued = 0usize;
     // Output made and not yet sent for lack of credit; input waits until it is gone.
     let mut output: Vec<S::Out> = Vec::new();
@@ -340,8 +345,22 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
             inlets.cancel_all();
             return Ok(());
         }
+        // A subscription ended, after its last events were handled: tell the stage.
+        if output.is_empty() {
+            if let Some(&Input::Ended(from)) = input.front() {
+                input.pop_front();
+                let made = inner
+                    .handle_upstream_done(from)
+                    .await
+                    .map_err(|e| stage_error(&stage, e))?;
+                output = dispatch
+                    .dispatch(made)
+                    .map_err(|e| stage_error(&stage, e))?;
+                continue;
+            }
+        }
         let demand = dispatch.demand();
-        if output.is_empty() && demand > 0 && !input.is_empty() {
+        if output.is_empty() && demand > 0 && matches!(input.front(), Some(Input::Events(..))) {
             let (from, chunk) = next_chunk(&mut input, inlets.chunk_size_for_front(), demand);
             let n = chunk.len();
             queued -= n;
@@ -350,6 +369,7 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
                 .handle_events(chunk, &mut context)
                 .await
                 .map_err(|e| stage_error(&stage, e))?;
+            metrics.add_late(context.take_late());
             inlets.handled(from, n, &mut context);
             output = dispatch
                 .dispatch(made)
@@ -374,8 +394,18 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
                 return Ok(());
             }
         }
-        match inbox.recv().await {
-            Some(msg) => receive(
+        // Idle: wait for a message, or for the stage's own wake-up (a timer, a message from
+        // outside) — the latter only while no output waits, so it cannot pile up.
+        let woken = if output.is_empty() && !done_handled {
+            tokio::select! {
+                msg = inbox.recv() => Woken::Msg(msg),
+                () = inner.wakeup() => Woken::Stage,
+            }
+        } else {
+            Woken::Msg(inbox.recv().await)
+        };
+        match woken {
+            Woken::Msg(Some(msg)) => receive(
                 msg,
                 &mut input,
                 &mut queued,
@@ -383,18 +413,41 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
                 dispatch.as_mut(),
                 &metrics,
             ),
-            None => {
+            Woken::Msg(None) => {
                 // No producer and no consumer can reach us: nothing more will happen.
                 inlets.cancel_all();
                 return Ok(());
+            }
+            Woken::Stage => {
+                let made = inner
+                    .handle_wakeup()
+                    .await
+                    .map_err(|e| stage_error(&stage, e))?;
+                output = dispatch
+                    .dispatch(made)
+                    .map_err(|e| stage_error(&stage, e))?;
             }
         }
     }
 }
 
+/// What ended an idle producer-consumer's wait.
+enum Woken<I> {
+    Msg(Option<Msg<I>>),
+    Stage,
+}
+
+/// A producer-consumer's queued input, in arrival order.
+enum Input<I> {
+    /// Events from a subscription.
+    Events(usize, Vec<I>),
+    /// That subscription ended; its events before this were all handled first.
+    Ended(usize),
+}
+
 fn receive<I, O>(
     msg: Msg<I>,
-    input: &mut VecDeque<(usize, Vec<I>)>,
+    input: &mut VecDeque<Input<I>>,
     queued: &mut usize,
     inlets: &mut Inlets,
     dispatch: &mut dyn Dispatch<O>,
@@ -404,9 +457,14 @@ fn receive<I, O>(
         Msg::Events { from, events } => {
             metrics.add_in(events.len());
             *queued += events.len();
-            input.push_back((from, events));
+            input.push_back(Input::Events(from, events));
         }
-        Msg::Done { from } | Msg::Failed { from } => inlets.close(from),
+        Msg::Done { from } | Msg::Failed { from } => {
+            if inlets.is_open(from) {
+                input.push_back(Input::Ended(from));
+            }
+            inlets.close(from);
+        }
         Msg::Ask { sub, n } => dispatch.ask(sub, n),
         Msg::Cancel { sub } => dispatch.cancel(sub),
     }
@@ -421,18 +479,20 @@ impl Inlets {
 /// Cuts the next chunk off the front of the input queue: at most the subscription's chunk
 /// size and at most the downstream demand.
 fn next_chunk<I>(
-    input: &mut VecDeque<(usize, Vec<I>)>,
+    input: &mut VecDeque<Input<I>>,
     chunk_size: impl Fn(usize) -> usize,
     demand: usize,
 ) -> (usize, Vec<I>) {
-    let Some((from, events)) = input.front_mut() else {
+    let Some(Input::Events(from, events)) = input.front_mut() else {
         return (0, Vec::new());
     };
     let from = *from;
     let limit = chunk_size(from).min(demand).max(1);
     if events.len() <= limit {
-        let (_, events) = input.pop_front().unwrap_or((from, Vec::new()));
-        (from, events)
+        match input.pop_front() {
+            Some(Input::Events(_, events)) => (from, events),
+            _ => (from, Vec::new()),
+        }
     } else {
         let rest = events.split_off(limit);
         (from, std::mem::replace(events, rest))

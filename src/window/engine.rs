@@ -1,0 +1,826 @@
+//! The windowing of one stage: assigns events to windows, tracks the watermark, runs the
+//! triggers, and drives the stage's fused chain with [`WindowSignal`]s.
+//!
+//! Events reach the chain in *runs*: consecutive events of one window with no trigger
+//! point inside. A run is fed through the chain in one fused pass, as an unwindowed batch
+//! would be; a batch is cut wherever a window changes, the watermark closes a window, or
+//! a trigger is due — at the exact event, so for one producer the results do not depend
+//! on how events were batched.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use std::vec;
+
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+
+use super::{
+    CustomTrigger, Decision, Kind, Trigger, TriggerName, TriggerSpec, Window, WindowInfo,
+    WindowSignal,
+};
+use crate::flow::Logic;
+
+/// What one upstream producer told the stage so far.
+#[derive(Debug, Clone)]
+struct Upstream {
+    /// The latest event timestamp it sent.
+    latest: Option<i64>,
+    done: bool,
+    idle: bool,
+    /// When it last sent a batch (for `idle_timeout`).
+    seen: Option<Instant>,
+}
+
+/// The trigger state of one open window.
+struct Slot<T> {
+    /// Events fed into the window so far.
+    events: u64,
+    customs: Vec<Box<dyn CustomTrigger<T>>>,
+    /// In its allowed lateness until then (it fired `Watermark` already).
+    late_until: Option<Instant>,
+}
+
+/// An open session: its events wait until it closes.
+struct Session<T> {
+    /// The last timestamp plus the gap.
+    end: i64,
+    events: Vec<T>,
+}
+
+/// The windowing state of one stage.
+pub(crate) struct Windower<T> {
+    spec: Arc<Window<T>>,
+    kind: &'static str,
+    /// The processing-time origin shared by the layer's stages (periodic windows and
+    /// timers tick together across stages).
+    epoch: Arc<OnceLock<Instant>>,
+    started: bool,
+    upstreams: Vec<Upstream>,
+    watermark: Option<i64>,
+    slots: BTreeMap<i64, Slot<T>>,
+    /// Event-time windows: the first window start not closed yet.
+    cursor: Option<i64>,
+    closed_any: bool,
+    /// The window the chain was last told to enter.
+    entered: Option<i64>,
+    /// `count` and `periodic`: the current window.
+    current: i64,
+    sessions: BTreeMap<i64, Session<T>>,
+    /// The largest end of a closed session.
+    closed_end: i64,
+    /// The next tick of each `periodically` trigger.
+    ticks: Vec<(Duration, Option<Instant>)>,
+    messages: Vec<broadcast::Receiver<String>>,
+    pending_messages: Vec<String>,
+    late: u64,
+}
+
+fn floor_to(ts: i64, size: i64) -> i64 {
+    ts.div_euclid(size) * size
+}
+
+impl<T: Send + 'static> Windower<T> {
+    pub(crate) fn new(
+        spec: Arc<Window<T>>,
+        epoch: Arc<OnceLock<Instant>>,
+        upstreams: usize,
+    ) -> Self {
+        let kind = spec.kind_name();
+        let ticks = spec
+            .triggers
+            .iter()
+            .filter_map(|t| match t {
+                TriggerSpec::Periodically(d) => Some((*d, None)),
+                _ => None,
+            })
+            .collect();
+        let messages = spec
+            .triggers
+            .iter()
+            .filter_map(|t| match t {
+                TriggerSpec::Message(handle) => Some(handle.subscribe()),
+                _ => None,
+            })
+            .collect();
+        Windower {
+            kind,
+            epoch,
+            started: false,
+            upstreams: vec![
+                Upstream {
+                    latest: None,
+                    done: false,
+                    idle: false,
+                    seen: None,
+                };
+                upstreams
+            ],
+            watermark: None,
+            slots: BTreeMap::new(),
+            cursor: None,
+            closed_any: false,
+            entered: None,
+            current: 0,
+            sessions: BTreeMap::new(),
+            closed_end: i64::MIN,
+            ticks,
+            messages,
+            pending_messages: Vec::new(),
+            late: 0,
+            spec,
+        }
+    }
+
+    /// Late events since the last call (for the stage's metrics).
+    pub(crate) fn take_late(&mut self) -> u64 {
+        std::mem::take(&mut self.late)
+    }
+
+    fn uses_clock(&self) -> bool {
+        matches!(self.spec.kind, Kind::Periodic(_))
+            || !self.ticks.is_empty()
+            || self.spec.lateness.is_some()
+            || self.spec.idle_timeout.is_some()
+    }
+
+    fn epoch(&self) -> Instant {
+        *self.epoch.get_or_init(Instant::now)
+    }
+
+    fn start<L: Logic<In = T>>(&mut self, chain: &mut L, out: &mut Vec<L::Out>) {
+        if !self.started {
+            self.started = true;
+            chain.window(WindowSignal::Start, out);
+            let epoch = self.epoch();
+            for (period, next) in &mut self.ticks {
+                *next = Some(epoch + *period);
+            }
+            if self.spec.idle_timeout.is_some() {
+                let now = Instant::now();
+                for upstream in &mut self.upstreams {
+                    upstream.seen = Some(now);
+                }
+            }
+        }
+    }
+
+    // ---- the chain ----------------------------------------------------------------------
+
+    fn enter<L: Logic<In = T>>(&mut self, id: i64, chain: &mut L, out: &mut Vec<L::Out>) {
+        if self.entered != Some(id) {
+            self.entered = Some(id);
+            let info = WindowInfo {
+                kind: self.kind,
+                id,
+            };
+            chain.window(WindowSignal::Enter(&info), out);
+        }
+    }
+
+    fn fire<L: Logic<In = T>>(
+        &mut self,
+        id: i64,
+        name: TriggerName,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let done = name == TriggerName::Done;
+        let trigger = Trigger {
+            window: WindowInfo {
+                kind: self.kind,
+                id,
+            },
+            name,
+        };
+        chain.window(WindowSignal::Fire(&trigger), out);
+        if done {
+            self.slots.remove(&id);
+        }
+    }
+
+    fn new_slot(spec: &Window<T>) -> Slot<T> {
+        Slot {
+            events: 0,
+            customs: spec
+                .triggers
+                .iter()
+                .filter_map(|t| match t {
+                    TriggerSpec::Custom(make) => Some(make()),
+                    _ => None,
+                })
+                .collect(),
+            late_until: None,
+        }
+    }
+
+    /// Feeds the next `len` events of `events` to window `id`, firing `every` and custom
+    /// triggers at their exact events.
+    fn feed<L: Logic<In = T>>(
+        &mut self,
+        id: i64,
+        events: &mut vec::IntoIter<T>,
+        len: usize,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let mut left = len;
+        while left > 0 {
+            let spec = self.spec.clone();
+            let slot = self
+                .slots
+                .entry(id)
+                .or_insert_with(|| Self::new_slot(&spec));
+            // Where the next trigger falls in this run, and which fire there.
+            let mut take = left;
+            for trigger in &spec.triggers {
+                if let TriggerSpec::Every(n) = trigger {
+                    let to_next = (n - slot.events % n).min(usize::MAX as u64) as usize;
+                    take = take.min(to_next);
+                }
+            }
+            let mut fires: Vec<TriggerName> = Vec::new();
+            for custom in &mut slot.customs {
+                let prefix = &events.as_slice()[..take];
+                if let Decision::Fire { at, name } = custom.decide(prefix) {
+                    let at = at.clamp(1, take);
+                    if at < take {
+                        fires.clear();
+                    }
+                    take = at;
+                    fires.push(TriggerName::Custom(name));
+                }
+            }
+            slot.events += take as u64;
+            let count = slot.events;
+            for trigger in &spec.triggers {
+                if let TriggerSpec::Every(n) = trigger {
+                    if count % n == 0 {
+                        fires.insert(0, TriggerName::Every(*n));
+                    }
+                }
+            }
+            self.enter(id, chain, out);
+            chain.feed(events.by_ref().take(take), out);
+            left -= take;
+            for name in fires {
+                self.fire(id, name, chain, out);
+            }
+        }
+    }
+
+    fn late(&mut self, event: T) {
+        self.late += 1;
+        if let Some(late) = &self.spec.late {
+            late.push(event);
+        }
+    }
+
+    // ---- input --------------------------------------------------------------------------
+
+    /// Handles a batch from upstream `from`.
+    pub(crate) fn batch<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        events: Vec<T>,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        self.start(chain, out);
+        if self.uses_clock() {
+            let now = Instant::now();
+            if self.spec.idle_timeout.is_some() {
+                if let Some(upstream) = self.upstreams.get_mut(from) {
+                    upstream.seen = Some(now);
+                    upstream.idle = false;
+                }
+            }
+            self.clock(now, chain, out);
+        }
+        let mut events = events.into_iter();
+        match &self.spec.kind {
+            Kind::Global => {
+                let len = events.len();
+                self.feed(0, &mut events, len, chain, out);
+            }
+            Kind::Periodic(_) => {
+                let len = events.len();
+                self.feed(self.current, &mut events, len, chain, out);
+            }
+            &Kind::Count(n) => {
+                while events.len() > 0 {
+                    let id = self.current;
+                    let filled = self.slots.get(&id).map_or(0, |slot| slot.events);
+                    let len = ((n - filled).min(usize::MAX as u64) as usize).min(events.len());
+                    self.feed(id, &mut events, len, chain, out);
+                    if self.slots.get(&id).map_or(0, |slot| slot.events) >= n {
+                        self.fire(id, TriggerName::Done, chain, out);
+                        self.current += 1;
+                    }
+                }
+            }
+            Kind::Fixed { size, ts } => {
+                let (size, ts) = (*size, ts.clone());
+                self.fixed(from, size, &*ts, &mut events, chain, out);
+            }
+            Kind::Sliding {
+                size,
+                slide,
+                ts,
+                clone,
+            } => {
+                let (size, slide, ts, clone) = (*size, *slide, ts.clone(), *clone);
+                for event in events {
+                    self.sliding(from, size, slide, ts(&event), event, clone, chain, out);
+                }
+            }
+            Kind::Session { gap, ts } => {
+                let (gap, ts) = (*gap, ts.clone());
+                for event in events {
+                    self.session(from, gap, ts(&event), event, chain, out);
+                }
+            }
+        }
+    }
+
+    fn fixed<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        size: i64,
+        ts: &(dyn Fn(&T) -> i64 + Send + Sync),
+        events: &mut vec::IntoIter<T>,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        while let Some(first) = events.as_slice().first() {
+            let t = ts(first);
+            let id = floor_to(t, size);
+            self.observe(from, t, id, chain, out);
+            if self.is_closed(id) {
+                if let Some(event) = events.next() {
+                    self.late(event);
+                }
+                continue;
+            }
+            // The run: the following events of the same window that close nothing.
+            let slice = events.as_slice();
+            let mut len = 1;
+            while len < slice.len() {
+                let t = ts(&slice[len]);
+                if floor_to(t, size) != id || !self.observe_quietly(from, t) {
+                    break;
+                }
+                len += 1;
+            }
+            self.feed(id, events, len, chain, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn sliding<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        size: i64,
+        slide: i64,
+        t: i64,
+        event: T,
+        clone: fn(&T) -> T,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let last = floor_to(t, slide);
+        // The first window start above t - size.
+        let first = floor_to(t - size, slide) + slide;
+        self.observe(from, t, first, chain, out);
+        let open: Vec<i64> = (0..)
+            .map(|k| first + k * slide)
+            .take_while(|&start| start <= last)
+            .filter(|&start| !self.is_closed(start))
+            .collect();
+        let Some((&final_window, earlier)) = open.split_last() else {
+            self.late(event);
+            return;
+        };
+        for &start in earlier {
+            let mut one = vec![clone(&event)].into_iter();
+            self.feed(start, &mut one, 1, chain, out);
+        }
+        let mut one = vec![event].into_iter();
+        self.feed(final_window, &mut one, 1, chain, out);
+    }
+
+    fn session<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        gap: i64,
+        t: i64,
+        event: T,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        self.observe(from, t, t, chain, out);
+        let end = t.saturating_add(gap);
+        if t < self.closed_end || self.watermark.is_some_and(|w| end <= w) {
+            self.late(event);
+            return;
+        }
+        // Merge every session this event touches: those starting before its end and
+        // ending after it.
+        let touching: Vec<i64> = self
+            .sessions
+            .range(..end)
+            .rev()
+            .take_while(|(_, session)| session.end > t)
+            .map(|(&start, _)| start)
+            .collect();
+        let mut start = t;
+        let mut merged = Session {
+            end,
+            events: Vec::new(),
+        };
+        for id in touching.into_iter().rev() {
+            if let Some(session) = self.sessions.remove(&id) {
+                start = start.min(id);
+                merged.end = merged.end.max(session.end);
+                merged.events.extend(session.events);
+            }
+        }
+        merged.events.push(event);
+        self.sessions.insert(start, merged);
+    }
+
+    // ---- the watermark ------------------------------------------------------------------
+
+    /// Takes event time `t` from upstream `from`, for an event whose first window is
+    /// `first`; closes what the watermark passed.
+    fn observe<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        t: i64,
+        first: i64,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        if !self.closed_any && self.cursor.is_none_or(|c| first < c) {
+            self.cursor = Some(first);
+        }
+        let Some(upstream) = self.upstreams.get_mut(from) else {
+            return;
+        };
+        if upstream.latest.is_some_and(|latest| latest >= t) {
+            return;
+        }
+        upstream.latest = Some(t);
+        if self.recompute_watermark() {
+            self.close(chain, out);
+        }
+    }
+
+    /// Like [`observe`](Self::observe) for an event inside the current run: applies it only
+    /// if it closes nothing, and says whether it did.
+    fn observe_quietly(&mut self, from: usize, t: i64) -> bool {
+        let Some(upstream) = self.upstreams.get(from) else {
+            return true;
+        };
+        if upstream.latest.is_some_and(|latest| latest >= t) {
+            return true;
+        }
+        let before = (self.upstreams[from].latest, self.watermark);
+        self.upstreams[from].latest = Some(t);
+        self.recompute_watermark();
+        if self
+            .next_close()
+            .is_some_and(|end| self.watermark.is_some_and(|w| w >= end))
+        {
+            (self.upstreams[from].latest, self.watermark) = before;
+            return false;
+        }
+        true
+    }
+
+    /// The end of the oldest window still to close.
+    fn next_close(&self) -> Option<i64> {
+        match &self.spec.kind {
+            Kind::Fixed { size, .. } | Kind::Sliding { size, .. } => {
+                self.cursor.map(|c| c.saturating_add(*size))
+            }
+            _ => None,
+        }
+    }
+
+    /// Recomputes the watermark (it never goes back); says whether it moved.
+    fn recompute_watermark(&mut self) -> bool {
+        let mut active = self
+            .upstreams
+            .iter()
+            .filter(|u| !u.done && !u.idle)
+            .peekable();
+        let candidate = if active.peek().is_none() {
+            self.upstreams.iter().filter_map(|u| u.latest).max()
+        } else {
+            active
+                .map(|u| u.latest)
+                .try_fold(i64::MAX, |min, latest| latest.map(|l| min.min(l)))
+        };
+        match candidate {
+            Some(c) if self.watermark.is_none_or(|w| c > w) => {
+                self.watermark = Some(c);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn is_closed(&self, start: i64) -> bool {
+        self.closed_any
+            && self.cursor.is_some_and(|c| start < c)
+            && self
+                .slots
+                .get(&start)
+                .is_none_or(|slot| slot.late_until.is_none())
+    }
+
+    /// Closes every window the watermark passed: event-time windows in order, skipped
+    /// (empty) ones included; sessions that ended.
+    fn close<L: Logic<In = T>>(&mut self, chain: &mut L, out: &mut Vec<L::Out>) {
+        let Some(watermark) = self.watermark else {
+            return;
+        };
+        match &self.spec.kind {
+            Kind::Fixed { size, .. } => {
+                let size = *size;
+                self.close_windows(watermark, size, size, chain, out)
+            }
+            Kind::Sliding { size, slide, .. } => {
+                let (size, slide) = (*size, *slide);
+                self.close_windows(watermark, size, slide, chain, out)
+            }
+            Kind::Session { .. } => {
+                while let Some((&start, session)) = self.sessions.first_key_value() {
+                    if session.end > watermark {
+                        break;
+                    }
+                    self.close_session(start, chain, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn close_windows<L: Logic<In = T>>(
+        &mut self,
+        watermark: i64,
+        size: i64,
+        step: i64,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        while let Some(start) = self.cursor {
+            if start.saturating_add(size) > watermark {
+                break;
+            }
+            self.close_window(start, chain, out);
+            self.cursor = Some(start + step);
+        }
+    }
+
+    fn close_window<L: Logic<In = T>>(&mut self, start: i64, chain: &mut L, out: &mut Vec<L::Out>) {
+        self.closed_any = true;
+        match self.spec.lateness {
+            Some(lateness) => {
+                let spec = self.spec.clone();
+                let slot = self
+                    .slots
+                    .entry(start)
+                    .or_insert_with(|| Self::new_slot(&spec));
+                slot.late_until = Some(Instant::now() + lateness);
+                self.fire(start, TriggerName::Watermark, chain, out);
+            }
+            None => self.fire(start, TriggerName::Done, chain, out),
+        }
+    }
+
+    fn close_session<L: Logic<In = T>>(
+        &mut self,
+        start: i64,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        if let Some(session) = self.sessions.remove(&start) {
+            self.closed_end = self.closed_end.max(session.end);
+            let len = session.events.len();
+            let mut events = session.events.into_iter();
+            self.feed(start, &mut events, len, chain, out);
+            self.fire(start, TriggerName::Done, chain, out);
+        }
+    }
+
+    /// Upstream `from` finished: it no longer holds the watermark back.
+    pub(crate) fn upstream_done<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        self.start(chain, out);
+        if let Some(upstream) = self.upstreams.get_mut(from) {
+            upstream.done = true;
+        }
+        // The last producer finishing changes nothing here: the end of input follows.
+        if self.upstreams.iter().any(|u| !u.done) && self.recompute_watermark() {
+            self.close(chain, out);
+        }
+    }
+
+    // ---- processing time ----------------------------------------------------------------
+
+    /// When the stage next needs waking for a timer.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
+        if let Kind::Periodic(period) = self.spec.kind {
+            if let Some(epoch) = self.epoch.get() {
+                consider(*epoch + period * (self.current as u32 + 1));
+            }
+        }
+        for (_, tick) in &self.ticks {
+            if let Some(at) = tick {
+                consider(*at);
+            }
+        }
+        for slot in self.slots.values() {
+            if let Some(at) = slot.late_until {
+                consider(at);
+            }
+        }
+        if let Some(timeout) = self.spec.idle_timeout {
+            for upstream in &self.upstreams {
+                if let (false, false, Some(seen)) = (upstream.done, upstream.idle, upstream.seen) {
+                    consider(seen + timeout);
+                }
+            }
+        }
+        next
+    }
+
+    /// Waits for the next timer or message (cancel-safe: a message received is kept).
+    pub(crate) async fn wait(&mut self) {
+        if !self.started {
+            // Timers start with the stage: the first wake-up arms them.
+            return;
+        }
+        let deadline = self.deadline();
+        if deadline.is_none() && self.messages.is_empty() {
+            return std::future::pending().await;
+        }
+        let sleep = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let messages = &mut self.messages;
+        let pending = &mut self.pending_messages;
+        let message = async {
+            if messages.is_empty() {
+                return std::future::pending().await;
+            }
+            let recvs = messages.iter_mut().map(|m| Box::pin(m.recv()));
+            let (received, _, _) = futures::future::select_all(recvs).await;
+            if let Ok(name) = received {
+                pending.push(name);
+            }
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = message => {}
+        }
+    }
+
+    /// Handles due timers and messages.
+    pub(crate) fn wake<L: Logic<In = T>>(&mut self, chain: &mut L, out: &mut Vec<L::Out>) {
+        self.start(chain, out);
+        self.clock(Instant::now(), chain, out);
+    }
+
+    fn clock<L: Logic<In = T>>(&mut self, now: Instant, chain: &mut L, out: &mut Vec<L::Out>) {
+        // Periodic windows: every tick that passed closes its window.
+        if let Kind::Periodic(period) = self.spec.kind {
+            let elapsed = now.saturating_duration_since(self.epoch());
+            let tick = (elapsed.as_nanos() / period.as_nanos().max(1)) as i64;
+            while self.current < tick {
+                let id = self.current;
+                self.fire(id, TriggerName::Done, chain, out);
+                self.current += 1;
+            }
+        }
+        // Allowed lateness that ran out.
+        let expired: Vec<i64> = self
+            .slots
+            .iter()
+            .filter(|(_, slot)| slot.late_until.is_some_and(|at| at <= now))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in expired {
+            self.fire(id, TriggerName::Done, chain, out);
+        }
+        // Producers that went quiet.
+        if let Some(timeout) = self.spec.idle_timeout {
+            let mut changed = false;
+            for upstream in &mut self.upstreams {
+                if !upstream.done
+                    && !upstream.idle
+                    && upstream.seen.is_some_and(|seen| seen + timeout <= now)
+                {
+                    upstream.idle = true;
+                    changed = true;
+                }
+            }
+            if changed && self.recompute_watermark() {
+                self.close(chain, out);
+            }
+        }
+        // `periodically` timers.
+        let epoch = self.epoch();
+        let mut fired: Vec<Duration> = Vec::new();
+        for (period, next) in &mut self.ticks {
+            if next.is_some_and(|at| at <= now) {
+                fired.push(*period);
+                let ticks = now.saturating_duration_since(epoch).as_nanos() / period.as_nanos();
+                *next = Some(epoch + *period * (ticks as u32 + 1));
+            }
+        }
+        for period in fired {
+            self.fire_open(TriggerName::Periodically(period), chain, out);
+        }
+        // Messages from outside.
+        for receiver in &mut self.messages {
+            loop {
+                match receiver.try_recv() {
+                    Ok(name) => self.pending_messages.push(name),
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.pending_messages) {
+            self.fire_open(TriggerName::Message(name), chain, out);
+        }
+    }
+
+    /// Fires `name` for every open window, oldest first.
+    fn fire_open<L: Logic<In = T>>(
+        &mut self,
+        name: TriggerName,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let ids: Vec<i64> = match self.spec.kind {
+            Kind::Global => vec![0],
+            Kind::Count(_) | Kind::Periodic(_) => vec![self.current],
+            _ => self.slots.keys().copied().collect(),
+        };
+        for id in ids {
+            self.fire(id, name.clone(), chain, out);
+        }
+    }
+
+    /// The end of input: every open window fires `Done`, oldest first; then the chain
+    /// finishes.
+    pub(crate) fn done<L: Logic<In = T>>(&mut self, chain: &mut L, out: &mut Vec<L::Out>) {
+        self.start(chain, out);
+        match &self.spec.kind {
+            Kind::Global => self.fire(0, TriggerName::Done, chain, out),
+            Kind::Count(_) | Kind::Periodic(_) => {
+                let id = self.current;
+                self.fire(id, TriggerName::Done, chain, out);
+            }
+            Kind::Fixed { size: step, .. } | Kind::Sliding { slide: step, .. } => {
+                let step = *step;
+                // Windows in their lateness (before the cursor), then the cursor up to the
+                // newest window, empty ones included.
+                let last = self.slots.keys().next_back().copied();
+                let lingering: Vec<i64> = match self.cursor {
+                    Some(c) => self.slots.range(..c).map(|(&id, _)| id).collect(),
+                    None => Vec::new(),
+                };
+                for id in lingering {
+                    self.fire(id, TriggerName::Done, chain, out);
+                }
+                if let (Some(mut start), Some(last)) = (self.cursor, last) {
+                    while start <= last {
+                        self.fire(start, TriggerName::Done, chain, out);
+                        start += step;
+                    }
+                }
+            }
+            Kind::Session { .. } => {
+                let starts: Vec<i64> = self.sessions.keys().copied().collect();
+                for start in starts {
+                    self.close_session(start, chain, out);
+                }
+            }
+        }
+        chain.done(out);
+    }
+}
