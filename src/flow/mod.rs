@@ -30,6 +30,7 @@ mod combine;
 mod compile;
 mod departition;
 mod explain;
+pub mod join;
 mod logic;
 mod partition;
 mod plan;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use explain::Explain;
+pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
 pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
 pub use reduce::{
@@ -60,6 +62,7 @@ pub(crate) use logic::Identity;
 pub mod nodes {
     pub use super::combine::CombineNode;
     pub use super::departition::{DepartitionNode, TakeSortNode};
+    pub use super::join::JoinNode;
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
         Merge, RejectNode, SourceNode, StageHead,
@@ -74,7 +77,7 @@ use crate::error::Result;
 use crate::sink::{self, FlowIter, FlowStream};
 use crate::source::{IterSource, ItersSource, ParIterSource, Source, StagesSource, StreamSource};
 use crate::stage::{Pipeline, ProducerRef, Report, Running};
-use crate::window::LayerWindow;
+use crate::window::{LayerWindow, Window};
 
 /// A lazy, typed query. Build it with sources and operators; run it with a terminal.
 #[must_use = "flows are lazy and do nothing unless run"]
@@ -229,6 +232,114 @@ impl Flow<()> {
                 label: "from_stages",
             },
         }
+    }
+
+    /// Joins two flows by key, over the whole input: each left event meets every right
+    /// event with an equal key, as `join(Some(&left), Some(&right))`, emitted as soon as
+    /// both are there; at the end the outer `mode`s add the events whose key the other
+    /// side never had (`join(Some(&left), None)`, `join(None, Some(&right))`). Both sides
+    /// are partitioned by key over `options.stages` stages. See [`join`](self::join) for
+    /// the memory it holds.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, JoinMode, Shuffle};
+    /// let left = Flow::from_iter(0..=3u32);
+    /// let right = Flow::from_iter(4..=8u32);
+    /// let mut pairs: Vec<(Option<u32>, Option<u32>)> = Flow::bounded_join(
+    ///     JoinMode::LeftOuter,
+    ///     left,
+    ///     right,
+    ///     |l: &u32| *l,
+    ///     |r: &u32| r - 3,
+    ///     |l: Option<&u32>, r: Option<&u32>| (l.copied(), r.copied()),
+    ///     Shuffle::shuffle().stages(2),
+    /// )
+    /// .collect()?;
+    /// pairs.sort();
+    /// assert_eq!(pairs, [(Some(0), None), (Some(1), Some(4)), (Some(2), Some(5)), (Some(3), Some(6))]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity)]
+    pub fn bounded_join<PL, PR, K, KA, KB, F, O>(
+        mode: JoinMode,
+        left: Flow<PL>,
+        right: Flow<PR>,
+        left_key: KA,
+        right_key: KB,
+        join: F,
+        options: Shuffle,
+    ) -> Flow<JoinNode<PL, PR, KA, KB, F, Side<PL::Item, PR::Item>>>
+    where
+        PL: Plan,
+        PR: Plan,
+        K: Hash + Eq + Send + 'static,
+        KA: Fn(&PL::Item) -> K + Send + Sync + 'static,
+        KB: Fn(&PR::Item) -> K + Send + Sync + 'static,
+        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync + 'static,
+        O: Send + 'static,
+    {
+        Flow {
+            plan: JoinNode {
+                mode,
+                left: left.plan,
+                right: right.plan,
+                left_key: Arc::new(left_key),
+                right_key: Arc::new(right_key),
+                join: Arc::new(join),
+                window: None,
+                options,
+            },
+        }
+    }
+
+    /// Joins two flows by key within each window of `window` (which sees both sides'
+    /// events as [`Side`]s): as [`bounded_join`](Flow::bounded_join), but events only meet
+    /// inside one window, unmatched events are emitted when their window fires `Done`,
+    /// and each window's state is dropped then.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, JoinMode, Shuffle, Side};
+    /// use flowstage::window::Window;
+    /// use std::time::Duration;
+    /// // (key, timestamp in ms)
+    /// let clicks = Flow::from_iter(vec![(1u32, 5i64), (2, 12)]);
+    /// let views = Flow::from_iter(vec![(1u32, 7i64), (2, 8)]);
+    /// let window = Window::fixed(Duration::from_millis(10), |e: &Side<(u32, i64), (u32, i64)>| match e {
+    ///     Side::Left((_, ts)) | Side::Right((_, ts)) => *ts,
+    /// });
+    /// let pairs: Vec<u32> = Flow::window_join(
+    ///     JoinMode::Inner, clicks, views, window,
+    ///     |c: &(u32, i64)| c.0, |v: &(u32, i64)| v.0,
+    ///     |c: Option<&(u32, i64)>, _v: Option<&(u32, i64)>| c.map_or(0, |c| c.0),
+    ///     Shuffle::shuffle().stages(1),
+    /// )
+    /// .collect()?;
+    /// assert_eq!(pairs, [1]); // key 2's events fall in different windows
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[allow(clippy::type_complexity, clippy::too_many_arguments)]
+    pub fn window_join<PL, PR, K, KA, KB, F, O>(
+        mode: JoinMode,
+        left: Flow<PL>,
+        right: Flow<PR>,
+        window: Window<Side<PL::Item, PR::Item>>,
+        left_key: KA,
+        right_key: KB,
+        join: F,
+        options: Shuffle,
+    ) -> Flow<JoinNode<PL, PR, KA, KB, F, Side<PL::Item, PR::Item>>>
+    where
+        PL: Plan,
+        PR: Plan,
+        K: Hash + Eq + Send + 'static,
+        KA: Fn(&PL::Item) -> K + Send + Sync + 'static,
+        KB: Fn(&PR::Item) -> K + Send + Sync + 'static,
+        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync + 'static,
+        O: Send + 'static,
+    {
+        let mut flow = Flow::bounded_join(mode, left, right, left_key, right_key, join, options);
+        flow.plan.window = Some(window);
+        flow
     }
 
     /// Several flows into one new layer of stages (options as for
