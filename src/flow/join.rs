@@ -75,6 +75,9 @@ impl<A, B> Default for Entry<A, B> {
 
 type Keys<K, A, B> = AHashMap<K, Entry<A, B>>;
 
+/// Tags an input event with its side.
+type Tagger<E, A, B> = fn(E) -> Side<A, B>;
+
 /// The join logic of one stage.
 pub(crate) struct Join<A, B, K, KA, KB, F, L> {
     mode: JoinMode,
@@ -263,8 +266,8 @@ where
         } else {
             DispatchSpec::demand()
         };
-        let tag_left: fn(PL::Item) -> Side<PL::Item, PR::Item> = Side::Left;
-        let tag_right: fn(PR::Item) -> Side<PL::Item, PR::Item> = Side::Right;
+        let tag_left: Tagger<PL::Item, PL::Item, PR::Item> = Side::Left;
+        let tag_right: Tagger<PR::Item, PL::Item, PR::Item> = Side::Right;
         let mut upstream = self.left.compile(
             compiler,
             Map::new(Arc::new(tag_left), Identity::new()),
