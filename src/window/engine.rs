@@ -59,9 +59,9 @@ pub(crate) struct Windower<T> {
     upstreams: Vec<Upstream>,
     watermark: Option<i64>,
     slots: BTreeMap<i64, Slot<T>>,
-    /// Event-time windows: the first window start not closed yet.
+    /// Event-time windows: the first window start not closed yet. It moves back only
+    /// while there is no watermark: once there is, every window before it was passed.
     cursor: Option<i64>,
-    closed_any: bool,
     /// The window the chain was last told to enter.
     entered: Option<i64>,
     /// `count` and `periodic`: the current window.
@@ -119,7 +119,6 @@ impl<T: Send + 'static> Windower<T> {
             watermark: None,
             slots: BTreeMap::new(),
             cursor: None,
-            closed_any: false,
             entered: None,
             current: 0,
             sessions: BTreeMap::new(),
@@ -461,7 +460,7 @@ impl<T: Send + 'static> Windower<T> {
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
-        if !self.closed_any && self.cursor.is_none_or(|c| first < c) {
+        if self.watermark.is_none() && self.cursor.is_none_or(|c| first < c) {
             self.cursor = Some(first);
         }
         let Some(upstream) = self.upstreams.get_mut(from) else {
@@ -532,7 +531,7 @@ impl<T: Send + 'static> Windower<T> {
     }
 
     fn is_closed(&self, start: i64) -> bool {
-        self.closed_any
+        self.watermark.is_some()
             && self.cursor.is_some_and(|c| start < c)
             && self
                 .slots
@@ -585,7 +584,6 @@ impl<T: Send + 'static> Windower<T> {
     }
 
     fn close_window<L: Logic<In = T>>(&mut self, start: i64, chain: &mut L, out: &mut Vec<L::Out>) {
-        self.closed_any = true;
         match self.spec.lateness {
             Some(lateness) => {
                 let spec = self.spec.clone();
