@@ -159,7 +159,7 @@ impl Compiler {
         let (input, producer) = match windower {
             None => self
                 .pipeline
-                .producer_consumer_with(LogicStage { logic }, options),
+                .producer_consumer_with(LogicStage { logic, out_hint: 0 }, options),
             Some(windower) => self
                 .pipeline
                 .producer_consumer_with(WindowedStage { logic, windower }, options),
@@ -261,6 +261,9 @@ where
 /// A stage of a layer running the layer's logic over its input.
 struct LogicStage<L> {
     logic: L,
+    /// The size of the last output: a chain that expands (a join, `flat_map`) gets its
+    /// output allocated once instead of regrown.
+    out_hint: usize,
 }
 
 impl<L: Logic> ProducerConsumer for LogicStage<L> {
@@ -272,8 +275,13 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
         events: Vec<L::In>,
         _context: &mut ConsumerContext,
     ) -> std::result::Result<Vec<L::Out>, StageError> {
-        let mut out = Vec::new();
+        let mut out = if self.logic.has_reducer() {
+            Vec::new()
+        } else {
+            Vec::with_capacity(self.out_hint)
+        };
         self.logic.batch(events, &mut out);
+        self.out_hint = out.len();
         Ok(out)
     }
 

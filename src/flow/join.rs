@@ -64,19 +64,18 @@ struct Entry<A, B> {
     rights: Vec<B>,
 }
 
-impl<A, B> Default for Entry<A, B> {
-    fn default() -> Self {
+impl<A, B> Entry<A, B> {
+    /// Room for a few events per side from the start: most keys get more than one, and
+    /// growing 1, 2, 4 costs more than the memory saved.
+    fn new() -> Self {
         Entry {
-            lefts: Vec::new(),
-            rights: Vec::new(),
+            lefts: Vec::with_capacity(4),
+            rights: Vec::with_capacity(4),
         }
     }
 }
 
 type Keys<K, A, B> = AHashMap<K, Entry<A, B>>;
-
-/// Tags an input event with its side.
-type Tagger<E, A, B> = fn(E) -> Side<A, B>;
 
 /// The join logic of one stage.
 pub(crate) struct Join<A, B, K, KA, KB, F, L> {
@@ -155,14 +154,14 @@ where
         let join = &*self.join;
         match event {
             Side::Left(left) => {
-                let entry = keys.entry((self.left_key)(&left)).or_default();
+                let entry = keys.entry((self.left_key)(&left)).or_insert_with(Entry::new);
                 for right in &entry.rights {
                     self.rest.push(join(Some(&left), Some(right)), out);
                 }
                 entry.lefts.push(left);
             }
             Side::Right(right) => {
-                let entry = keys.entry((self.right_key)(&right)).or_default();
+                let entry = keys.entry((self.right_key)(&right)).or_insert_with(Entry::new);
                 for left in &entry.lefts {
                     self.rest.push(join(Some(left), Some(&right)), out);
                 }
@@ -194,8 +193,10 @@ where
         self.rest.describe(names);
     }
 
+    /// A join is not a reduce: a `reduce` may follow it in the same stage, folding the
+    /// pairs as they are made (per window), instead of sending them to another layer.
     fn has_reducer(&self) -> bool {
-        true
+        self.rest.has_reducer()
     }
 }
 
@@ -266,8 +267,9 @@ where
         } else {
             DispatchSpec::demand()
         };
-        let tag_left: Tagger<PL::Item, PL::Item, PR::Item> = Side::Left;
-        let tag_right: Tagger<PR::Item, PL::Item, PR::Item> = Side::Right;
+        // Closures, not `Side::Left` as a fn pointer: they inline into the source's loop.
+        let tag_left = |event| Side::<PL::Item, PR::Item>::Left(event);
+        let tag_right = |event| Side::<PL::Item, PR::Item>::Right(event);
         let mut upstream = self.left.compile(
             compiler,
             Map::new(Arc::new(tag_left), Identity::new()),

@@ -1,0 +1,122 @@
+//! Inner join throughput: flowstage's `bounded_join` against a sequential hash join.
+//!
+//! `cargo bench --bench joins`
+//!
+//! 1 M left rows `(key, id)` and 1 M right rows `(key, value)` over 100 k keys (about 10
+//! rows per key and side, so about 10 M matching pairs). Rows are made on the fly from
+//! their index by a splitmix64 mix, the same way for both contestants, so neither reads
+//! a prepared table. Each pair is combined into a `u64`.
+//!
+//! - `flowstage`: `Flow::bounded_join(Inner, ...)` over 2 stages, each side read by two
+//!   producers (`from_iters` over halves); a `reduce` fused into each join stage folds the
+//!   pairs into (pairs, checksum) as they are made.
+//! - `sequential`: build an `AHashMap<key, Vec<id>>` of the left side, probe it with each
+//!   right row, and fold every pair into (pairs, checksum).
+//!
+//! Every iteration checks both results against each other.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use ahash::AHashMap;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowstage::flow::{Flow, JoinMode, Shuffle};
+
+const ROWS: u64 = 1_000_000;
+const KEYS: u64 = 100_000;
+
+#[inline]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+type Row = (u32, u32);
+
+#[inline]
+fn left_row(i: u64) -> Row {
+    ((mix(i) % KEYS) as u32, i as u32)
+}
+
+#[inline]
+fn right_row(i: u64) -> Row {
+    let h = mix(i ^ 0x5555_5555_5555_5555);
+    ((h % KEYS) as u32, (h >> 40) as u32)
+}
+
+#[inline]
+fn combine(l: &Row, r: &Row) -> u64 {
+    (l.1 as u64) * 31 + r.1 as u64
+}
+
+fn halves(rows: u64) -> Vec<std::ops::Range<u64>> {
+    vec![0..rows / 2, rows / 2..rows]
+}
+
+/// The join, with each stage folding its pairs into (pairs, checksum) as they are made —
+/// a `reduce` fused after the join in the same stage — and the per-stage results added.
+fn join_flowstage(rows: u64) -> (u64, u64) {
+    let parts: Vec<(u64, u64)> = Flow::bounded_join(
+        JoinMode::Inner,
+        Flow::from_iters(halves(rows)).map(left_row),
+        Flow::from_iters(halves(rows)).map(right_row),
+        |l: &Row| l.0,
+        |r: &Row| r.0,
+        |l: Option<&Row>, r: Option<&Row>| match (l, r) {
+            (Some(l), Some(r)) => combine(l, r),
+            _ => 0,
+        },
+        Shuffle::shuffle().stages(2),
+    )
+    .reduce(|| (0u64, 0u64), |x, (n, sum): (u64, u64)| (n + 1, sum.wrapping_add(x)))
+    .emit_state()
+    .collect()
+    .expect("flowstage join");
+    parts
+        .into_iter()
+        .fold((0, 0), |(n, sum), (m, s)| (n + m, sum.wrapping_add(s)))
+}
+
+/// (pairs, checksum).
+fn join_sequential(rows: u64) -> (u64, u64) {
+    let mut table: AHashMap<u32, Vec<u32>> = AHashMap::with_capacity(KEYS as usize);
+    for i in 0..rows {
+        let (key, id) = left_row(i);
+        table.entry(key).or_default().push(id);
+    }
+    let (mut pairs, mut sum) = (0u64, 0u64);
+    for i in 0..rows {
+        let right = right_row(i);
+        if let Some(ids) = table.get(&right.0) {
+            for &id in ids {
+                pairs += 1;
+                sum = sum.wrapping_add(combine(&(right.0, id), &right));
+            }
+        }
+    }
+    (pairs, sum)
+}
+
+fn joins(c: &mut Criterion) {
+    let expected = join_sequential(ROWS);
+    assert_eq!(join_flowstage(ROWS), expected);
+    assert_eq!(join_flowstage(1_000), join_sequential(1_000));
+
+    let mut group = c.benchmark_group("joins");
+    group
+        .throughput(Throughput::Elements(2 * ROWS))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8));
+    group.bench_function("flowstage", |b| {
+        b.iter(|| assert_eq!(join_flowstage(black_box(ROWS)), expected));
+    });
+    group.bench_function("sequential", |b| {
+        b.iter(|| assert_eq!(join_sequential(black_box(ROWS)), expected));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, joins);
+criterion_main!(benches);
