@@ -313,3 +313,41 @@ fn keys_of_any_hashable_type_and_different_element_types() {
         ]
     );
 }
+
+#[test]
+fn a_reduce_after_a_join_folds_the_pairs_in_the_join_stage() {
+    // Left 0..100, right 0..100 twice: every left meets two rights.
+    let (pairs, explain) = guarded(|| {
+        let build = || {
+            Flow::bounded_join(
+                JoinMode::Inner,
+                Flow::from_iter(0..100u32),
+                Flow::from_iters(vec![0..100u32, 0..100]),
+                |l: &u32| *l,
+                |r: &u32| *r,
+                |l: Option<&u32>, r: Option<&u32>| {
+                    l.copied().unwrap_or(0) + r.copied().unwrap_or(0)
+                },
+                Shuffle::shuffle().stages(3),
+            )
+            .reduce(
+                || (0u64, 0u64),
+                |x, (n, sum): (u64, u64)| (n + 1, sum + x as u64),
+            )
+            .emit_state()
+        };
+        let parts: Vec<(u64, u64)> = build().collect().unwrap();
+        let explain = build().explain().unwrap().to_string();
+        (
+            parts.iter().fold((0, 0), |(n, s), (m, t)| (n + m, s + t)),
+            explain,
+        )
+    });
+    assert_eq!(pairs, (200, 2 * (0..100u64).map(|x| 2 * x).sum::<u64>()));
+    // The reduce runs inside the join stages: no layer after them but the sink.
+    assert_eq!(explain.matches("join[").count(), 3, "{explain}");
+    assert!(
+        !explain.contains("partition[") && !explain.contains("shuffle["),
+        "{explain}"
+    );
+}
