@@ -154,16 +154,30 @@ where
         let join = &*self.join;
         match event {
             Side::Left(left) => {
-                let entry = keys.entry((self.left_key)(&left)).or_insert_with(Entry::new);
-                for right in &entry.rights {
-                    self.rest.push(join(Some(&left), Some(right)), out);
+                let entry = keys
+                    .entry((self.left_key)(&left))
+                    .or_insert_with(Entry::new);
+                // One fused pass over the matches (a reduce after the join folds them
+                // with its accumulator taken once).
+                if !entry.rights.is_empty() {
+                    let matches = entry
+                        .rights
+                        .iter()
+                        .map(|right| join(Some(&left), Some(right)));
+                    self.rest.feed(matches, out);
                 }
                 entry.lefts.push(left);
             }
             Side::Right(right) => {
-                let entry = keys.entry((self.right_key)(&right)).or_insert_with(Entry::new);
-                for left in &entry.lefts {
-                    self.rest.push(join(Some(left), Some(&right)), out);
+                let entry = keys
+                    .entry((self.right_key)(&right))
+                    .or_insert_with(Entry::new);
+                if !entry.lefts.is_empty() {
+                    let matches = entry
+                        .lefts
+                        .iter()
+                        .map(|left| join(Some(left), Some(&right)));
+                    self.rest.feed(matches, out);
                 }
                 entry.rights.push(right);
             }
