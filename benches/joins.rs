@@ -69,7 +69,10 @@ fn join_flowstage(rows: u64) -> (u64, u64) {
         },
         Shuffle::shuffle().stages(2),
     )
-    .reduce(|| (0u64, 0u64), |x, (n, sum): (u64, u64)| (n + 1, sum.wrapping_add(x)))
+    .reduce(
+        || (0u64, 0u64),
+        |x, (n, sum): (u64, u64)| (n + 1, sum.wrapping_add(x)),
+    )
     .emit_state()
     .collect()
     .expect("flowstage join");
