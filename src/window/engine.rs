@@ -76,6 +76,44 @@ pub(crate) struct Windower<T> {
     late: u64,
 }
 
+/// The next `left` events of a batch: `take(left)` over the batch's iterator, with a
+/// plain counted loop for `fold`. (`Take<&mut vec::IntoIter>` folds through `try_fold`,
+/// where a large accumulator — a reduce's map, moved through each step — is copied to
+/// and from the stack on every event.)
+struct Run<'a, T> {
+    events: &'a mut vec::IntoIter<T>,
+    left: usize,
+}
+
+impl<T> Iterator for Run<'_, T> {
+    type Item = T;
+
+    #[inline]
+    fn next(&mut self) -> Option<T> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        self.events.next()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.left.min(self.events.len());
+        (n, Some(n))
+    }
+
+    #[inline]
+    fn fold<B, F: FnMut(B, T) -> B>(self, init: B, mut f: F) -> B {
+        let mut acc = init;
+        for event in self {
+            acc = f(acc, event);
+        }
+        acc
+    }
+}
+
+#[inline]
 fn floor_to(ts: i64, size: i64) -> i64 {
     ts.div_euclid(size) * size
 }
@@ -260,7 +298,7 @@ impl<T: Send + 'static> Windower<T> {
                 }
             }
             self.enter(id, chain, out);
-            chain.feed(events.by_ref().take(take), out);
+            chain.feed(Run { events, left: take }, out);
             left -= take;
             for name in fires {
                 self.fire(id, name, chain, out);
@@ -361,12 +399,14 @@ impl<T: Send + 'static> Windower<T> {
                 }
                 continue;
             }
-            // The run: the following events of the same window that close nothing.
+            // The run: the following events of the same window that close nothing. (A
+            // range check, not a division per event.)
+            let end = id.saturating_add(size);
             let slice = events.as_slice();
             let mut len = 1;
             while len < slice.len() {
                 let t = ts(&slice[len]);
-                if floor_to(t, size) != id || !self.observe_quietly(from, t) {
+                if t < id || t >= end || !self.observe_quietly(from, t) {
                     break;
                 }
                 len += 1;
