@@ -233,10 +233,16 @@ where
             let read = events.len();
             let before = out.len();
             self.logic.batch(events, &mut out);
+            if let Some(error) = self.logic.failure() {
+                return Err(error);
+            }
             self.expansion.record(read, out.len() - before, out.len());
             if last {
                 self.finished = true;
                 self.logic.done(&mut out);
+                if let Some(error) = self.logic.failure() {
+                    return Err(error);
+                }
                 return Ok(Produced::Finished(out));
             }
             if !out.is_empty() || read == 0 {
@@ -267,13 +273,19 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.batch(events, &mut out);
-        Ok(out)
+        match self.logic.failure() {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.done(&mut out);
-        Ok(out)
+        match self.logic.failure() {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 }
 

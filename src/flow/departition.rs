@@ -75,6 +75,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -223,6 +227,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -311,6 +319,10 @@ where
 
     fn describe(&self, names: &mut Vec<String>) {
         self.0.describe(names);
+    }
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.0.failure()
     }
 
     fn has_reducer(&self) -> bool {

@@ -69,6 +69,13 @@ pub trait Logic: Send + 'static {
     fn has_reducer(&self) -> bool {
         false
     }
+
+    /// An error an operator of the chain hit (a fallible operator whose policy is to
+    /// fail the run); the stage checks it after each batch and ends the run with it.
+    /// Operators with a `rest` forward the question to it.
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
 }
 
 /// The end of every chain: passes events through.
@@ -178,6 +185,10 @@ macro_rules! stateless {
             fn describe(&self, names: &mut Vec<String>) {
                 names.push($label.to_string());
                 self.rest.describe(names);
+            }
+
+            fn failure(&mut self) -> Option<crate::error::StageError> {
+                self.rest.failure()
             }
 
             fn has_reducer(&self) -> bool {
@@ -308,6 +319,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }
@@ -383,6 +398,10 @@ where
     fn describe(&self, names: &mut Vec<String>) {
         names.push("map_batch".to_string());
         self.rest.describe(names);
+    }
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
     }
 
     fn has_reducer(&self) -> bool {

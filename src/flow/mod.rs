@@ -30,6 +30,7 @@ mod combine;
 mod compile;
 mod departition;
 mod explain;
+mod fallible;
 mod logic;
 mod partition;
 mod plan;
@@ -45,6 +46,7 @@ use std::sync::Arc;
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use explain::Explain;
+pub use fallible::{DeadLetter, ErrorPolicy, OperatorError};
 pub use logic::{Logic, PartitionInfo};
 pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
 pub use reduce::{
@@ -60,6 +62,7 @@ pub(crate) use logic::Identity;
 pub mod nodes {
     pub use super::combine::CombineNode;
     pub use super::departition::{DepartitionNode, TakeSortNode};
+    pub use super::fallible::{TryFlatMapNode, TryMapNode};
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
         Merge, RejectNode, SourceNode, StageHead,
@@ -809,6 +812,85 @@ impl<P: Plan> IntoIterator for Flow<P> {
         match self.compile(Pipeline::new()) {
             Ok((compiler, outputs)) => sink::iter(compiler.pipeline, outputs),
             Err(error) => FlowIter::failed(error),
+        }
+    }
+}
+
+// ETL operators: fallible operators with error policies, batching, consumer sinks.
+impl<P: Plan> Flow<P> {
+    /// Applies a fallible `f` to each event (fused). What an `Err` does is the operator's
+    /// [`ErrorPolicy`], set with [`on_error`](Flow::on_error): by default it ends the run
+    /// with the error, naming the stage and the operator. `f` takes the event by reference
+    /// so that a failed event is still whole for a dead-letter sink.
+    ///
+    /// ```
+    /// use flowstage::flow::{ErrorPolicy, Flow};
+    /// let numbers: Vec<u32> = Flow::from_iter(["1", "2", "x"])
+    ///     .try_map(|s: &&str| s.parse::<u32>())
+    ///     .on_error(ErrorPolicy::skip())
+    ///     .collect()?;
+    /// assert_eq!(numbers, [1, 2]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn try_map<U, E, F>(self, f: F) -> Flow<TryMapNode<P, F>>
+    where
+        U: Send + 'static,
+        E: Into<crate::StageError> + 'static,
+        F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync + 'static,
+    {
+        Flow {
+            plan: TryMapNode::new(self.plan, f),
+        }
+    }
+
+    /// Maps each event to any number of events with a fallible `f` (fused); errors as for
+    /// [`try_map`](Flow::try_map).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let digits: Vec<u32> = Flow::from_iter(["12", "3"])
+    ///     .try_flat_map(|s: &&str| s.chars().map(|c| c.to_digit(10).ok_or("not a digit")).collect::<Result<Vec<_>, _>>())
+    ///     .collect()?;
+    /// assert_eq!(digits, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn try_flat_map<I, E, F>(self, f: F) -> Flow<TryFlatMapNode<P, F>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        E: Into<crate::StageError> + 'static,
+        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync + 'static,
+    {
+        Flow {
+            plan: TryFlatMapNode::new(self.plan, f),
+        }
+    }
+}
+
+impl<P: Plan, F> Flow<TryMapNode<P, F>> {
+    /// What this `try_map` does with an `Err`; see [`ErrorPolicy`].
+    pub fn on_error(self, policy: ErrorPolicy<P::Item>) -> Self {
+        Flow {
+            plan: self.plan.with_policy(policy),
+        }
+    }
+}
+
+impl<P: Plan, F> Flow<TryFlatMapNode<P, F>> {
+    /// What this `try_flat_map` does with an `Err`; see [`ErrorPolicy`].
+    ///
+    /// ```
+    /// use flowstage::flow::{ErrorPolicy, Flow};
+    /// let words: Vec<String> = Flow::from_iter(["a b", "", "c"])
+    ///     .try_flat_map(|s: &&str| if s.is_empty() { Err("empty line") } else { Ok(s.split(' ').map(str::to_owned).collect::<Vec<_>>()) })
+    ///     .on_error(ErrorPolicy::skip())
+    ///     .collect()?;
+    /// assert_eq!(words, ["a", "b", "c"]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn on_error(self, policy: ErrorPolicy<P::Item>) -> Self {
+        Flow {
+            plan: self.plan.with_policy(policy),
         }
     }
 }
