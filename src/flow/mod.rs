@@ -26,6 +26,7 @@
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
 //! name a flow as `Flow<impl Plan<Item = T>>`.
 
+mod batch;
 mod combine;
 mod compile;
 mod departition;
@@ -60,6 +61,7 @@ pub(crate) use logic::Identity;
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
+    pub use super::batch::BatchNode;
     pub use super::combine::CombineNode;
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};
@@ -863,6 +865,30 @@ impl<P: Plan> Flow<P> {
     {
         Flow {
             plan: TryFlatMapNode::new(self.plan, f),
+        }
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Groups events into batches of `size`, or fewer when `timeout` has passed since a
+    /// batch's first event (and at the end of the input): for bulk sinks. One batching
+    /// stage; operators after it are fused into it. `size` 0 is an error when the flow
+    /// runs.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use std::time::Duration;
+    /// let batches: Vec<Vec<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
+    /// assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn batch(self, size: usize, timeout: std::time::Duration) -> Flow<BatchNode<P>> {
+        Flow {
+            plan: BatchNode {
+                inner: self.plan,
+                size,
+                timeout,
+            },
         }
     }
 }
