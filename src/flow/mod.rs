@@ -31,7 +31,7 @@ mod combine;
 mod compile;
 mod departition;
 mod explain;
-mod fallible;
+pub(crate) mod fallible;
 mod logic;
 mod partition;
 mod plan;
@@ -890,6 +890,52 @@ impl<P: Plan> Flow<P> {
                 timeout,
             },
         }
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Runs the flow into `sink`, any [`Consumer`](crate::stage::Consumer) of the stage
+    /// layer (a [`CsvSink`](crate::sink::CsvSink), a database writer, ...), subscribed to
+    /// every output; returns the run's counters. Blocks. The sink's demand is the flow's:
+    /// while it is busy (an `await` in `handle_events`) it asks for nothing, and the
+    /// sources wait — events never pile up in front of a slow sink.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::{Consumer, ConsumerContext};
+    /// use flowstage::StageError;
+    ///
+    /// struct SlowTotal(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    /// impl Consumer for SlowTotal {
+    ///     type Item = u64;
+    ///     async fn handle_events(&mut self, events: Vec<u64>, _: &mut ConsumerContext) -> Result<(), StageError> {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await; // a remote write
+    ///         self.0.fetch_add(events.iter().sum(), std::sync::atomic::Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    /// Flow::from_iter(1..=100u64).run_into(SlowTotal(total.clone()))?;
+    /// assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 5050);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn run_into<C>(self, sink: C) -> Result<Report>
+    where
+        C: crate::stage::Consumer<Item = P::Item>,
+    {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::consumer(compiler.pipeline, outputs, sink)?.run()
+    }
+
+    /// [`run_into`](Flow::run_into) on the caller's tokio runtime.
+    pub async fn run_into_async<C>(self, sink: C) -> Result<Report>
+    where
+        C: crate::stage::Consumer<Item = P::Item>,
+    {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::consumer(compiler.pipeline, outputs, sink)?
+            .run_async()
+            .await
     }
 }
 

@@ -32,6 +32,9 @@ impl<S: Source> Plan for SourceNode<S> {
     where
         L: Logic<In = S::Item> + Clone,
     {
+        if let Some((operator, counters)) = self.source.error_counters() {
+            compiler.pipeline.error_counters(operator, counters);
+        }
         let producers = self.source.into_producers()?;
         if producers.is_empty() {
             return Err(FlowError::Config(format!(

@@ -8,10 +8,16 @@
 //! systems.
 
 mod chunk;
+#[cfg(feature = "csv")]
+mod csv;
 mod file;
 mod iter;
+#[cfg(feature = "json")]
+mod json;
 mod lines;
 mod par_iter;
+#[cfg(any(feature = "csv", feature = "json"))]
+mod parsed;
 mod reader;
 mod stages;
 mod stream;
@@ -21,10 +27,16 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chunk::{Chunk, Delimiter, IntoWords, Words, is_word_separator};
+#[cfg(feature = "csv")]
+pub use csv::CsvSource;
 pub use file::{DEFAULT_BLOCK_SIZE, FileSource};
 pub use iter::{IterSource, ItersSource};
+#[cfg(feature = "json")]
+pub use json::JsonLinesSource;
 pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
+#[cfg(any(feature = "csv", feature = "json"))]
+pub use parsed::BadRecord;
 pub use reader::{ReaderSource, stdin};
 pub use stages::StagesSource;
 pub use stream::{StreamProducer, StreamSource};
@@ -64,6 +76,15 @@ pub trait Source: Send + 'static {
     /// Splits the source into its producers (at least one). Errors here (a missing file,
     /// an empty list) end the run before any stage starts.
     fn into_producers(self) -> Result<Vec<BoxedProducer<Self::Item>>>;
+
+    /// The counters of the source's error policy, for a parsing source that has one
+    /// (the CSV and JSON-lines sources): the run's [`Report`](crate::stage::Report) lists
+    /// them under the returned name. The default has none.
+    fn error_counters(
+        &self,
+    ) -> Option<(&'static str, std::sync::Arc<crate::stage::ErrorCounters>)> {
+        None
+    }
 }
 
 type HandleDemand<'a, T> =
