@@ -1,0 +1,74 @@
+//! The ETL example's parse-validate-aggregate part against a sequential implementation.
+//!
+//! `cargo bench --bench etl`
+//!
+//! One group, `parse_validate_aggregate_1M`, over the example's generated CSV of 1 M
+//! orders (300 malformed), written once in the set-up (no download). Each contestant
+//! parses every row into a typed, validated `Order` with serde, computes its revenue,
+//! and sums orders and revenue per (customer, day) into an ahash map:
+//!
+//! - `sequential`: the csv crate's reader over the file, one thread (the baseline).
+//! - `flowstage`: `CsvSource` with one reader per core; each reader's stage folds its
+//!   orders into its own map (`reduce`, fused), and `departition` merges the maps.
+//! - `flowstage_partitioned`: the same as Flow is usually written: `(key, total)` pairs
+//!   partitioned by key into one reducing stage per core.
+//!
+//! Each iteration is a whole run; all three check the number of keys.
+
+#[path = "../examples/etl/orders.rs"]
+mod orders;
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use flowstage::flow::ErrorPolicy;
+
+const ROWS: u64 = 1_000_000;
+
+fn parse_validate_aggregate(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join("flowstage-bench-etl");
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let csv = dir.join("orders.csv");
+    orders::generate(&csv, ROWS, 300).expect("the generated orders");
+    let (expected, _) = orders::aggregate_sequential(&csv).expect("the sequential totals");
+    let keys = expected.len();
+    let cores = flowstage::default_parallelism();
+
+    let mut group = c.benchmark_group("parse_validate_aggregate_1M");
+    group
+        .throughput(Throughput::Elements(ROWS))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(6));
+    group.bench_function("flowstage", |b| {
+        b.iter(|| {
+            let totals: Vec<_> = orders::aggregate(&csv, ErrorPolicy::skip(), cores)
+                .collect()
+                .expect("the flow runs");
+            assert_eq!(totals.len(), keys);
+            black_box(totals)
+        })
+    });
+    group.bench_function("flowstage_partitioned", |b| {
+        b.iter(|| {
+            let totals: Vec<_> =
+                orders::aggregate_partitioned(&csv, ErrorPolicy::skip(), cores, cores)
+                    .collect()
+                    .expect("the flow runs");
+            assert_eq!(totals.len(), keys);
+            black_box(totals)
+        })
+    });
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            let (totals, _) = orders::aggregate_sequential(&csv).expect("the file reads");
+            assert_eq!(totals.len(), keys);
+            black_box(totals)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, parse_validate_aggregate);
+criterion_main!(benches);
