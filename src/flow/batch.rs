@@ -71,6 +71,7 @@ impl<P: Plan> Plan for BatchNode<P> {
             logic,
             PartitionInfo { index: 0, count: 1 },
             dispatch,
+            None,
         );
         for source in &upstream {
             compiler.graph.connect(source.node, output.node);

@@ -96,7 +96,10 @@ impl Compiler {
         }
     }
 
-    /// Adds one source producer with `logic` fused into it.
+    /// Adds one source producer with `logic` fused into it. `retry_interval`: how long
+    /// the runtime waits before asking a producer that had nothing again (the default
+    /// of [`ProducerOptions`] when `None`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn source<T, L>(
         &mut self,
         label: &str,
@@ -104,6 +107,7 @@ impl Compiler {
         mut logic: L,
         partition: PartitionInfo,
         dispatch: &DispatchSpec<L::Out>,
+        retry_interval: Option<std::time::Duration>,
     ) -> Output<L::Out>
     where
         T: Send + 'static,
@@ -117,6 +121,10 @@ impl Compiler {
             &dispatch.label,
         ));
         let name = self.graph.nodes[node].name.clone();
+        let mut options = ProducerOptions::new();
+        if let Some(retry_interval) = retry_interval {
+            options = options.retry_interval(retry_interval);
+        }
         let producer = self.pipeline.producer_with(
             FusedProducer {
                 producer,
@@ -124,7 +132,7 @@ impl Compiler {
                 finished: false,
                 expansion: Expansion::default(),
             },
-            ProducerOptions::new()
+            options
                 .name(name)
                 .dispatcher(dispatch.make())
                 // Fused operators may make more events than asked (flat_map); they wait here

@@ -214,6 +214,74 @@ impl Flow<()> {
         }
     }
 
+    /// A flow over the receiving end of a bounded tokio channel; it ends when every
+    /// sender is dropped. A slow flow fills the channel, and senders wait.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let (tx, rx) = tokio::sync::mpsc::channel(16);
+    /// let feeder = std::thread::spawn(move || {
+    ///     for i in 0..100u32 {
+    ///         tx.blocking_send(i).unwrap(); // waits while the flow is behind
+    ///     }
+    /// });
+    /// let items: Vec<u32> = Flow::from_channel(rx).map(|x| x * 2).collect()?;
+    /// feeder.join().unwrap();
+    /// assert_eq!(items, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_channel<T: Send + 'static>(
+        rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> Flow<SourceNode<crate::source::ChannelSource<T>>> {
+        Flow {
+            plan: SourceNode {
+                source: crate::source::ChannelSource(rx),
+                label: "from_channel",
+            },
+        }
+    }
+
+    /// A flow over an external system that is often empty: `poll(demand)` returns what
+    /// is there (`Produced::Events`, possibly empty) or that the source has ended
+    /// (`Produced::Finished`). When it had nothing, the runtime keeps the demand and
+    /// polls again after `interval` — no busy loop, and no stall.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use std::time::Duration;
+    /// let mut polls = 0;
+    /// let items: Vec<u32> = Flow::from_poll(
+    ///     move |_demand| {
+    ///         polls += 1;
+    ///         match polls {
+    ///             1 | 2 => Produced::Events(vec![]), // nothing yet
+    ///             3 => Produced::Events(vec![1, 2]),
+    ///             _ => Produced::Finished(vec![3]),
+    ///         }
+    ///     },
+    ///     Duration::from_millis(5),
+    /// )
+    /// .collect()?;
+    /// assert_eq!(items, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_poll<T, F>(
+        poll: F,
+        interval: std::time::Duration,
+    ) -> Flow<SourceNode<crate::source::PollSource<F>>>
+    where
+        T: Send + 'static,
+        F: FnMut(usize) -> crate::stage::Produced<T> + Send + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: crate::source::PollSource { poll, interval },
+                label: "from_poll",
+            },
+        }
+    }
+
     /// A flow over user producers from the stage layer, one stage each.
     ///
     /// ```

@@ -35,6 +35,7 @@ impl<S: Source> Plan for SourceNode<S> {
         if let Some((operator, counters)) = self.source.error_counters() {
             compiler.pipeline.error_counters(operator, counters);
         }
+        let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {
             return Err(FlowError::Config(format!(
@@ -53,6 +54,7 @@ impl<S: Source> Plan for SourceNode<S> {
                     logic.clone(),
                     PartitionInfo { index, count },
                     dispatch,
+                    retry_interval,
                 )
             })
             .collect())

@@ -18,6 +18,7 @@ mod lines;
 mod par_iter;
 #[cfg(any(feature = "csv", feature = "json"))]
 mod parsed;
+mod poll;
 mod reader;
 mod stages;
 mod stream;
@@ -37,6 +38,7 @@ pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
 #[cfg(any(feature = "csv", feature = "json"))]
 pub use parsed::BadRecord;
+pub use poll::{ChannelSource, PollSource};
 pub use reader::{ReaderSource, stdin};
 pub use stages::StagesSource;
 pub use stream::{StreamProducer, StreamSource};
@@ -76,6 +78,13 @@ pub trait Source: Send + 'static {
     /// Splits the source into its producers (at least one). Errors here (a missing file,
     /// an empty list) end the run before any stage starts.
     fn into_producers(self) -> Result<Vec<BoxedProducer<Self::Item>>>;
+
+    /// How long the runtime waits before asking a producer that had nothing to give
+    /// again (see [`ProducerOptions::retry_interval`](crate::stage::ProducerOptions));
+    /// `None`, the default, keeps the runtime's.
+    fn retry_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
 
     /// The counters of the source's error policy, for a parsing source that has one
     /// (the CSV and JSON-lines sources): the run's [`Report`](crate::stage::Report) lists
