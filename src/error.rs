@@ -107,6 +107,14 @@ pub enum FlowError {
         /// What is wrong with it.
         message: String,
     },
+    /// A message broker could not be reached, or a command to it failed.
+    #[error("broker {url}: {message}")]
+    Broker {
+        /// The broker's address.
+        url: String,
+        /// What failed and why.
+        message: String,
+    },
     /// The run was cancelled before it finished (its handle was dropped or cancelled).
     #[error("the run was cancelled")]
     Cancelled,

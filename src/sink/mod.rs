@@ -8,6 +8,8 @@ mod csv;
 mod iter;
 #[cfg(feature = "json")]
 mod json;
+#[cfg(feature = "redis")]
+mod redis;
 mod stream;
 
 use std::sync::{Arc, Mutex};
@@ -17,6 +19,8 @@ pub use csv::CsvSink;
 pub use iter::FlowIter;
 #[cfg(feature = "json")]
 pub use json::JsonLinesSink;
+#[cfg(feature = "redis")]
+pub use redis::{Outgoing, RedisAck, RedisStreamSink};
 pub use stream::FlowStream;
 
 pub(crate) use iter::iter;

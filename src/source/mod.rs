@@ -20,6 +20,8 @@ mod par_iter;
 mod parsed;
 mod poll;
 mod reader;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 mod stages;
 mod stream;
 mod word;
@@ -40,6 +42,8 @@ pub use par_iter::ParIterSource;
 pub use parsed::BadRecord;
 pub use poll::{ChannelSource, PollSource};
 pub use reader::{ReaderSource, stdin};
+#[cfg(feature = "redis")]
+pub use redis::{EntryId, RedisCounters, RedisStreamSource, StreamEntry};
 pub use stages::StagesSource;
 pub use stream::{StreamProducer, StreamSource};
 pub use word::Word;
