@@ -312,8 +312,11 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
     // Input received and not yet handled: at most the demand this stage sent upstream.
     let mut input: VecDeque<(usize, Vec<S::In>)> = VecDeque::new();
     let mut queued = 0usize;
-    // Output made and not yet sent for lack of credit; input waits until it is gone.
-    let mut output: Vec<S::Out> = Vec::new();
+    // Output made and not yet sent for lack of credit; input waits until it is gone. A
+    // queue, so that a large output (a reducer's whole state at `Done`) leaves a chunk
+    // per credit in linear time: cutting each chunk off the front of a `Vec` copies the
+    // rest every time, quadratic in the output (seconds for 500 k events).
+    let mut output: VecDeque<S::Out> = VecDeque::new();
     let mut done_handled = false;
     loop {
         while let Ok(msg) = inbox.try_recv() {
@@ -327,9 +330,16 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
             );
         }
         if !output.is_empty() {
-            output = dispatch
-                .dispatch(std::mem::take(&mut output))
-                .map_err(|e| stage_error(&stage, e))?;
+            let sendable = dispatch.demand().min(output.len());
+            if sendable > 0 {
+                let left = dispatch
+                    .dispatch(output.drain(..sendable).collect())
+                    .map_err(|e| stage_error(&stage, e))?;
+                // What could not go stays in front, in order.
+                for event in left.into_iter().rev() {
+                    output.push_front(event);
+                }
+            }
         }
         // After dispatching: a partition dispatcher queues first, then sends under credit.
         metrics.add_dropped(dispatch.flush());
@@ -353,7 +363,8 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
             inlets.handled(from, n, &mut context);
             output = dispatch
                 .dispatch(made)
-                .map_err(|e| stage_error(&stage, e))?;
+                .map_err(|e| stage_error(&stage, e))?
+                .into();
             continue;
         }
         if input.is_empty() && inlets.finished() {
