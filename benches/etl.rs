@@ -8,10 +8,10 @@
 //! and sums orders and revenue per (customer, day) into an ahash map:
 //!
 //! - `sequential`: the csv crate's reader over the file, one thread (the baseline).
-//! - `flowstage`: `CsvSource` with one reader per core; each reader's stage folds its
-//!   orders into its own map (`reduce`, fused), and `departition` merges the maps.
-//! - `flowstage_partitioned`: the same as Flow is usually written: `(key, total)` pairs
-//!   partitioned by key into one reducing stage per core.
+//! - `flowstage`: the example's pipeline: `CsvSource` with one reader per core,
+//!   `(key, total)` pairs partitioned by key into one reducing stage per core.
+//! - `flowstage_merged`: no exchange: each reader's stage folds its orders into a map of
+//!   its own (`reduce`, fused), and `departition` merges the maps.
 //!
 //! Each iteration is a whole run; all three check the number of keys.
 
@@ -43,19 +43,18 @@ fn parse_validate_aggregate(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(6));
     group.bench_function("flowstage", |b| {
         b.iter(|| {
-            let totals: Vec<_> = orders::aggregate(&csv, ErrorPolicy::skip(), cores)
+            let totals: Vec<_> = orders::aggregate(&csv, ErrorPolicy::skip(), cores, cores)
                 .collect()
                 .expect("the flow runs");
             assert_eq!(totals.len(), keys);
             black_box(totals)
         })
     });
-    group.bench_function("flowstage_partitioned", |b| {
+    group.bench_function("flowstage_merged", |b| {
         b.iter(|| {
-            let totals: Vec<_> =
-                orders::aggregate_partitioned(&csv, ErrorPolicy::skip(), cores, cores)
-                    .collect()
-                    .expect("the flow runs");
+            let totals: Vec<_> = orders::aggregate_merged(&csv, ErrorPolicy::skip(), cores)
+                .collect()
+                .expect("the flow runs");
             assert_eq!(totals.len(), keys);
             black_box(totals)
         })

@@ -94,9 +94,10 @@ fn both_aggregations_equal_the_sequential_one_for_any_parallelism() {
     let (expected, _) = orders::aggregate_sequential(&csv).unwrap();
     let expected = by_day_text(expected);
     for readers in 1..=4 {
-        let merged: Vec<(Key, Total)> = orders::aggregate(&csv, ErrorPolicy::skip(), readers)
-            .collect()
-            .unwrap();
+        let merged: Vec<(Key, Total)> =
+            orders::aggregate_merged(&csv, ErrorPolicy::skip(), readers)
+                .collect()
+                .unwrap();
         assert_eq!(
             merged.len(),
             expected.len(),
@@ -105,7 +106,7 @@ fn both_aggregations_equal_the_sequential_one_for_any_parallelism() {
         assert_eq!(by_day_text(merged), expected, "readers {readers}");
         for stages in 1..=3 {
             let partitioned: Vec<(Key, Total)> =
-                orders::aggregate_partitioned(&csv, ErrorPolicy::skip(), readers, stages)
+                orders::aggregate(&csv, ErrorPolicy::skip(), readers, stages)
                     .collect()
                     .unwrap();
             assert_eq!(partitioned.len(), expected.len());
@@ -123,7 +124,7 @@ fn a_malformed_row_fails_the_run_by_default() {
     let dir = dir("fail");
     let csv = dir.join("orders.csv");
     let generated = orders::generate(&csv, 1_000, 1).unwrap();
-    let error = orders::aggregate(&csv, ErrorPolicy::fail(), 2)
+    let error = orders::aggregate(&csv, ErrorPolicy::fail(), 2, 2)
         .collect::<Vec<_>>()
         .unwrap_err();
     let line = generated.malformed_lines[0];
