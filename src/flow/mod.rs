@@ -963,7 +963,7 @@ impl<P: Plan> Flow<P> {
 
 impl<P: Plan> Flow<P> {
     /// Runs the flow into `sink`, any [`Consumer`](crate::stage::Consumer) of the stage
-    /// layer (a [`CsvSink`](crate::sink::CsvSink), a database writer, ...), subscribed to
+    /// layer (a `CsvSink` with feature `csv`, a database writer, ...), subscribed to
     /// every output; returns the run's counters. Blocks. The sink's demand is the flow's:
     /// while it is busy (an `await` in `handle_events`) it asks for nothing, and the
     /// sources wait — events never pile up in front of a slow sink.
