@@ -46,6 +46,15 @@ fn a_quiet_source_closes_the_batch_on_time() {
 }
 
 #[test]
+fn an_endless_timeout_batches_by_count_only() {
+    let batches: Vec<Vec<u32>> = Flow::from_iter(0..5u32)
+        .batch(2, Duration::MAX)
+        .collect()
+        .unwrap();
+    assert_eq!(batches, [vec![0, 1], vec![2, 3], vec![4]]);
+}
+
+#[test]
 fn zero_size_is_a_config_error() {
     let error = Flow::from_iter(0..3u32)
         .batch(0, Duration::from_millis(1))

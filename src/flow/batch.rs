@@ -181,10 +181,11 @@ impl<T: Send + 'static> Producer for Batcher<T> {
                     Err(mpsc::error::TryRecvError::Empty) => return Ok(Produced::Events(out)),
                 }
             }
-            let received = match self.opened_at {
-                Some(opened_at) => {
-                    tokio::time::timeout_at(opened_at + self.timeout, self.rx.recv()).await
-                }
+            // No deadline without an open batch, or with a timeout too long to add
+            // (`Duration::MAX`: batches close by count only).
+            let deadline = self.opened_at.and_then(|at| at.checked_add(self.timeout));
+            let received = match deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, self.rx.recv()).await,
                 None => Ok(self.rx.recv().await),
             };
             match received {

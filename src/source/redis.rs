@@ -77,7 +77,7 @@ impl RedisCounters {
 }
 
 /// A Redis stream read by one consumer of a consumer group (the group is created, with
-/// the stream, if missing). Demand maps to `XREADGROUP ... COUNT n BLOCK t`. Entries are
+/// the stream, if missing, and then reads the stream from its first entry). Demand maps to `XREADGROUP ... COUNT n BLOCK t`. Entries are
 /// acknowledged by a sink at the end of the flow ([`RedisAck`](crate::sink::RedisAck),
 /// [`RedisStreamSink`](crate::sink::RedisStreamSink)) once fully processed; pending
 /// entries of a consumer idle for [`claim_idle`](Self::claim_idle) are reclaimed with
