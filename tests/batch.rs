@@ -47,10 +47,21 @@ fn a_quiet_source_closes_the_batch_on_time() {
 
 #[test]
 fn an_endless_timeout_batches_by_count_only() {
-    let batches: Vec<Vec<u32>> = Flow::from_iter(0..5u32)
+    // The source pauses with a batch open: the batcher waits with no deadline.
+    let (tx, rx) = futures::channel::mpsc::unbounded::<u32>();
+    let feeder = std::thread::spawn(move || {
+        for i in 0..3 {
+            tx.unbounded_send(i).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        tx.unbounded_send(3).unwrap();
+        tx.unbounded_send(4).unwrap();
+    });
+    let batches: Vec<Vec<u32>> = Flow::from_stream(rx)
         .batch(2, Duration::MAX)
         .collect()
         .unwrap();
+    feeder.join().unwrap();
     assert_eq!(batches, [vec![0, 1], vec![2, 3], vec![4]]);
 }
 
