@@ -147,6 +147,36 @@ fn a_slow_async_sink_slows_an_endless_source() {
     );
 }
 
+#[test]
+fn an_async_fn_sink_holds_an_endless_source_back() {
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let endless = (0u64..).inspect(move |_| {
+        counter.fetch_add(1, Relaxed);
+    });
+    let mut batches = 0u64;
+    let error = Flow::from_iter(endless)
+        .run_into(flowstage::sink::async_fn(move |_batch: Vec<u64>| {
+            batches += 1;
+            let stop = batches == 20;
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                if stop {
+                    Err(StageError::from("enough"))
+                } else {
+                    Ok(())
+                }
+            }
+        }))
+        .unwrap_err();
+    assert!(error.to_string().contains("enough"), "{error}");
+    let produced = produced.load(Relaxed);
+    assert!(
+        produced <= 20 * 500 + 1000 + 2 * 1000,
+        "the source made {produced} events"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn into_stream_and_run_into_async_on_the_callers_runtime() {
     use futures::StreamExt;

@@ -3,6 +3,7 @@
 //! async writers), or nowhere. Each subscribes one consumer to every output of the flow's
 //! last layer; a consumer that is slow asks for less, which slows the sources.
 
+mod async_fn;
 #[cfg(feature = "csv")]
 mod csv;
 mod iter;
@@ -14,6 +15,7 @@ mod stream;
 
 use std::sync::{Arc, Mutex};
 
+pub use async_fn::{AsyncFn, async_fn};
 #[cfg(feature = "csv")]
 pub use csv::CsvSink;
 pub use iter::FlowIter;
