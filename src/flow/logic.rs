@@ -72,10 +72,10 @@ pub trait Logic: Send + 'static {
 
     /// An error an operator of the chain hit (a fallible operator whose policy is to
     /// fail the run); the stage checks it after each batch and ends the run with it.
-    /// Operators with a `rest` forward the question to it.
-    fn failure(&mut self) -> Option<crate::error::StageError> {
-        None
-    }
+    /// Operators with a `rest` forward the question to it. Required, not defaulted: an
+    /// operator that forgot to forward would make a failing `try_map` after it drop
+    /// events silently.
+    fn failure(&mut self) -> Option<crate::error::StageError>;
 }
 
 /// The end of every chain: passes events through.
@@ -122,6 +122,10 @@ impl<T: Send + 'static> Logic for Identity<T> {
     fn done(&mut self, _out: &mut Vec<T>) {}
 
     fn describe(&self, _names: &mut Vec<String>) {}
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
 }
 
 /// Declares a stateless operator: a struct holding its closure and the rest of the chain,
