@@ -97,6 +97,24 @@ pub enum FlowError {
         /// The offset of the first invalid byte in the file.
         offset: u64,
     },
+    /// A record of a file could not be parsed (a CSV row, a JSON line) or written.
+    #[error("{}:{line}: {message}", path.display())]
+    Record {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The record's line in the file, from 1 (for a sink: the record's number).
+        line: u64,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A message broker could not be reached, or a command to it failed.
+    #[error("broker {url}: {message}")]
+    Broker {
+        /// The broker's address.
+        url: String,
+        /// What failed and why.
+        message: String,
+    },
     /// The run was cancelled before it finished (its handle was dropped or cancelled).
     #[error("the run was cancelled")]
     Cancelled,

@@ -454,3 +454,50 @@ fn invalid_windows_are_config_errors() {
         }
     }
 }
+
+#[test]
+fn a_failing_try_map_in_a_windowed_stage_ends_the_run() {
+    let windowed = guarded(|| {
+        Flow::from_iter(0..100i64)
+            .partition(
+                Partition::new()
+                    .stages(2)
+                    .window(Window::fixed(Duration::from_millis(10), |t: &i64| *t)),
+            )
+            .try_map(|t: &i64| {
+                if *t == 57 {
+                    Err("bad event 57")
+                } else {
+                    Ok(*t)
+                }
+            })
+            .reduce(|| 0i64, |t, sum| sum + t)
+            .emit_state()
+            .collect::<Vec<i64>>()
+    });
+    match windowed {
+        Err(error) => assert!(error.to_string().contains("bad event 57"), "{error}"),
+        Ok(sums) => panic!("the failure was lost: {sums:?}"),
+    }
+}
+
+#[test]
+fn a_failing_try_map_after_a_join_ends_the_run() {
+    let joined = guarded(|| {
+        Flow::bounded_join(
+            flowstage::flow::JoinMode::Inner,
+            Flow::from_iter(0..50u32),
+            Flow::from_iter(0..50u32),
+            |l: &u32| *l,
+            |r: &u32| *r,
+            |l: Option<&u32>, _r: Option<&u32>| l.copied().unwrap_or(0),
+            Shuffle::shuffle().stages(2),
+        )
+        .try_map(|x: &u32| if *x == 33 { Err("bad pair 33") } else { Ok(*x) })
+        .collect::<Vec<u32>>()
+    });
+    match joined {
+        Err(error) => assert!(error.to_string().contains("bad pair 33"), "{error}"),
+        Ok(pairs) => panic!("the failure was lost: {pairs:?}"),
+    }
+}

@@ -152,6 +152,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }

@@ -97,7 +97,10 @@ impl Compiler {
         }
     }
 
-    /// Adds one source producer with `logic` fused into it.
+    /// Adds one source producer with `logic` fused into it. `retry_interval`: how long
+    /// the runtime waits before asking a producer that had nothing again (the default
+    /// of [`ProducerOptions`] when `None`).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn source<T, L>(
         &mut self,
         label: &str,
@@ -105,6 +108,7 @@ impl Compiler {
         mut logic: L,
         partition: PartitionInfo,
         dispatch: &DispatchSpec<L::Out>,
+        retry_interval: Option<std::time::Duration>,
     ) -> Output<L::Out>
     where
         T: Send + 'static,
@@ -118,6 +122,10 @@ impl Compiler {
             &dispatch.label,
         ));
         let name = self.graph.nodes[node].name.clone();
+        let mut options = ProducerOptions::new();
+        if let Some(retry_interval) = retry_interval {
+            options = options.retry_interval(retry_interval);
+        }
         let producer = self.pipeline.producer_with(
             FusedProducer {
                 producer,
@@ -125,7 +133,7 @@ impl Compiler {
                 finished: false,
                 expansion: Expansion::default(),
             },
-            ProducerOptions::new()
+            options
                 .name(name)
                 .dispatcher(dispatch.make())
                 // Fused operators may make more events than asked (flat_map); they wait here
@@ -240,10 +248,16 @@ where
             let read = events.len();
             let before = out.len();
             self.logic.batch(events, &mut out);
+            if let Some(error) = self.logic.failure() {
+                return Err(error);
+            }
             self.expansion.record(read, out.len() - before, out.len());
             if last {
                 self.finished = true;
                 self.logic.done(&mut out);
+                if let Some(error) = self.logic.failure() {
+                    return Err(error);
+                }
                 return Ok(Produced::Finished(out));
             }
             if !out.is_empty() || read == 0 {
@@ -282,13 +296,19 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
         };
         self.logic.batch(events, &mut out);
         self.out_hint = out.len();
-        Ok(out)
+        match self.logic.failure() {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.done(&mut out);
-        Ok(out)
+        match self.logic.failure() {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 }
 
@@ -312,7 +332,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
         self.windower
             .batch(context.from(), events, &mut self.logic, &mut out);
         context.count_late(self.windower.take_late());
-        Ok(out)
+        self.checked(out)
     }
 
     async fn handle_upstream_done(
@@ -321,7 +341,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.upstream_done(from, &mut self.logic, &mut out);
-        Ok(out)
+        self.checked(out)
     }
 
     async fn wakeup(&mut self) {
@@ -331,13 +351,23 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     async fn handle_wakeup(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.wake(&mut self.logic, &mut out);
-        Ok(out)
+        self.checked(out)
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.done(&mut self.logic, &mut out);
-        Ok(out)
+        self.checked(out)
+    }
+}
+
+impl<L: Logic> WindowedStage<L> {
+    /// The output, unless a fallible operator of the chain failed the run meanwhile.
+    fn checked(&mut self, out: Vec<L::Out>) -> std::result::Result<Vec<L::Out>, StageError> {
+        match self.logic.failure() {
+            Some(error) => Err(error),
+            None => Ok(out),
+        }
     }
 }
 

@@ -89,6 +89,10 @@ impl<T: Send + 'static> Logic for Tag<T> {
     }
 
     fn describe(&self, _names: &mut Vec<String>) {}
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
 }
 
 /// The bookkeeping of a merging stage: which partitions closed which window.
@@ -237,6 +241,10 @@ where
     fn describe(&self, names: &mut Vec<String>) {
         names.push("departition".to_string());
         self.rest.describe(names);
+    }
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
     }
 
     fn has_reducer(&self) -> bool {
@@ -448,6 +456,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -582,6 +594,10 @@ where
     fn describe(&self, names: &mut Vec<String>) {
         names.push(format!("take_sort({})", self.smallest.n));
         self.rest.describe(names);
+    }
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
     }
 
     fn has_reducer(&self) -> bool {

@@ -207,6 +207,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     /// A join is not a reduce: a `reduce` may follow it in the same stage, folding the
     /// pairs as they are made (per window), instead of sending them to another layer.
     fn has_reducer(&self) -> bool {

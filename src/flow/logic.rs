@@ -75,6 +75,13 @@ pub trait Logic: Send + 'static {
     fn has_reducer(&self) -> bool {
         false
     }
+
+    /// An error an operator of the chain hit (a fallible operator whose policy is to
+    /// fail the run); the stage checks it after each batch and ends the run with it.
+    /// Operators with a `rest` forward the question to it. Required, not defaulted: an
+    /// operator that forgot to forward would make a failing `try_map` after it drop
+    /// events silently.
+    fn failure(&mut self) -> Option<crate::error::StageError>;
 }
 
 /// The end of every chain: passes events through.
@@ -123,6 +130,10 @@ impl<T: Send + 'static> Logic for Identity<T> {
     fn window(&mut self, _signal: WindowSignal<'_>, _out: &mut Vec<T>) {}
 
     fn describe(&self, _names: &mut Vec<String>) {}
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
 }
 
 /// Declares a stateless operator: a struct holding its closure and the rest of the chain,
@@ -190,6 +201,10 @@ macro_rules! stateless {
             fn describe(&self, names: &mut Vec<String>) {
                 names.push($label.to_string());
                 self.rest.describe(names);
+            }
+
+            fn failure(&mut self) -> Option<crate::error::StageError> {
+                self.rest.failure()
             }
 
             fn has_reducer(&self) -> bool {
@@ -324,6 +339,10 @@ where
         self.rest.describe(names);
     }
 
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }
@@ -403,6 +422,10 @@ where
     fn describe(&self, names: &mut Vec<String>) {
         names.push("map_batch".to_string());
         self.rest.describe(names);
+    }
+
+    fn failure(&mut self) -> Option<crate::error::StageError> {
+        self.rest.failure()
     }
 
     fn has_reducer(&self) -> bool {

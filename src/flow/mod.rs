@@ -26,10 +26,12 @@
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
 //! name a flow as `Flow<impl Plan<Item = T>>`.
 
+mod batch;
 mod combine;
 mod compile;
 mod departition;
 mod explain;
+pub(crate) mod fallible;
 pub mod join;
 mod logic;
 mod partition;
@@ -46,6 +48,7 @@ use std::sync::Arc;
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use explain::Explain;
+pub use fallible::{DeadLetter, ErrorPolicy, OperatorError};
 pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
 pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
@@ -60,8 +63,10 @@ pub(crate) use logic::Identity;
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
+    pub use super::batch::BatchNode;
     pub use super::combine::CombineNode;
     pub use super::departition::{DepartitionNode, TakeSortNode};
+    pub use super::fallible::{TryFlatMapNode, TryMapNode};
     pub use super::join::JoinNode;
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
@@ -209,6 +214,74 @@ impl Flow<()> {
             plan: SourceNode {
                 source: StreamSource(stream),
                 label: "from_stream",
+            },
+        }
+    }
+
+    /// A flow over the receiving end of a bounded tokio channel; it ends when every
+    /// sender is dropped. A slow flow fills the channel, and senders wait.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let (tx, rx) = tokio::sync::mpsc::channel(16);
+    /// let feeder = std::thread::spawn(move || {
+    ///     for i in 0..100u32 {
+    ///         tx.blocking_send(i).unwrap(); // waits while the flow is behind
+    ///     }
+    /// });
+    /// let items: Vec<u32> = Flow::from_channel(rx).map(|x| x * 2).collect()?;
+    /// feeder.join().unwrap();
+    /// assert_eq!(items, (0..100).map(|x| x * 2).collect::<Vec<_>>());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_channel<T: Send + 'static>(
+        rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> Flow<SourceNode<crate::source::ChannelSource<T>>> {
+        Flow {
+            plan: SourceNode {
+                source: crate::source::ChannelSource(rx),
+                label: "from_channel",
+            },
+        }
+    }
+
+    /// A flow over an external system that is often empty: `poll(demand)` returns what
+    /// is there (`Produced::Events`, possibly empty) or that the source has ended
+    /// (`Produced::Finished`). When it had nothing, the runtime keeps the demand and
+    /// polls again after `interval` — no busy loop, and no stall.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use std::time::Duration;
+    /// let mut polls = 0;
+    /// let items: Vec<u32> = Flow::from_poll(
+    ///     move |_demand| {
+    ///         polls += 1;
+    ///         match polls {
+    ///             1 | 2 => Produced::Events(vec![]), // nothing yet
+    ///             3 => Produced::Events(vec![1, 2]),
+    ///             _ => Produced::Finished(vec![3]),
+    ///         }
+    ///     },
+    ///     Duration::from_millis(5),
+    /// )
+    /// .collect()?;
+    /// assert_eq!(items, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn from_poll<T, F>(
+        poll: F,
+        interval: std::time::Duration,
+    ) -> Flow<SourceNode<crate::source::PollSource<F>>>
+    where
+        T: Send + 'static,
+        F: FnMut(usize) -> crate::stage::Produced<T> + Send + 'static,
+    {
+        Flow {
+            plan: SourceNode {
+                source: crate::source::PollSource { poll, interval },
+                label: "from_poll",
             },
         }
     }
@@ -932,6 +1005,155 @@ impl<P: Plan> IntoIterator for Flow<P> {
         match self.compile(Pipeline::new()) {
             Ok((compiler, outputs)) => sink::iter(compiler.pipeline, outputs),
             Err(error) => FlowIter::failed(error),
+        }
+    }
+}
+
+// ETL operators: fallible operators with error policies, batching, consumer sinks.
+impl<P: Plan> Flow<P> {
+    /// Applies a fallible `f` to each event (fused). What an `Err` does is the operator's
+    /// [`ErrorPolicy`], set with [`on_error`](Flow::on_error): by default it ends the run
+    /// with the error, naming the stage and the operator. `f` takes the event by reference
+    /// so that a failed event is still whole for a dead-letter sink.
+    ///
+    /// ```
+    /// use flowstage::flow::{ErrorPolicy, Flow};
+    /// let numbers: Vec<u32> = Flow::from_iter(["1", "2", "x"])
+    ///     .try_map(|s: &&str| s.parse::<u32>())
+    ///     .on_error(ErrorPolicy::skip())
+    ///     .collect()?;
+    /// assert_eq!(numbers, [1, 2]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn try_map<U, E, F>(self, f: F) -> Flow<TryMapNode<P, F>>
+    where
+        U: Send + 'static,
+        E: Into<crate::StageError> + 'static,
+        F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync + 'static,
+    {
+        Flow {
+            plan: TryMapNode::new(self.plan, f),
+        }
+    }
+
+    /// Maps each event to any number of events with a fallible `f` (fused); errors as for
+    /// [`try_map`](Flow::try_map).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let digits: Vec<u32> = Flow::from_iter(["12", "3"])
+    ///     .try_flat_map(|s: &&str| s.chars().map(|c| c.to_digit(10).ok_or("not a digit")).collect::<Result<Vec<_>, _>>())
+    ///     .collect()?;
+    /// assert_eq!(digits, [1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn try_flat_map<I, E, F>(self, f: F) -> Flow<TryFlatMapNode<P, F>>
+    where
+        I: IntoIterator,
+        I::Item: Send + 'static,
+        E: Into<crate::StageError> + 'static,
+        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync + 'static,
+    {
+        Flow {
+            plan: TryFlatMapNode::new(self.plan, f),
+        }
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Groups events into batches of `size`, or fewer when `timeout` has passed since a
+    /// batch's first event (and at the end of the input): for bulk sinks. One batching
+    /// stage; operators after it are fused into it. `size` 0 is an error when the flow
+    /// runs.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use std::time::Duration;
+    /// let batches: Vec<Vec<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
+    /// assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn batch(self, size: usize, timeout: std::time::Duration) -> Flow<BatchNode<P>> {
+        Flow {
+            plan: BatchNode {
+                inner: self.plan,
+                size,
+                timeout,
+            },
+        }
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Runs the flow into `sink`, any [`Consumer`](crate::stage::Consumer) of the stage
+    /// layer (a `CsvSink` with feature `csv`, a database writer, ...), subscribed to
+    /// every output; returns the run's counters. Blocks. The sink's demand is the flow's:
+    /// while it is busy (an `await` in `handle_events`) it asks for nothing, and the
+    /// sources wait — events never pile up in front of a slow sink.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::{Consumer, ConsumerContext};
+    /// use flowstage::StageError;
+    ///
+    /// struct SlowTotal(std::sync::Arc<std::sync::atomic::AtomicU64>);
+    /// impl Consumer for SlowTotal {
+    ///     type Item = u64;
+    ///     async fn handle_events(&mut self, events: Vec<u64>, _: &mut ConsumerContext) -> Result<(), StageError> {
+    ///         tokio::time::sleep(std::time::Duration::from_millis(1)).await; // a remote write
+    ///         self.0.fetch_add(events.iter().sum(), std::sync::atomic::Ordering::Relaxed);
+    ///         Ok(())
+    ///     }
+    /// }
+    /// let total = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    /// Flow::from_iter(1..=100u64).run_into(SlowTotal(total.clone()))?;
+    /// assert_eq!(total.load(std::sync::atomic::Ordering::Relaxed), 5050);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn run_into<C>(self, sink: C) -> Result<Report>
+    where
+        C: crate::stage::Consumer<Item = P::Item>,
+    {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::consumer(compiler.pipeline, outputs, sink)?.run()
+    }
+
+    /// [`run_into`](Flow::run_into) on the caller's tokio runtime.
+    pub async fn run_into_async<C>(self, sink: C) -> Result<Report>
+    where
+        C: crate::stage::Consumer<Item = P::Item>,
+    {
+        let (compiler, outputs) = self.compile(Pipeline::new())?;
+        sink::consumer(compiler.pipeline, outputs, sink)?
+            .run_async()
+            .await
+    }
+}
+
+impl<P: Plan, F> Flow<TryMapNode<P, F>> {
+    /// What this `try_map` does with an `Err`; see [`ErrorPolicy`].
+    pub fn on_error(self, policy: ErrorPolicy<P::Item>) -> Self {
+        Flow {
+            plan: self.plan.with_policy(policy),
+        }
+    }
+}
+
+impl<P: Plan, F> Flow<TryFlatMapNode<P, F>> {
+    /// What this `try_flat_map` does with an `Err`; see [`ErrorPolicy`].
+    ///
+    /// ```
+    /// use flowstage::flow::{ErrorPolicy, Flow};
+    /// let words: Vec<String> = Flow::from_iter(["a b", "", "c"])
+    ///     .try_flat_map(|s: &&str| if s.is_empty() { Err("empty line") } else { Ok(s.split(' ').map(str::to_owned).collect::<Vec<_>>()) })
+    ///     .on_error(ErrorPolicy::skip())
+    ///     .collect()?;
+    /// assert_eq!(words, ["a", "b", "c"]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn on_error(self, policy: ErrorPolicy<P::Item>) -> Self {
+        Flow {
+            plan: self.plan.with_policy(policy),
         }
     }
 }

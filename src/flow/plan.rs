@@ -33,6 +33,10 @@ impl<S: Source> Plan for SourceNode<S> {
     where
         L: Logic<In = S::Item> + Clone,
     {
+        if let Some((operator, counters)) = self.source.error_counters() {
+            compiler.pipeline.error_counters(operator, counters);
+        }
+        let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {
             return Err(FlowError::Config(format!(
@@ -51,6 +55,7 @@ impl<S: Source> Plan for SourceNode<S> {
                     logic.clone(),
                     PartitionInfo { index, count },
                     dispatch,
+                    retry_interval,
                 )
             })
             .collect())

@@ -1,12 +1,28 @@
 //! Sinks: where a flow's events go — a collection, a blocking iterator, an async stream,
-//! or nowhere. Each subscribes one consumer to every output of the flow's last layer.
+//! any [`Consumer`](crate::stage::Consumer) (`Flow::run_into`: CSV and JSON-lines files,
+//! async writers), or nowhere. Each subscribes one consumer to every output of the flow's
+//! last layer; a consumer that is slow asks for less, which slows the sources.
 
+mod async_fn;
+#[cfg(feature = "csv")]
+mod csv;
 mod iter;
+#[cfg(feature = "json")]
+mod json;
+#[cfg(feature = "redis")]
+mod redis;
 mod stream;
 
 use std::sync::{Arc, Mutex};
 
+pub use async_fn::{AsyncFn, async_fn};
+#[cfg(feature = "csv")]
+pub use csv::CsvSink;
 pub use iter::FlowIter;
+#[cfg(feature = "json")]
+pub use json::JsonLinesSink;
+#[cfg(feature = "redis")]
+pub use redis::{Outgoing, RedisAck, RedisStreamSink};
 pub use stream::FlowStream;
 
 pub(crate) use iter::iter;
@@ -96,6 +112,18 @@ pub(crate) fn channel<T: Send + 'static>(
     );
     subscribe_all(&mut pipeline, &consumer, &outputs)?;
     Ok((pipeline, rx))
+}
+
+/// A pipeline whose flow output goes to `consumer`.
+pub(crate) fn consumer<C: crate::stage::Consumer>(
+    mut pipeline: Pipeline,
+    outputs: Vec<Output<C::Item>>,
+    consumer: C,
+) -> Result<Pipeline> {
+    let consumer =
+        pipeline.consumer_with(consumer, crate::stage::ConsumerOptions::new().name("sink"));
+    subscribe_all(&mut pipeline, &consumer, &outputs)?;
+    Ok(pipeline)
 }
 
 /// A pipeline whose flow output is dropped.

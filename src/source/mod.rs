@@ -8,11 +8,20 @@
 //! systems.
 
 mod chunk;
+#[cfg(feature = "csv")]
+mod csv;
 mod file;
 mod iter;
+#[cfg(feature = "json")]
+mod json;
 mod lines;
 mod par_iter;
+#[cfg(any(feature = "csv", feature = "json"))]
+mod parsed;
+mod poll;
 mod reader;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 mod stages;
 mod stream;
 mod word;
@@ -21,11 +30,20 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub use chunk::{Chunk, Delimiter, IntoWords, Words, is_word_separator};
+#[cfg(feature = "csv")]
+pub use csv::CsvSource;
 pub use file::{DEFAULT_BLOCK_SIZE, FileSource};
 pub use iter::{IterSource, ItersSource};
+#[cfg(feature = "json")]
+pub use json::JsonLinesSource;
 pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
+#[cfg(any(feature = "csv", feature = "json"))]
+pub use parsed::BadRecord;
+pub use poll::{ChannelSource, PollSource};
 pub use reader::{ReaderSource, stdin};
+#[cfg(feature = "redis")]
+pub use redis::{EntryId, RedisCounters, RedisStreamSource, StreamEntry};
 pub use stages::StagesSource;
 pub use stream::{StreamProducer, StreamSource};
 pub use word::Word;
@@ -64,6 +82,22 @@ pub trait Source: Send + 'static {
     /// Splits the source into its producers (at least one). Errors here (a missing file,
     /// an empty list) end the run before any stage starts.
     fn into_producers(self) -> Result<Vec<BoxedProducer<Self::Item>>>;
+
+    /// How long the runtime waits before asking a producer that had nothing to give
+    /// again (see [`ProducerOptions::retry_interval`](crate::stage::ProducerOptions));
+    /// `None`, the default, keeps the runtime's.
+    fn retry_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// The counters of the source's error policy, for a parsing source that has one
+    /// (the CSV and JSON-lines sources): the run's [`Report`](crate::stage::Report) lists
+    /// them under the returned name. The default has none.
+    fn error_counters(
+        &self,
+    ) -> Option<(&'static str, std::sync::Arc<crate::stage::ErrorCounters>)> {
+        None
+    }
 }
 
 type HandleDemand<'a, T> =

@@ -94,3 +94,78 @@ pub struct StageSnapshot {
     /// can read them.
     pub late: u64,
 }
+
+/// How many events a fallible operator's error policy skipped or sent to its dead-letter
+/// sink, shared by every stage running the operator. Updated once per batch.
+///
+/// ```
+/// use flowstage::flow::{ErrorPolicy, Flow};
+/// let policy = ErrorPolicy::skip();
+/// let counters = policy.counters();
+/// let numbers: Vec<u32> = Flow::from_iter(["1", "x", "3"])
+///     .try_map(|s: &&str| s.parse::<u32>())
+///     .on_error(policy)
+///     .collect()?;
+/// assert_eq!(numbers, [1, 3]);
+/// assert_eq!(counters.skipped(), 1);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct ErrorCounters {
+    skipped: AtomicU64,
+    dead_lettered: AtomicU64,
+}
+
+impl ErrorCounters {
+    /// Events dropped by a `Skip` policy.
+    pub fn skipped(&self) -> u64 {
+        self.skipped.load(Relaxed)
+    }
+
+    /// Events handed to a dead-letter sink.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.load(Relaxed)
+    }
+
+    pub(crate) fn add_skipped(&self, n: u64) {
+        if n > 0 {
+            self.skipped.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn add_dead_lettered(&self, n: u64) {
+        if n > 0 {
+            self.dead_lettered.fetch_add(n, Relaxed);
+        }
+    }
+
+    pub(crate) fn snapshot(&self, operator: &str) -> ErrorSnapshot {
+        ErrorSnapshot {
+            operator: operator.to_string(),
+            skipped: self.skipped(),
+            dead_lettered: self.dead_lettered(),
+        }
+    }
+}
+
+/// An error policy's counts at one moment, as a [`Report`](super::Report) lists them.
+///
+/// ```
+/// use flowstage::flow::{ErrorPolicy, Flow};
+/// let report = Flow::from_iter(["1", "x", "y"])
+///     .try_map(|s: &&str| s.parse::<u32>())
+///     .on_error(ErrorPolicy::skip())
+///     .run()?;
+/// assert_eq!(report.errors[0].operator, "try_map");
+/// assert_eq!(report.errors[0].skipped, 2);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorSnapshot {
+    /// The operator (`try_map`, `try_flat_map`, or a parsing source's name).
+    pub operator: String,
+    /// Events dropped by a `Skip` policy.
+    pub skipped: u64,
+    /// Events handed to a dead-letter sink.
+    pub dead_lettered: u64,
+}

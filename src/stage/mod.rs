@@ -55,7 +55,7 @@ pub use adapters::{
 pub use buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 pub use demand::{Cancel, DEFAULT_MAX_DEMAND, DemandMode, SubscribeOptions};
 pub use dispatcher::{Dispatcher, partition_hash};
-pub use metrics::StageSnapshot;
+pub use metrics::{ErrorCounters, ErrorSnapshot, StageSnapshot};
 pub use pipeline::{
     ConsumerOptions, ConsumerRef, Pipeline, ProducerConsumerOptions, ProducerOptions, ProducerRef,
     Report, Running,

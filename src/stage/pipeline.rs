@@ -19,7 +19,7 @@ use super::buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 use super::demand::{Cancel, SubscribeOptions};
 use super::dispatcher::Dispatcher;
 use super::link::{Control, Msg, OutletSpec};
-use super::metrics::{StageMetrics, StageSnapshot};
+use super::metrics::{ErrorCounters, ErrorSnapshot, StageMetrics, StageSnapshot};
 use super::run::{self, InflowSpec, ProducerSettings};
 use super::{Consumer, Producer, ProducerConsumer};
 use crate::error::{FlowError, Result, StageInfo, StageKind};
@@ -72,6 +72,7 @@ pub struct Pipeline {
     id: u64,
     stages: Vec<StageEntry>,
     errors: Vec<FlowError>,
+    error_counters: Vec<(String, Arc<ErrorCounters>)>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -319,6 +320,7 @@ impl Pipeline {
             id: NEXT_PIPELINE.fetch_add(1, Ordering::Relaxed),
             stages: Vec::new(),
             errors: Vec::new(),
+            error_counters: Vec::new(),
         }
     }
 
@@ -436,6 +438,12 @@ impl Pipeline {
     /// Adds a consumer with default options.
     pub fn consumer<C: Consumer>(&mut self, consumer: C) -> ConsumerRef<C::Item> {
         self.consumer_with(consumer, ConsumerOptions::new())
+    }
+
+    /// Lists an error policy's counters in this pipeline's [`Report`] under `operator`
+    /// (fallible flow operators and parsing sources do this when compiled).
+    pub(crate) fn error_counters(&mut self, operator: &str, counters: Arc<ErrorCounters>) {
+        self.error_counters.push((operator.to_string(), counters));
     }
 
     /// Adds a consumer.
@@ -570,6 +578,7 @@ impl Pipeline {
             infos,
             metrics,
             tolerated,
+            error_counters: self.error_counters,
         })
     }
 }
@@ -598,6 +607,7 @@ pub struct Running {
     infos: Vec<StageInfo>,
     metrics: Vec<Arc<StageMetrics>>,
     tolerated: Vec<bool>,
+    error_counters: Vec<(String, Arc<ErrorCounters>)>,
 }
 
 impl std::fmt::Debug for Running {
@@ -617,6 +627,9 @@ pub struct Report {
     /// Failures that did not end the run (stages whose subscriptions were all
     /// [`Cancel::Temporary`]).
     pub tolerated: Vec<FlowError>,
+    /// What each fallible operator's error policy skipped or dead-lettered, in the order
+    /// the operators were compiled (sources first).
+    pub errors: Vec<ErrorSnapshot>,
 }
 
 impl Running {
@@ -626,6 +639,14 @@ impl Running {
             .iter()
             .zip(&self.metrics)
             .map(|(info, metrics)| metrics.snapshot(info))
+            .collect()
+    }
+
+    /// Every error policy's counts now.
+    pub fn error_counts(&self) -> Vec<ErrorSnapshot> {
+        self.error_counters
+            .iter()
+            .map(|(operator, counters)| counters.snapshot(operator))
             .collect()
     }
 
@@ -650,6 +671,7 @@ impl Running {
         Ok(Report {
             stages: self.metrics(),
             tolerated,
+            errors: self.error_counts(),
         })
     }
 

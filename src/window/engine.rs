@@ -298,7 +298,14 @@ impl<T: Send + 'static> Windower<T> {
                 }
             }
             self.enter(id, chain, out);
+            let before = events.len();
             chain.feed(Run { events, left: take }, out);
+            // A chain stops early only when it failed (a `try_map` ending the run): skip
+            // what it left, so the batch still ends.
+            let unread = take.saturating_sub(before - events.len());
+            if unread > 0 {
+                events.nth(unread - 1);
+            }
             left -= take;
             for name in fires {
                 self.fire(id, name, chain, out);

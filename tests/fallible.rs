@@ -1,0 +1,183 @@
+//! Fallible operators: `try_map`, `try_flat_map` and their error policies.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use flowstage::FlowError;
+use flowstage::flow::{DeadLetter, ErrorPolicy, Flow, OperatorError, Partition, Shuffle};
+use proptest::prelude::*;
+
+#[allow(clippy::ptr_arg)] // try_map hands the event by reference: here a `&String`.
+fn parse(s: &String) -> Result<u64, std::num::ParseIntError> {
+    s.parse::<u64>()
+}
+
+#[test]
+fn fail_is_the_default_and_names_stage_and_operator() {
+    let error = Flow::from_iter(vec!["1".to_string(), "oops".into(), "3".into()])
+        .try_map(parse)
+        .collect::<Vec<u64>>()
+        .unwrap_err();
+    let FlowError::StageFailed {
+        stage,
+        message,
+        source,
+    } = &error
+    else {
+        panic!("expected StageFailed, got {error:?}");
+    };
+    assert!(stage.name.starts_with("from_iter"), "{stage}");
+    assert!(message.starts_with("try_map: invalid digit"), "{message}");
+    let operator = source
+        .as_ref()
+        .and_then(|s| s.downcast_ref::<OperatorError>())
+        .expect("the source is the operator's error");
+    assert_eq!(operator.operator, "try_map");
+    assert!(
+        operator
+            .source
+            .downcast_ref::<std::num::ParseIntError>()
+            .is_some()
+    );
+}
+
+#[test]
+fn fail_after_a_reduce_reaches_the_stage() {
+    // The failing operator runs after a reducer, at its Done trigger.
+    let error = Flow::from_iter(1..=10u64)
+        .partition(Partition::new().stages(2))
+        .reduce(|| 0u64, |x, sum| sum + x)
+        .emit_state()
+        .try_map(|sum: &u64| if *sum > 0 { Err("a sum") } else { Ok(*sum) })
+        .collect::<Vec<u64>>()
+        .unwrap_err();
+    assert!(error.to_string().contains("try_map: a sum"), "{error}");
+    assert!(
+        error
+            .stage()
+            .is_some_and(|s| s.name.starts_with("partition"))
+    );
+}
+
+#[test]
+fn skip_drops_and_counts_across_stages() {
+    let input: Vec<Vec<String>> = vec![
+        (0..1000)
+            .map(|i| {
+                if i % 10 == 0 {
+                    format!("x{i}")
+                } else {
+                    i.to_string()
+                }
+            })
+            .collect(),
+        (1000..2000).map(|i| i.to_string()).collect(),
+    ];
+    let policy = ErrorPolicy::skip();
+    let counters = policy.counters();
+    let mut out: Vec<u64> = Flow::from_iters(input)
+        .try_map(parse)
+        .on_error(policy)
+        .shuffle(Shuffle::shuffle().stages(2))
+        .collect()
+        .unwrap();
+    out.sort();
+    assert_eq!(out.len(), 1900);
+    assert_eq!(counters.skipped(), 100);
+    assert_eq!(counters.dead_lettered(), 0);
+}
+
+#[test]
+fn counts_are_in_the_report() {
+    let report = Flow::from_iter(vec!["1".to_string(), "b".into(), "c".into()])
+        .try_map(parse)
+        .on_error(ErrorPolicy::skip())
+        .try_flat_map(|n: &u64| if *n == 1 { Err("one") } else { Ok(vec![*n]) })
+        .on_error(ErrorPolicy::dead_letter(|_letters| Ok(())))
+        .run()
+        .unwrap();
+    assert_eq!(report.errors.len(), 2);
+    let by_name: HashMap<_, _> = report
+        .errors
+        .iter()
+        .map(|e| (e.operator.as_str(), e))
+        .collect();
+    assert_eq!(by_name["try_map"].skipped, 2);
+    assert_eq!(by_name["try_flat_map"].dead_lettered, 1);
+}
+
+#[test]
+fn a_failing_dead_letter_sink_fails_the_run() {
+    let error = Flow::from_iter(vec!["x".to_string()])
+        .try_map(parse)
+        .on_error(ErrorPolicy::dead_letter(|_letters| Err("disk full".into())))
+        .run()
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("dead-letter sink failed: disk full"),
+        "{error}"
+    );
+}
+
+#[test]
+fn try_flat_map_fail_stops_the_run() {
+    let result = Flow::from_iter(0..100u32)
+        .try_flat_map(|n: &u32| {
+            if *n == 57 {
+                Err(format!("bad {n}"))
+            } else {
+                Ok(vec![*n, *n])
+            }
+        })
+        .collect::<Vec<u32>>();
+    assert!(
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("try_flat_map: bad 57")
+    );
+}
+
+type Letters = Arc<Mutex<Vec<DeadLetter<(usize, String)>>>>;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Every event is either in the output (parsed) or in the dead letters (with its
+    /// error), exactly once, for any split into readers and any stage count.
+    #[test]
+    fn dead_letters_partition_the_input(
+        input in prop::collection::vec(prop_oneof![3 => (0u64..1000).prop_map(|n| n.to_string()), 1 => "[a-z]{1,3}"], 0..400),
+        readers in 1usize..4,
+        stages in 1usize..4,
+    ) {
+        let chunks: Vec<Vec<(usize, String)>> = {
+            let indexed: Vec<(usize, String)> = input.iter().cloned().enumerate().collect();
+            let size = indexed.len().div_ceil(readers).max(1);
+            let mut chunks: Vec<Vec<_>> = indexed.chunks(size).map(<[_]>::to_vec).collect();
+            if chunks.is_empty() { chunks.push(Vec::new()); }
+            chunks
+        };
+        let letters: Letters = Arc::default();
+        let into = letters.clone();
+        let mut ok: Vec<(usize, u64)> = Flow::from_iters(chunks)
+            .shuffle(Shuffle::shuffle().stages(stages).max_demand(7))
+            .try_map(|(i, s): &(usize, String)| s.parse::<u64>().map(|n| (*i, n)))
+            .on_error(ErrorPolicy::dead_letter(move |batch| { into.lock().unwrap().extend(batch); Ok(()) }))
+            .collect()
+            .unwrap();
+        ok.sort();
+        let mut bad: Vec<usize> = letters.lock().unwrap().iter().map(|l| l.event.0).collect();
+        bad.sort();
+        let expected_ok: Vec<(usize, u64)> = input.iter().enumerate().filter_map(|(i, s)| s.parse().ok().map(|n| (i, n))).collect();
+        let expected_bad: Vec<usize> = input.iter().enumerate().filter(|(_, s)| s.parse::<u64>().is_err()).map(|(i, _)| i).collect();
+        prop_assert_eq!(ok, expected_ok);
+        prop_assert_eq!(bad, expected_bad);
+        for letter in letters.lock().unwrap().iter() {
+            prop_assert_eq!(letter.operator, "try_map");
+            prop_assert!(letter.error.to_string().contains("invalid digit"));
+        }
+    }
+}
