@@ -12,7 +12,7 @@ use std::time::Duration;
 use flowstage::stage::{
     BufferKeep, Cancel, Consumer, ConsumerContext, ConsumerOptions, DemandMode, Dispatcher,
     Pipeline, Produced, Producer, ProducerConsumer, ProducerConsumerOptions, ProducerOptions,
-    Report, SubscribeOptions, consumer_fn, from_iter, partition_hash, poll_fn,
+    Report, SubscribeOptions, consumer_fn, from_iter, partition_hash, partition_of, poll_fn,
     producer_consumer_fn,
 };
 use flowstage::{FlowError, StageError, StageKind};
@@ -716,7 +716,7 @@ fn partition_by_key_sends_each_key_to_exactly_one_consumer() {
                 "key {k} reached partitions {previous:?} and {partition}"
             );
             // Default partition of a subscriber is its subscription order.
-            assert_eq!((partition_hash(&k) % PARTITIONS as u64) as usize, partition);
+            assert_eq!(partition_of(partition_hash(&k), PARTITIONS), partition);
         }
         all.extend(seen);
     }
@@ -1618,4 +1618,67 @@ fn a_large_output_leaves_a_producer_consumer_in_linear_time() {
     // Quadratic copying would take minutes here: `run` fails it through its watchdog.
     run(pipeline).expect("run");
     assert_eq!(snapshot(&total).iter().sum::<u64>(), N * (N - 1) / 2);
+}
+
+/// Emits events 0..6, all for partition 1, then waits forever for more data.
+struct EmitsTwoThenWaits(bool);
+
+impl Producer for EmitsTwoThenWaits {
+    type Item = u64;
+
+    async fn handle_demand(&mut self, _demand: usize) -> Result<Produced<u64>, StageError> {
+        if std::mem::replace(&mut self.0, true) {
+            std::future::pending::<()>().await;
+        }
+        // Let both consumers' first asks arrive, so that the next call is made (partition
+        // 0 has credit) while events 4 and 5 still wait for partition 1's second ask.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        Ok(Produced::Events((0..6).collect()))
+    }
+}
+
+#[test]
+fn a_producer_waiting_for_data_still_sends_what_it_queued_when_credit_comes() {
+    // Partition 1's consumer takes 4 at a time: events 4 and 5 wait in its queue (below
+    // the queue's bound, so the producer is asked for more) for a re-ask that can only
+    // come while the producer is already waiting for more data.
+    // The producer must take that ask while it waits (regression: it sat in user code and
+    // event 1 never left; a join whose other side stayed open hung).
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = shared::<u64>();
+    let (into, seen) = (got.clone(), got.clone());
+    runtime.block_on(watch(async move {
+        let mut pipeline = Pipeline::new();
+        let source = pipeline.producer_with(
+            EmitsTwoThenWaits(false),
+            ProducerOptions::new().dispatcher(Dispatcher::partition_with(|_: &u64, _| Some(1))),
+        );
+        let idle = pipeline.consumer(consumer_fn(|_batch: Vec<u64>| {}));
+        let slow = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+            into.lock().unwrap().extend(batch)
+        }));
+        pipeline
+            .subscribe(&idle, &source, SubscribeOptions::new().partition(0))
+            .unwrap();
+        pipeline
+            .subscribe(
+                &slow,
+                &source,
+                SubscribeOptions::new()
+                    .partition(1)
+                    .max_demand(4)
+                    .min_demand(0),
+            )
+            .unwrap();
+        let running = pipeline.spawn().unwrap();
+        while snapshot(&seen).len() < 6 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        running.cancel().await;
+    }));
+    assert_eq!(snapshot(&got), [0, 1, 2, 3, 4, 5]);
 }

@@ -17,7 +17,7 @@ use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use super::partition::Partition;
 use crate::error::Result;
-use crate::stage::partition_hash;
+use crate::stage::{partition_hash, partition_of};
 use crate::window::WindowSignal;
 
 /// Keys a combiner holds before it flushes its pairs downstream: bounds its memory.
@@ -232,7 +232,7 @@ where
             },
         };
         let options = Partition::by_hash(|(key, _): &(K, V), partitions| {
-            Some((partition_hash(key) % partitions as u64) as usize)
+            Some(partition_of(partition_hash(key), partitions))
         })
         .stages(options.stages)
         .max_demand(options.max_demand)

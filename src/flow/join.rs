@@ -22,7 +22,7 @@ use super::logic::{Identity, Logic, Map, PartitionInfo};
 use super::partition::Shuffle;
 use super::plan::layer;
 use crate::error::{FlowError, Result};
-use crate::stage::{Dispatcher, partition_hash};
+use crate::stage::{Dispatcher, partition_hash, partition_of};
 use crate::window::{Slots, Trigger, Window, WindowSignal};
 
 /// Which unmatched events a join emits.
@@ -274,7 +274,7 @@ where
                 Side::Left(left) => partition_hash(&left_key(left)),
                 Side::Right(right) => partition_hash(&right_key(right)),
             };
-            Some((hash % partitions as u64) as usize)
+            Some(partition_of(hash, partitions))
         };
         let route = Arc::new(route);
         let upstream_dispatch = if stages >= 2 {

@@ -4,7 +4,7 @@ use std::hash::Hash;
 
 use crate::error::FlowError;
 use crate::stage::demand::validate_demand;
-use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash};
+use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash, partition_of};
 use crate::window::{NoWindow, Window};
 
 /// How an event picks its partition. Implemented for the crate's routing options.
@@ -26,7 +26,7 @@ pub struct HashEvent;
 impl<T: Hash> Route<T> for HashEvent {
     #[inline]
     fn route(&self, event: &T, partitions: usize) -> Option<usize> {
-        Some((partition_hash(event) % partitions as u64) as usize)
+        Some(partition_of(partition_hash(event), partitions))
     }
 }
 
@@ -37,7 +37,7 @@ pub struct ByKey<F>(F);
 impl<T, K: Hash, F: Fn(&T) -> K + Send + Sync + 'static> Route<T> for ByKey<F> {
     #[inline]
     fn route(&self, event: &T, partitions: usize) -> Option<usize> {
-        Some((partition_hash(&(self.0)(event)) % partitions as u64) as usize)
+        Some(partition_of(partition_hash(&(self.0)(event)), partitions))
     }
 }
 

@@ -54,7 +54,7 @@ pub use adapters::{
 };
 pub use buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 pub use demand::{Cancel, DEFAULT_MAX_DEMAND, DemandMode, SubscribeOptions};
-pub use dispatcher::{Dispatcher, partition_hash};
+pub use dispatcher::{Dispatcher, partition_hash, partition_of};
 pub use metrics::{ErrorCounters, ErrorSnapshot, StageSnapshot};
 pub use pipeline::{
     ConsumerOptions, ConsumerRef, Pipeline, ProducerConsumerOptions, ProducerOptions, ProducerRef,

@@ -217,11 +217,37 @@ pub(crate) async fn run_producer<P: Producer>(
         };
         if want > 0 && retry_at.is_none_or(|at| Instant::now() >= at) {
             retry_at = None;
-            let (events, last) = match producer
-                .handle_demand(want)
-                .await
-                .map_err(|e| stage_error(&stage, e))?
-            {
+            // While the producer waits for data (an async source), demand keeps coming:
+            // take it meanwhile and send what is already queued (another partition's
+            // events, the buffer) — a producer waiting on one partition's behalf must not
+            // hold back events another partition has credit for.
+            let asked = producer.handle_demand(want);
+            tokio::pin!(asked);
+            let produced = loop {
+                tokio::select! {
+                    biased;
+                    produced = &mut asked => break produced,
+                    msg = inbox.recv() => match msg {
+                        Some(msg) => {
+                            apply_control(dispatch.as_mut(), msg);
+                            if !buffer.is_empty() {
+                                let sendable = buffer.take(dispatch.demand());
+                                let left = dispatch
+                                    .dispatch(sendable)
+                                    .map_err(|e| stage_error(&stage, e))?;
+                                buffer.extend(left);
+                            }
+                            metrics.add_dropped(dispatch.flush());
+                            if dispatch.all_closed() {
+                                return Ok(());
+                            }
+                        }
+                        // Every consumer's handle is gone: nobody can ask any more.
+                        None => return Ok(()),
+                    },
+                }
+            };
+            let (events, last) = match produced.map_err(|e| stage_error(&stage, e))? {
                 Produced::Events(events) => (events, false),
                 Produced::Finished(events) => (events, true),
             };
