@@ -1,5 +1,6 @@
 //! Redis Streams against a real `redis-server`, started by the fixture on a free loopback
-//! port (`.ci/run` installs the server from Debian's packages when it is missing).
+//! port. When the machine has none, the fixture installs it from Debian's packages first
+//! (as `.ci/run` does), so the README's test command passes on a fresh machine.
 #![cfg(feature = "redis")]
 
 use std::collections::{BTreeSet, HashMap};
@@ -23,8 +24,39 @@ fn free_port() -> u16 {
     listener.local_addr().expect("its address").port()
 }
 
+/// Makes sure `redis-server` is installed: from Debian's packages, once, if missing.
+fn ensure_redis_server() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        if found {
+            return;
+        }
+        eprintln!("redis-server is missing: installing it from Debian's packages");
+        let installed = Command::new("sh")
+            .args([
+                "-c",
+                "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server",
+            ])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            installed,
+            "redis-server is missing and `apt-get install -y redis-server` failed: install it \
+             by hand"
+        );
+    });
+}
+
 impl Server {
     fn start() -> Server {
+        ensure_redis_server();
         let port = free_port();
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
