@@ -4,41 +4,19 @@
 //! its compiled graph or its run's result. Timeouts appear only as hang watchdogs: a flow
 //! that does not finish within [`WATCHDOG`] fails its test instead of hanging the suite.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::panic::resume_unwind;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::{WATCHDOG, guarded};
 use flowstage::flow::{Flow, Partition, Plan, Shuffle, TriggerName};
 use flowstage::source::{BoxedProducer, Source};
 use flowstage::stage::{Pipeline, Produced, Producer, SubscribeOptions, consumer_fn, from_iter};
 use flowstage::{FlowError, StageError, StageKind};
 use futures::StreamExt;
-
-/// How long any one flow may take before its test fails as hung.
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// Runs `body` on a thread of its own; fails the test if it does not return within the
-/// watchdog, and re-raises its panic if it panicked.
-fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(value) => {
-            let _ = worker.join();
-            value
-        }
-        Err(RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => resume_unwind(panic),
-            Ok(()) => unreachable!("the worker neither sent nor panicked"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("watchdog: the flow hung for {WATCHDOG:?}"),
-    }
-}
 
 /// Awaits `future`, failing the test if it takes longer than the watchdog.
 async fn watch<F: Future>(future: F) -> F::Output {

@@ -21,17 +21,16 @@
 //! Every case runs under a watchdog: a hang fails the case instead of stalling the suite.
 //! `PROPTEST_CASES` overrides the number of cases (1000 by default).
 
+mod common;
+
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::mpsc::{RecvTimeoutError, channel};
-use std::time::Duration;
 
+use common::try_guarded;
 use flowstage::flow::{Flow, Partition, Plan};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-/// A case that runs longer than this is a hang.
-const WATCHDOG: Duration = Duration::from_secs(30);
 /// Real operator slots per segment; further operators go into one closure.
 const SLOTS: usize = 3;
 /// Partitions the fixed shape has room for.
@@ -248,29 +247,8 @@ fn run(case: &Case) -> flowstage::Result<Outcome> {
 
 /// Runs the case on a thread of its own; `Err` if it hangs or panics.
 fn run_guarded(case: &Case) -> Result<flowstage::Result<Outcome>, String> {
-    let (tx, rx) = channel();
     let owned = case.clone();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(run(&owned));
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(outcome) => {
-            let _ = worker.join();
-            Ok(outcome)
-        }
-        Err(RecvTimeoutError::Disconnected) => Err(match worker.join() {
-            Err(panic) => format!(
-                "the case panicked: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            ),
-            Ok(()) => "the case neither finished nor panicked".into(),
-        }),
-        Err(RecvTimeoutError::Timeout) => Err(format!("watchdog: the flow hung for {WATCHDOG:?}")),
-    }
+    try_guarded(move || run(&owned))
 }
 
 fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {

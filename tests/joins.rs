@@ -1,33 +1,14 @@
 //! Joins: exact vectors from SEMANTICS.md and a property test against a nested-loop join.
 
+mod common;
+
 use std::collections::HashMap;
-use std::panic::resume_unwind;
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 
+use common::guarded;
 use flowstage::flow::{Flow, JoinMode, Shuffle, Side};
 use flowstage::window::Window;
 use proptest::prelude::*;
-
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(value) => {
-            let _ = worker.join();
-            value
-        }
-        Err(RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => resume_unwind(panic),
-            Ok(()) => unreachable!("the worker neither sent nor panicked"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("watchdog: the flow hung for {WATCHDOG:?}"),
-    }
-}
 
 type Pair = (Option<u32>, Option<u32>);
 

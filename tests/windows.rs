@@ -1,32 +1,12 @@
 //! Windows and triggers with exact expected outputs (SEMANTICS.md, "Windows and triggers").
 
-use std::panic::resume_unwind;
-use std::sync::mpsc::{RecvTimeoutError, channel};
+mod common;
+
 use std::time::Duration;
 
+use common::guarded;
 use flowstage::flow::{Flow, Partition, Shuffle, TriggerName};
 use flowstage::window::{Decision, LateEvents, Window};
-
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// Runs `body` on its own thread and fails the test if it takes longer than the watchdog.
-fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(value) => {
-            let _ = worker.join();
-            value
-        }
-        Err(RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => resume_unwind(panic),
-            Ok(()) => unreachable!("the worker neither sent nor panicked"),
-        },
-        Err(RecvTimeoutError::Timeout) => panic!("watchdog: the flow hung for {WATCHDOG:?}"),
-    }
-}
 
 const DEMANDS: [usize; 4] = [1000, 5, 1, 7];
 

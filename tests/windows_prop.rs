@@ -13,49 +13,22 @@
 //! Every case runs under a watchdog: a hang fails the case instead of stalling the suite.
 //! `PROPTEST_CASES` overrides the number of cases (300 by default).
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::sync::mpsc::{RecvTimeoutError, channel};
 use std::time::Duration;
 
+use common::try_guarded;
 use flowstage::flow::{Flow, Partition, TriggerName};
 use flowstage::window::{LateEvents, Window};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
-/// A case that runs longer than this is a hang.
-const WATCHDOG: Duration = Duration::from_secs(30);
-
-/// Runs `body` on a thread of its own; `Err` if it hangs or panics.
-fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
-    let (tx, rx) = channel();
-    let worker = std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(WATCHDOG) {
-        Ok(value) => {
-            let _ = worker.join();
-            Ok(value)
-        }
-        Err(RecvTimeoutError::Disconnected) => Err(match worker.join() {
-            Err(panic) => format!(
-                "the case panicked: {}",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
-            ),
-            Ok(()) => "the case neither finished nor panicked".into(),
-        }),
-        Err(RecvTimeoutError::Timeout) => Err(format!("watchdog: the flow hung for {WATCHDOG:?}")),
-    }
-}
-
 /// Runs a flow under the watchdog; a hang, panic or failed run fails the case.
 fn run<T: Send + 'static>(
     body: impl FnOnce() -> flowstage::Result<T> + Send + 'static,
 ) -> Result<T, TestCaseError> {
-    guarded(body)
+    try_guarded(body)
         .map_err(TestCaseError::fail)?
         .map_err(|error| TestCaseError::fail(format!("the flow failed: {error}")))
 }

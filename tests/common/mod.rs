@@ -1,0 +1,65 @@
+//! Test support shared by the test files (`mod common;`): the watchdog that turns a hung
+//! flow into a failed test instead of a hung suite.
+
+#![allow(dead_code)] // each test file uses the part it needs
+
+use std::any::Any;
+use std::panic::resume_unwind;
+use std::sync::mpsc::{RecvTimeoutError, channel};
+use std::time::Duration;
+
+/// How long any one flow may take before its test fails as hung.
+pub const WATCHDOG: Duration = Duration::from_secs(30);
+
+/// How a watched body ended, when it did not return.
+pub enum Stopped {
+    /// It panicked, with this payload.
+    Panicked(Box<dyn Any + Send>),
+    /// It ran past the watchdog.
+    Hung,
+}
+
+/// Runs `body` on a thread of its own, waiting at most [`WATCHDOG`].
+pub fn watch<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> Result<T, Stopped> {
+    let (tx, rx) = channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(WATCHDOG) {
+        Ok(value) => {
+            let _ = worker.join();
+            Ok(value)
+        }
+        Err(RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => Err(Stopped::Panicked(panic)),
+            Ok(()) => unreachable!("the worker neither sent nor panicked"),
+        },
+        Err(RecvTimeoutError::Timeout) => Err(Stopped::Hung),
+    }
+}
+
+/// [`watch`], failing the test on a hang and re-raising a panic as it was.
+pub fn guarded<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    match watch(body) {
+        Ok(value) => value,
+        Err(Stopped::Panicked(panic)) => resume_unwind(panic),
+        Err(Stopped::Hung) => panic!("watchdog: the flow hung for {WATCHDOG:?}"),
+    }
+}
+
+/// [`watch`] for property tests: a hang or panic as a message for the failing case.
+pub fn try_guarded<T: Send + 'static>(
+    body: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    watch(body).map_err(|stopped| match stopped {
+        Stopped::Panicked(panic) => format!(
+            "the case panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        ),
+        Stopped::Hung => format!("watchdog: the flow hung for {WATCHDOG:?}"),
+    })
+}
