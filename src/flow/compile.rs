@@ -296,19 +296,13 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
         };
         self.logic.batch(events, &mut out);
         self.out_hint = out.len();
-        match self.logic.failure() {
-            Some(error) => Err(error),
-            None => Ok(out),
-        }
+        checked(&mut self.logic, out)
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.done(&mut out);
-        match self.logic.failure() {
-            Some(error) => Err(error),
-            None => Ok(out),
-        }
+        checked(&mut self.logic, out)
     }
 }
 
@@ -332,7 +326,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
         self.windower
             .batch(context.from(), events, &mut self.logic, &mut out);
         context.count_late(self.windower.take_late());
-        self.checked(out)
+        checked(&mut self.logic, out)
     }
 
     async fn handle_upstream_done(
@@ -341,7 +335,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.upstream_done(from, &mut self.logic, &mut out);
-        self.checked(out)
+        checked(&mut self.logic, out)
     }
 
     async fn wakeup(&mut self) {
@@ -351,23 +345,24 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     async fn handle_wakeup(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.wake(&mut self.logic, &mut out);
-        self.checked(out)
+        checked(&mut self.logic, out)
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.done(&mut self.logic, &mut out);
-        self.checked(out)
+        checked(&mut self.logic, out)
     }
 }
 
-impl<L: Logic> WindowedStage<L> {
-    /// The output, unless a fallible operator of the chain failed the run meanwhile.
-    fn checked(&mut self, out: Vec<L::Out>) -> std::result::Result<Vec<L::Out>, StageError> {
-        match self.logic.failure() {
-            Some(error) => Err(error),
-            None => Ok(out),
-        }
+/// A stage's output, unless a fallible operator of its chain failed the run meanwhile.
+fn checked<L: Logic>(
+    logic: &mut L,
+    out: Vec<L::Out>,
+) -> std::result::Result<Vec<L::Out>, StageError> {
+    match logic.failure() {
+        Some(error) => Err(error),
+        None => Ok(out),
     }
 }
 

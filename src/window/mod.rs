@@ -268,25 +268,29 @@ impl<T> LateEvents<T> {
 
     /// Takes the late events kept so far (none with [`count_only`](LateEvents::count_only)).
     pub fn take(&self) -> Vec<T> {
-        match &self.inner.events {
-            Some(events) => match events.lock() {
-                Ok(mut events) => std::mem::take(&mut *events),
-                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-            },
-            None => Vec::new(),
-        }
+        self.kept()
+            .map(|mut events| std::mem::take(&mut *events))
+            .unwrap_or_default()
     }
 
     pub(crate) fn push(&self, event: T) {
         self.inner
             .count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if let Some(events) = &self.inner.events {
-            match events.lock() {
-                Ok(mut events) => events.push(event),
-                Err(poisoned) => poisoned.into_inner().push(event),
-            }
+        if let Some(mut events) = self.kept() {
+            events.push(event);
         }
+    }
+
+    /// The kept events, locked (a panic elsewhere while holding the lock loses nothing:
+    /// a `Vec` push cannot leave it half-done).
+    fn kept(&self) -> Option<std::sync::MutexGuard<'_, Vec<T>>> {
+        let events = self.inner.events.as_ref()?;
+        Some(
+            events
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
     }
 }
 
