@@ -263,11 +263,8 @@ impl<T: Send + 'static> Windower<T> {
     ) {
         let mut left = len;
         while left > 0 {
-            let spec = self.spec.clone();
-            let slot = self
-                .slots
-                .entry(id)
-                .or_insert_with(|| Self::new_slot(&spec));
+            let (spec, slots) = (&*self.spec, &mut self.slots);
+            let slot = slots.entry(id).or_insert_with(|| Self::new_slot(spec));
             // Where the next trigger falls in this run, and which fire there.
             let mut take = left;
             for trigger in &spec.triggers {
