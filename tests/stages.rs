@@ -339,6 +339,81 @@ fn manual_demand_delivers_only_what_was_asked() {
     assert_eq!(snapshot(&demands)[0], 3);
 }
 
+/// A stage subscribed to two "table" producers and one deferred "probe" producer, each
+/// of `total` events tagged with its producer: it sees every table event before any
+/// probe event.
+#[test]
+fn a_deferred_subscription_is_read_after_all_the_others_ended() {
+    for (max_demand, total) in [(1usize, 5u64), (7, 50), (1000, 3000)] {
+        for through_producer_consumer in [false, true] {
+            let seen = shared();
+            let mut pipeline = Pipeline::new();
+            let tagged = |tag: u64| {
+                let mut count = Count::new(total);
+                poll_fn(move |demand: usize| match count.take(demand) {
+                    Produced::Events(e) => Produced::Events(e.into_iter().map(|_| tag).collect()),
+                    Produced::Finished(e) => {
+                        Produced::Finished(e.into_iter().map(|_| tag).collect())
+                    }
+                })
+            };
+            let probe = pipeline.producer(tagged(2));
+            let table_a = pipeline.producer(tagged(0));
+            let table_b = pipeline.producer(tagged(1));
+            let record = seen.clone();
+            let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+                record.lock().unwrap().extend(batch)
+            }));
+            let options = || SubscribeOptions::new().max_demand(max_demand);
+            if through_producer_consumer {
+                let (stage_in, stage_out) =
+                    pipeline.producer_consumer(producer_consumer_fn(|b: Vec<u64>| b));
+                pipeline
+                    .subscribe(&stage_in, &probe, options().deferred())
+                    .unwrap();
+                pipeline.subscribe(&stage_in, &table_a, options()).unwrap();
+                pipeline.subscribe(&stage_in, &table_b, options()).unwrap();
+                pipeline.subscribe(&sink, &stage_out, options()).unwrap();
+            } else {
+                pipeline
+                    .subscribe(&sink, &probe, options().deferred())
+                    .unwrap();
+                pipeline.subscribe(&sink, &table_a, options()).unwrap();
+                pipeline.subscribe(&sink, &table_b, options()).unwrap();
+            }
+            run(pipeline).unwrap();
+            let seen = snapshot(&seen);
+            let case =
+                format!("max_demand {max_demand}, producer-consumer {through_producer_consumer}");
+            assert_eq!(seen.len() as u64, 3 * total, "{case}");
+            // Every table event comes before the first probe event, all probe events after.
+            let first_probe = seen.iter().position(|&tag| tag == 2).unwrap();
+            assert_eq!(first_probe as u64, 2 * total, "{case}");
+            assert!(seen[first_probe..].iter().all(|&tag| tag == 2), "{case}");
+        }
+    }
+}
+
+#[test]
+fn only_deferred_subscriptions_start_at_once() {
+    let seen = shared();
+    let mut pipeline = Pipeline::new();
+    let numbers = pipeline.producer(counter(100));
+    let record = seen.clone();
+    let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+        record.lock().unwrap().extend(batch)
+    }));
+    pipeline
+        .subscribe(
+            &sink,
+            &numbers,
+            SubscribeOptions::new().max_demand(10).deferred(),
+        )
+        .unwrap();
+    run(pipeline).unwrap();
+    assert_eq!(snapshot(&seen), (0..100).collect::<Vec<u64>>());
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Never beyond demand; 4. the producer's buffer
 // ---------------------------------------------------------------------------------------

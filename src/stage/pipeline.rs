@@ -511,6 +511,7 @@ impl Pipeline {
             min_demand,
             mode: options.mode,
             cancel: options.cancel,
+            deferred: options.deferred,
         });
         outlets.push(OutletSpec {
             tx: consumer.tx.clone(),

@@ -32,6 +32,7 @@ pub(crate) struct InflowSpec {
     pub(crate) min_demand: usize,
     pub(crate) mode: DemandMode,
     pub(crate) cancel: Cancel,
+    pub(crate) deferred: bool,
 }
 
 struct Inlet {
@@ -40,6 +41,8 @@ struct Inlet {
     inflow: Inflow,
     cancel: Cancel,
     open: bool,
+    /// Deferred and its first demand not sent yet.
+    held: bool,
 }
 
 /// All subscriptions of a consuming stage.
@@ -60,12 +63,29 @@ impl Inlets {
                 inflow: Inflow::new(spec.max_demand, spec.min_demand, spec.mode),
                 cancel: spec.cancel,
                 open: true,
+                held: spec.deferred,
             })
             .collect();
         Inlets {
             open: inlets.len(),
             inlets,
             stop: false,
+        }
+    }
+
+    /// Sends the first demand of the deferred subscriptions once no other is open.
+    fn release_deferred(&mut self) {
+        if self.inlets.iter().any(|inlet| inlet.open && !inlet.held) {
+            return;
+        }
+        for inlet in &mut self.inlets {
+            if inlet.held {
+                inlet.held = false;
+                let ask = inlet.inflow.initial_ask();
+                if ask > 0 && inlet.open {
+                    inlet.control.ask(inlet.sub, ask);
+                }
+            }
         }
     }
 
@@ -77,11 +97,15 @@ impl Inlets {
             handle_subscribe(&mut context);
             self.manual_asks(&mut context);
             let inlet = &mut self.inlets[from];
+            if inlet.held {
+                continue;
+            }
             let ask = inlet.inflow.initial_ask();
             if ask > 0 {
                 inlet.control.ask(inlet.sub, ask);
             }
         }
+        self.release_deferred();
     }
 
     fn chunk_size(&self, from: usize) -> usize {
@@ -122,6 +146,7 @@ impl Inlets {
                 if inlet.cancel == Cancel::Permanent {
                     self.stop = true;
                 }
+                self.release_deferred();
             }
         }
     }
