@@ -395,6 +395,48 @@ fn a_deferred_subscription_is_read_after_all_the_others_ended() {
 }
 
 #[test]
+fn a_producer_consumer_takes_whole_chunks_and_sends_only_under_demand() {
+    // The stage's input chunks follow its own subscription (max 100, min 0), not its
+    // consumer's demand of 1; its output still leaves one event per ask.
+    let chunks = shared();
+    let batches = shared();
+    let mut pipeline = Pipeline::new();
+    let numbers = pipeline.producer(counter(1000));
+    let record = chunks.clone();
+    let (stage_in, stage_out) =
+        pipeline.producer_consumer(producer_consumer_fn(move |b: Vec<u64>| {
+            record.lock().unwrap().push(b.len());
+            b
+        }));
+    let record = batches.clone();
+    let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+        record.lock().unwrap().push(batch)
+    }));
+    pipeline
+        .subscribe(
+            &stage_in,
+            &numbers,
+            SubscribeOptions::new().max_demand(100).min_demand(0),
+        )
+        .unwrap();
+    pipeline
+        .subscribe(
+            &sink,
+            &stage_out,
+            SubscribeOptions::new().max_demand(1).min_demand(0),
+        )
+        .unwrap();
+    run(pipeline).unwrap();
+    assert_eq!(snapshot(&chunks), vec![100; 10]);
+    let batches = snapshot(&batches);
+    assert!(
+        batches.iter().all(|b| b.len() == 1),
+        "a batch beyond the demand of 1"
+    );
+    assert_eq!(batches.concat(), (0..1000).collect::<Vec<u64>>());
+}
+
+#[test]
 fn only_deferred_subscriptions_start_at_once() {
     let seen = shared();
     let mut pipeline = Pipeline::new();

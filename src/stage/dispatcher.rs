@@ -369,11 +369,10 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 let capacity = queue.capacity();
                 std::mem::replace(queue, Vec::with_capacity(capacity))
             } else {
-                // The front goes and the rest moves up: a copy of at most about a
-                // consumer's `max_demand` (the producer asks for nothing while a queue
-                // holds that much).
-                let rest = queue.split_off(permit.len());
-                std::mem::replace(queue, rest)
+                // The front goes and the rest moves up (at most about a consumer's
+                // `max_demand`: the producer asks for nothing while a queue holds that
+                // much); the queue keeps its capacity.
+                queue.drain(..permit.len()).collect()
             };
             outlet.send(permit, batch);
         }

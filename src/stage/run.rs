@@ -423,7 +423,7 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
         }
         let demand = dispatch.demand();
         if output.is_empty() && demand > 0 && matches!(input.front(), Some(Input::Events(..))) {
-            let (from, chunk) = next_chunk(&mut input, inlets.chunk_size_for_front(), demand);
+            let (from, chunk) = next_chunk(&mut input, inlets.chunk_size_for_front());
             let n = chunk.len();
             queued -= n;
             let mut context = ConsumerContext::new(from);
@@ -503,8 +503,8 @@ enum Woken<I> {
 
 /// A producer-consumer's queued input, in arrival order.
 enum Input<I> {
-    /// Events from a subscription.
-    Events(usize, Vec<I>),
+    /// Events from a subscription, the ones not handed to the stage yet.
+    Events(usize, std::vec::IntoIter<I>),
     /// That subscription ended; its events before this were all handled first.
     Ended(usize),
 }
@@ -521,7 +521,7 @@ fn receive<I, O>(
         Msg::Events { from, events } => {
             metrics.add_in(events.len());
             *queued += events.len();
-            input.push_back(Input::Events(from, events));
+            input.push_back(Input::Events(from, events.into_iter()));
         }
         Msg::Done { from } | Msg::Failed { from } => {
             if inlets.is_open(from) {
@@ -541,24 +541,30 @@ impl Inlets {
 }
 
 /// Cuts the next chunk off the front of the input queue: at most the subscription's chunk
-/// size and at most the downstream demand.
+/// size, as GenStage hands a producer-consumer its events. Not cut to the downstream
+/// demand: a chunk's output may exceed it and waits in the stage's output queue (input
+/// waits until that is sent), and cutting input that way made reducing stages, whose
+/// output has nothing to do with their input, handle chunks of a few hundred events. A
+/// batch that fits goes whole, in its own
+/// allocation; a larger one is handed out chunk by chunk, each copied once — cutting the
+/// front off a `Vec` instead would copy the rest each time, quadratic in the batch when
+/// the downstream demand is small.
 fn next_chunk<I>(
     input: &mut VecDeque<Input<I>>,
     chunk_size: impl Fn(usize) -> usize,
-    demand: usize,
 ) -> (usize, Vec<I>) {
     let Some(Input::Events(from, events)) = input.front_mut() else {
         return (0, Vec::new());
     };
     let from = *from;
-    let limit = chunk_size(from).min(demand).max(1);
+    let limit = chunk_size(from).max(1);
     if events.len() <= limit {
         match input.pop_front() {
-            Some(Input::Events(_, events)) => (from, events),
+            // Untouched, the iterator gives its `Vec` back as it was.
+            Some(Input::Events(_, events)) => (from, events.collect()),
             _ => (from, Vec::new()),
         }
     } else {
-        let rest = events.split_off(limit);
-        (from, std::mem::replace(events, rest))
+        (from, events.by_ref().take(limit).collect())
     }
 }
