@@ -504,7 +504,7 @@ enum Woken<I> {
 /// A producer-consumer's queued input, in arrival order.
 enum Input<I> {
     /// Events from a subscription, the ones not handed to the stage yet.
-    Events(usize, std::vec::IntoIter<I>),
+    Events(usize, Vec<I>),
     /// That subscription ended; its events before this were all handled first.
     Ended(usize),
 }
@@ -521,7 +521,7 @@ fn receive<I, O>(
         Msg::Events { from, events } => {
             metrics.add_in(events.len());
             *queued += events.len();
-            input.push_back(Input::Events(from, events.into_iter()));
+            input.push_back(Input::Events(from, events));
         }
         Msg::Done { from } | Msg::Failed { from } => {
             if inlets.is_open(from) {
@@ -544,11 +544,10 @@ impl Inlets {
 /// size, as GenStage hands a producer-consumer its events. Not cut to the downstream
 /// demand: a chunk's output may exceed it and waits in the stage's output queue (input
 /// waits until that is sent), and cutting input that way made reducing stages, whose
-/// output has nothing to do with their input, handle chunks of a few hundred events. A
-/// batch that fits goes whole, in its own
-/// allocation; a larger one is handed out chunk by chunk, each copied once — cutting the
-/// front off a `Vec` instead would copy the rest each time, quadratic in the batch when
-/// the downstream demand is small.
+/// output has nothing to do with their input, handle chunks of a few hundred events,
+/// re-copying the rest of a batch for each. A batch that fits goes whole; a larger one
+/// keeps its allocation for the front chunk and copies the rest — a batch is at most
+/// `max_demand`, so with the default `min_demand` (half) that is one copy of half of it.
 fn next_chunk<I>(
     input: &mut VecDeque<Input<I>>,
     chunk_size: impl Fn(usize) -> usize,
@@ -560,11 +559,11 @@ fn next_chunk<I>(
     let limit = chunk_size(from).max(1);
     if events.len() <= limit {
         match input.pop_front() {
-            // Untouched, the iterator gives its `Vec` back as it was.
-            Some(Input::Events(_, events)) => (from, events.collect()),
+            Some(Input::Events(_, events)) => (from, events),
             _ => (from, Vec::new()),
         }
     } else {
-        (from, events.by_ref().take(limit).collect())
+        let rest = events.split_off(limit);
+        (from, std::mem::replace(events, rest))
     }
 }
