@@ -504,7 +504,7 @@ enum Woken<I> {
 /// A producer-consumer's queued input, in arrival order.
 enum Input<I> {
     /// Events from a subscription, the ones not handed to the stage yet.
-    Events(usize, Vec<I>),
+    Events(usize, std::vec::IntoIter<I>),
     /// That subscription ended; its events before this were all handled first.
     Ended(usize),
 }
@@ -521,7 +521,7 @@ fn receive<I, O>(
         Msg::Events { from, events } => {
             metrics.add_in(events.len());
             *queued += events.len();
-            input.push_back(Input::Events(from, events));
+            input.push_back(Input::Events(from, events.into_iter()));
         }
         Msg::Done { from } | Msg::Failed { from } => {
             if inlets.is_open(from) {
@@ -544,10 +544,14 @@ impl Inlets {
 /// size, as GenStage hands a producer-consumer its events. Not cut to the downstream
 /// demand: a chunk's output may exceed it and waits in the stage's output queue (input
 /// waits until that is sent), and cutting input that way made reducing stages, whose
-/// output has nothing to do with their input, handle chunks of a few hundred events,
-/// re-copying the rest of a batch for each. A batch that fits goes whole; a larger one
-/// keeps its allocation for the front chunk and copies the rest — a batch is at most
-/// `max_demand`, so with the default `min_demand` (half) that is one copy of half of it.
+/// output has nothing to do with their input, handle chunks of a few hundred events.
+///
+/// Copies stay linear in the batch: a batch that fits goes whole, in its own allocation;
+/// of a larger one, chunks are copied out of the front one at a time until at most two
+/// remain, and the last split keeps the front's allocation and copies only the rest (with
+/// the default `min_demand`, half of `max_demand`, that is the only copy). Cutting every
+/// chunk off the front of a `Vec` would copy the rest each time: quadratic when the chunk
+/// is small against the batch (`max_demand` 5 000, `min_demand` 4 999).
 fn next_chunk<I>(
     input: &mut VecDeque<Input<I>>,
     chunk_size: impl Fn(usize) -> usize,
@@ -557,13 +561,18 @@ fn next_chunk<I>(
     };
     let from = *from;
     let limit = chunk_size(from).max(1);
-    if events.len() <= limit {
-        match input.pop_front() {
-            Some(Input::Events(_, events)) => (from, events),
+    let remaining = events.len();
+    if remaining <= limit {
+        return match input.pop_front() {
+            // An untouched iterator gives its `Vec` back as it was.
+            Some(Input::Events(_, events)) => (from, events.collect()),
             _ => (from, Vec::new()),
-        }
-    } else {
-        let rest = events.split_off(limit);
-        (from, std::mem::replace(events, rest))
+        };
     }
+    if remaining > 2 * limit {
+        return (from, events.by_ref().take(limit).collect());
+    }
+    let mut front: Vec<I> = std::mem::take(events).collect();
+    *events = front.split_off(limit).into_iter();
+    (from, front)
 }
