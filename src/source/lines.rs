@@ -49,6 +49,31 @@ impl LinesSource {
         self
     }
 
+    /// Bytes per block each reader reads at a time (at least 1); see [`FileSource`].
+    pub fn block_size(mut self, block_size: usize) -> Self {
+        self.file = self.file.block_size(block_size);
+        self
+    }
+
+    /// What the readers read, counted as they go.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::source::LinesSource;
+    /// # let dir = std::env::temp_dir().join(format!("flowstage-doc-lines-counters-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("lines.txt");
+    /// std::fs::write(&path, "alpha\nbeta\n")?;
+    /// let source = LinesSource::new(&path);
+    /// let counters = source.counters();
+    /// let lines: Vec<String> = Flow::from_source(source).collect()?;
+    /// assert_eq!((lines.len(), counters.bytes_read()), (2, 11));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn counters(&self) -> std::sync::Arc<super::FileCounters> {
+        self.file.counters()
+    }
+
     /// Replace invalid UTF-8 with U+FFFD instead of failing.
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
