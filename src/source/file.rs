@@ -103,9 +103,10 @@ impl FileSource {
         self.counters.clone()
     }
 
-    /// The number of parallel readers (byte ranges); at least 1.
+    /// The number of parallel readers (byte ranges); at least 1 (0 is a
+    /// [`FlowError::Config`] when the flow runs).
     pub fn readers(mut self, readers: usize) -> Self {
-        self.readers = readers.max(1);
+        self.readers = readers;
         self
     }
 
@@ -115,14 +116,16 @@ impl FileSource {
         self
     }
 
-    /// Bytes read per block (at least 1).
+    /// Bytes read per block; at least 1 (0 is a [`FlowError::Config`] when the flow
+    /// runs).
     pub fn block_size(mut self, block_size: usize) -> Self {
-        self.block_size = block_size.max(1);
+        self.block_size = block_size;
         self
     }
 
     /// Map the file instead of reading it: chunks are slices of the mapping, no copies.
-    /// The file must not change while the flow runs.
+    /// The file must not change while the flow runs: a mapped file that shrinks faults
+    /// (`SIGBUS`) where a read one fails the run with an error.
     pub fn mmap(mut self, mmap: bool) -> Self {
         self.mmap = mmap;
         self
@@ -141,6 +144,18 @@ impl Source for FileSource {
     type Item = Chunk;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<Chunk>>> {
+        if self.readers == 0 {
+            return Err(FlowError::Config(format!(
+                "{}: a file source needs at least 1 reader",
+                self.path.display()
+            )));
+        }
+        if self.block_size == 0 {
+            return Err(FlowError::Config(format!(
+                "{}: a file source's block size must be at least 1 byte",
+                self.path.display()
+            )));
+        }
         let path: Arc<Path> = Arc::from(self.path.as_path());
         let file = File::open(&path).map_err(|e| io_error(&path, None, e))?;
         let metadata = file.metadata().map_err(|e| io_error(&path, None, e))?;
@@ -178,6 +193,7 @@ impl Source for FileSource {
                     block_size: self.block_size,
                     finished: start >= end,
                     counters: self.counters.clone(),
+                    len,
                 };
                 BoxedProducer::new(reader)
             })
@@ -203,6 +219,9 @@ struct RangeReader {
     block_size: usize,
     finished: bool,
     counters: Arc<FileCounters>,
+    /// The file's length when the flow started: an end of file before it means the file
+    /// shrank while being read, and records were lost.
+    len: u64,
 }
 
 impl RangeReader {
@@ -227,6 +246,22 @@ impl RangeReader {
         self.counters
             .bytes_read
             .fetch_add(block.len() as u64, Relaxed);
+        let wanted = (size as u64).min(self.len.saturating_sub(at));
+        if (block.len() as u64) < wanted {
+            // Stopping quietly here would lose every record after `at`.
+            let end = at + block.len() as u64;
+            return Err(self.error(
+                end,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "the file ended at byte {end}, but it had {} bytes when the flow \
+                         started: it shrank while being read",
+                        self.len
+                    ),
+                ),
+            ));
+        }
         Ok(block)
     }
 

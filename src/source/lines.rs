@@ -108,7 +108,10 @@ impl Lines {
                 lines.extend(chunk.text_lines_lossy().map(|line| line.into_owned()));
             } else {
                 for line in chunk.text_lines() {
-                    lines.push(line.map_err(Box::new)?.to_owned());
+                    // Boxed straight into a `StageError`: `Box::new` then `?` would box the
+                    // box, and the run's error would no longer downcast to `FlowError`.
+                    let line = line.map_err(|error| -> StageError { Box::new(error) })?;
+                    lines.push(line.to_owned());
                 }
             }
         }
