@@ -50,7 +50,9 @@ pub struct FileCounters {
 
 impl FileCounters {
     /// Bytes the readers have taken from the file: returned by `read`, or, with
-    /// [`FileSource::mmap`], the bytes of the mapping they looked at. What a flow costs in
+    /// [`FileSource::mmap`], the bytes of the mapping they looked at. Readers finish the
+    /// record in progress at their range's end and look for the first record of their
+    /// range, so with several readers a few blocks are counted twice. What a flow costs in
     /// I/O, whatever the file's size.
     pub fn bytes_read(&self) -> u64 {
         // A counter read alone: no other memory depends on its value.

@@ -64,7 +64,8 @@ impl LinesSource {
     /// # std::fs::create_dir_all(&dir)?;
     /// # let path = dir.join("lines.txt");
     /// std::fs::write(&path, "alpha\nbeta\n")?;
-    /// let source = LinesSource::new(&path);
+    /// // One reader: with several, each also reads a little past its range's end.
+    /// let source = LinesSource::new(&path).readers(1);
     /// let counters = source.counters();
     /// let lines: Vec<String> = Flow::from_source(source).collect()?;
     /// assert_eq!((lines.len(), counters.bytes_read()), (2, 11));
