@@ -156,6 +156,7 @@ fn zero_readers_or_block_size_are_config_errors_not_clamped() {
     let chunks = run(FileSource::new(&path).readers(1).block_size(1)).unwrap();
     let words: usize = chunks.iter().map(|c| c.words().count()).sum();
     assert_eq!(words, 3);
+    let _ = std::fs::remove_file(&path);
 }
 
 // ---------------------------------------------------------------------------------------
