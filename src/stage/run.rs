@@ -196,6 +196,8 @@ pub(crate) struct ProducerSettings {
     pub(crate) buffer_size: usize,
     pub(crate) buffer_keep: super::BufferKeep,
     pub(crate) retry_interval: Duration,
+    /// Asks the producer to finish early (graceful shutdown).
+    pub(crate) shutdown: super::shutdown::ShutdownListener,
 }
 
 pub(crate) async fn run_producer<P: Producer>(
@@ -209,7 +211,14 @@ pub(crate) async fn run_producer<P: Producer>(
     let mut buffer = Buffer::new(settings.buffer_size, settings.buffer_keep);
     let mut finished = false;
     let mut retry_at: Option<Instant> = None;
+    let mut shutdown = settings.shutdown;
     loop {
+        // A drain was asked: make nothing new, finish as if the input had ended. What is
+        // already made (the buffer) still goes out below, under demand.
+        if !finished && shutdown.is_requested() {
+            finished = true;
+            retry_at = None;
+        }
         // Take every control message that is already here, so demand is coalesced.
         while let Ok(msg) = inbox.try_recv() {
             apply_control(dispatch.as_mut(), msg);
@@ -294,6 +303,7 @@ pub(crate) async fn run_producer<P: Producer>(
                 None => return Ok(()),
             },
             () = sleep_until(retry_at), if retry_at.is_some() => {}
+            () = shutdown.requested(), if !finished => {}
         }
     }
 }
