@@ -317,7 +317,7 @@ impl Flow<()> {
     /// and holds it, then streams the right input through it — a match is emitted as its
     /// right event arrives, and right events are never held. Put the smaller input on the
     /// left; the left must end. For two unbounded streams, use
-    /// [`window_join`](Flow::window_join). See [`join`](self::join) for the memory held.
+    /// [`window_join`](Flow::window_join). See [`join`] for the memory held.
     ///
     /// ```
     /// use flowstage::flow::{Flow, JoinMode, Shuffle};
