@@ -13,6 +13,11 @@
 //! - `sequential`: build an `AHashMap<key, Vec<id>>` of the left side, probe it with each
 //!   right row, and fold every pair into (pairs, checksum).
 //!
+//! - `machine_two_sequential`: not a contestant but the machine's ceiling, measured in
+//!   the same run: two threads each run the whole sequential join at once. Two free cores
+//!   take as long as one run; a shared machine's second core delivers less (its speed-up
+//!   ceiling is `2 x sequential / machine_two_sequential`).
+//!
 //! Every iteration checks both results against each other.
 
 use std::hint::black_box;
@@ -117,6 +122,13 @@ fn joins(c: &mut Criterion) {
     });
     group.bench_function("sequential", |b| {
         b.iter(|| assert_eq!(join_sequential(black_box(ROWS)), expected));
+    });
+    group.bench_function("machine_two_sequential", |b| {
+        b.iter(|| {
+            let other = std::thread::spawn(|| join_sequential(black_box(ROWS)));
+            assert_eq!(join_sequential(black_box(ROWS)), expected);
+            assert_eq!(other.join().ok(), Some(expected));
+        });
     });
     group.finish();
 }

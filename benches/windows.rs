@@ -20,6 +20,11 @@
 //! - `sequential`: one loop, one `AHashMap` emptied into the output whenever the window
 //!   changes.
 //!
+//! - `machine_two_sequential`: not a contestant but the machine's ceiling, measured in
+//!   the same run: two threads each run the whole sequential loop at once. Two free cores
+//!   take as long as one run; a shared machine's second core delivers less (the speed-up
+//!   ceiling is `2 x sequential / machine_two_sequential`).
+//!
 //! The maps are sized up front for the keys they will hold (a stage's map for its half of
 //! the keys), on both sides: otherwise each flowstage window grows a fresh map from empty
 //! while the sequential loop keeps its allocation, which cost flowstage about half again
@@ -190,6 +195,13 @@ fn windows(c: &mut Criterion) {
             b.iter(|| assert_eq!(summary(&run(black_box(EVENTS))), expected));
         });
     }
+    group.bench_function("machine_two_sequential", |b| {
+        b.iter(|| {
+            let other = std::thread::spawn(|| summary(&sequential(black_box(EVENTS))));
+            assert_eq!(summary(&sequential(black_box(EVENTS))), expected);
+            assert_eq!(other.join().ok(), Some(expected));
+        });
+    });
     group.finish();
 }
 
