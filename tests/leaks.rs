@@ -179,13 +179,13 @@ fn long_flow() -> Flow<impl flowstage::flow::Plan<Item = u64>> {
         .map(|x| x * 2)
 }
 
-fn scenarios(
-    lines: PathBuf,
-    bad_utf8: PathBuf,
-) -> Vec<(
+/// A named run of a flow; `Ok` if it ended as it should.
+type Scenario = (
     &'static str,
     Box<dyn Fn(&tokio::runtime::Runtime) -> Outcome>,
-)> {
+);
+
+fn scenarios(lines: PathBuf, bad_utf8: PathBuf) -> Vec<Scenario> {
     let (lines_a, lines_b, lines_c, lines_d) = (lines.clone(), lines.clone(), lines.clone(), lines);
     vec![
         (
@@ -392,6 +392,23 @@ fn scenarios(
                     pipeline.subscribe(&workers, &numbers, subscribe)?;
                     pipeline.run()
                 }))
+            }),
+        ),
+        (
+            "an unbounded from_par_iter dropped early",
+            Box::new(|_| {
+                let first: Vec<_> = guarded(|| {
+                    Flow::from_par_iter((0..u64::MAX).into_par_iter())
+                        .into_iter()
+                        .take(5)
+                        .collect()
+                });
+                // The dropped flow's rayon job must stop: left running over the whole
+                // range, it would hold rayon's global pool for good, and this would hang.
+                let sum: u64 = guarded(|| (0..1000u64).into_par_iter().sum());
+                (first.len() == 5 && sum == 499_500)
+                    .then_some(())
+                    .ok_or("wrong results".into())
             }),
         ),
         (
