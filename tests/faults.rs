@@ -171,7 +171,8 @@ impl Producer for FaultyProducer {
     }
 }
 
-/// A user producer-consumer passing events on, failing at event `at`.
+/// A user producer-consumer passing events on, failing at event `at` (at `EVENTS`: in
+/// `handle_done`, after the last event).
 struct FaultyRelay {
     at: u64,
     how: How,
@@ -190,9 +191,14 @@ impl ProducerConsumer for FaultyRelay {
         fail_at(&events, self.at, self.how, &self.fault)?;
         Ok(events)
     }
+
+    async fn handle_done(&mut self) -> Result<Vec<u64>, StageError> {
+        fail_at(&[EVENTS], self.at, self.how, &self.fault)?;
+        Ok(Vec::new())
+    }
 }
 
-/// A user consumer, failing at event `at`.
+/// A user consumer, failing at event `at` (at `EVENTS`: in `handle_done`).
 struct FaultyConsumer {
     at: u64,
     how: How,
@@ -208,6 +214,10 @@ impl Consumer for FaultyConsumer {
         _context: &mut ConsumerContext,
     ) -> Result<(), StageError> {
         fail_at(&events, self.at, self.how, &self.fault)
+    }
+
+    async fn handle_done(&mut self) -> Result<(), StageError> {
+        fail_at(&[EVENTS], self.at, self.how, &self.fault)
     }
 }
 
@@ -500,9 +510,12 @@ proptest! {
     }
 
     /// Stage-layer producers, producer-consumers and consumers written by the user, each
-    /// named, fail at a random event: the error names the stage that failed.
+    /// named, fail at a random event or at the end (`handle_done`): the error names the
+    /// stage that failed.
     #[test]
-    fn a_failing_user_stage_fails_the_pipeline(at in 0..EVENTS, how in how(), which in 0usize..3, max_demand in 1usize..=40) {
+    fn a_failing_user_stage_fails_the_pipeline(at in 0..=EVENTS, how in how(), which in 0usize..3, max_demand in 1usize..=40) {
+        // `EVENTS`: the producer-consumer or consumer fails in `handle_done`.
+        let at = if which == 0 { at.min(EVENTS - 1) } else { at };
         let fault = Fault::default();
         let inner = fault.clone();
         let (stage, kind) = [
@@ -562,6 +575,135 @@ proptest! {
                 let workers = pipeline.consumer_with(supervisor, ConsumerOptions::new().name("workers"));
                 pipeline.subscribe(&workers, &numbers, subscribe)?;
                 pipeline.run()
+            },
+        )?;
+    }
+
+    /// `on_trigger` panics on the `Done` trigger of one partition (the end of its input),
+    /// or a `try_map` after it returns `Err` for that partition's last emission.
+    #[test]
+    fn a_failing_done_trigger_fails_its_partition(stages in 1usize..=4, chosen in 0usize..4, how in how()) {
+        let chosen = chosen % stages;
+        let fault = Fault::default();
+        let inner = fault.clone();
+        let at = chosen as u64;
+        check(
+            Expect { how, stage: "partition[", kind: StageKind::ProducerConsumer, at },
+            fault,
+            move || {
+                let trigger_fault = inner.clone();
+                Flow::from_iter(0..EVENTS)
+                    .partition(partition(stages, 8))
+                    .reduce(|| 0u64, |x, sum| sum + x)
+                    .on_trigger(move |sum, partition, trigger| {
+                        let done = trigger.is_done() && partition.index == chosen;
+                        if done && how == How::Panic {
+                            trigger_fault.panic(at);
+                        }
+                        // (partition, sum, whether this is the chosen Done)
+                        (vec![(partition.index, sum, done)], 0)
+                    })
+                    .try_map(move |&(_, sum, done)| {
+                        if done && how == How::Err { Err(inner.fire(at)) } else { Ok(sum) }
+                    })
+                    .collect::<Vec<u64>>()
+            },
+        )?;
+    }
+
+    /// `departition`'s `done` panics when every partition has been merged.
+    #[test]
+    fn a_panicking_departition_done_fails_its_stage(stages in 1usize..=4) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how: How::Panic, stage: "departition", kind: StageKind::ProducerConsumer, at: 0 },
+            fault,
+            move || {
+                Flow::from_iter(0..EVENTS)
+                    .partition(partition(stages, 10))
+                    .reduce(|| 0u64, |x, sum| sum + x)
+                    .emit_state()
+                    .departition(
+                        Vec::new,
+                        |sum, mut sums: Vec<u64>| {
+                            sums.push(sum);
+                            sums
+                        },
+                        move |sums: Vec<u64>| -> Vec<u64> {
+                            drop(sums);
+                            inner.panic(0)
+                        },
+                    )
+                    .collect::<Vec<Vec<u64>>>()
+            },
+        )?;
+    }
+
+    /// Through `into_iter`, a fault ends the iteration with the error as its last item,
+    /// after the events that came before it.
+    #[test]
+    fn a_fault_ends_the_iterator_with_the_error(at in 0..EVENTS, how in how(), stages in 1usize..=4) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how, stage: "partition[", kind: StageKind::ProducerConsumer, at },
+            fault,
+            move || {
+                let mut items = Flow::from_iter(0..EVENTS)
+                    .partition(partition(stages, 6))
+                    .try_map(move |&x| match how {
+                        How::Panic => Ok(boom(x, at, &inner)),
+                        How::Err => step(x, at, how, &inner),
+                    })
+                    .into_iter();
+                let mut seen = 0u64;
+                for item in items.by_ref() {
+                    match item {
+                        Ok(_) => seen += 1,
+                        Err(error) => {
+                            assert!(items.next().is_none(), "the error is the last item");
+                            assert!(seen < EVENTS);
+                            return Err(error);
+                        }
+                    }
+                }
+                Ok(seen)
+            },
+        )?;
+    }
+
+    /// Through `into_stream`, a fault ends the stream with the error as its last item.
+    #[test]
+    fn a_fault_ends_the_stream_with_the_error(at in 0..EVENTS, how in how(), stages in 1usize..=4) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how, stage: "from_iter[0]", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .map_err(FlowError::Runtime)?;
+                runtime.block_on(async move {
+                    use futures::StreamExt;
+                    let mut stream = Flow::from_iter(0..EVENTS)
+                        .try_map(move |&x| match how {
+                            How::Panic => Ok(boom(x, at, &inner)),
+                            How::Err => step(x, at, how, &inner),
+                        })
+                        .partition(partition(stages, 6))
+                        .into_stream()?;
+                    while let Some(item) = stream.next().await {
+                        if let Err(error) = item {
+                            assert!(stream.next().await.is_none(), "the error is the last item");
+                            return Err(error);
+                        }
+                    }
+                    Ok(())
+                })
             },
         )?;
     }
