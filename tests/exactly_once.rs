@@ -4,9 +4,10 @@
 //!
 //! A case is:
 //! - an input of `u32`s (mostly small values, so keys and windows repeat), read by one of
-//!   `from_iter`, `from_iters` (1–4 iterators), `LinesSource` (1–4 readers) or `FileSource`
-//!   by lines (1–4 readers, block sizes 1 byte–64 KiB, read or mapped) over a temporary file
-//!   of one number per line;
+//!   `from_iter`, `from_iters` (1–4 iterators), `from_par_iter`, `from_stages` (1–4 user
+//!   producers that answer demand with up to 5 000 events more than asked), `LinesSource`
+//!   (1–4 readers) or `FileSource` by lines (1–4 readers, block sizes 1 byte–64 KiB, read
+//!   or mapped) over a temporary file of one number per line;
 //! - a fused chain `map → filter → flat_map` (each operator maybe an identity) in the
 //!   source stages, and optionally a `partition` layer with another fused chain;
 //! - an ending, each over a new layer of 1–16 stages with `max_demand` 1–5000 and a random
@@ -23,9 +24,10 @@
 //!   - `Join`: `bounded_join` of the events with a small random table, in a random mode,
 //!     equal to a nested-loop join.
 //!
-//! The buffers a flow sizes are the file readers' blocks (the sources' dispatcher buffers
-//! are unbounded by design: a flow never drops events; the stage layer's `buffer_size` and
-//! `BufferKeep` are covered by `tests/stages_prop.rs`).
+//! Buffers: a flow sizes the file readers' blocks, and the user producers' surplus fills
+//! their stages' buffers (a flow's source buffers never drop events, so they are not a
+//! setting; the stage layer's `buffer_size` and `BufferKeep` are covered by
+//! `tests/stages_prop.rs`).
 //!
 //! Every case runs under the shared watchdog (`tests/common`): a hang fails the case.
 //! 1 000 cases by default; for 10 000:
@@ -43,11 +45,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::try_guarded;
+use flowstage::StageError;
 use flowstage::flow::{Flow, JoinMode, Partition, Plan, Shuffle};
 use flowstage::source::{Delimiter, FileSource, LinesSource};
+use flowstage::stage::{Produced, Producer};
 use flowstage::window::{LateEvents, Window};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
+use rayon::prelude::*;
 
 /// Settings of one new layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +90,33 @@ enum SourceKind {
         block_size: usize,
         mmap: bool,
     },
+    /// `from_par_iter` over the input.
+    ParIter,
+    /// `from_stages`: 1–4 user producers, each answering demand `n` with up to
+    /// `n + extra` events (the surplus waits in the stage's buffer).
+    Stages {
+        producers: usize,
+        extra: usize,
+    },
+}
+
+/// A user producer over `events` that sends up to `extra` more events than asked.
+struct Overproducer {
+    events: std::vec::IntoIter<u32>,
+    extra: usize,
+}
+
+impl Producer for Overproducer {
+    type Item = u32;
+
+    async fn handle_demand(&mut self, demand: usize) -> Result<Produced<u32>, StageError> {
+        let events: Vec<u32> = self.events.by_ref().take(demand + self.extra).collect();
+        Ok(if self.events.len() == 0 {
+            Produced::Finished(events)
+        } else {
+            Produced::Events(events)
+        })
+    }
 }
 
 /// A fused `map → filter → flat_map` chain: `x * mul + add` (wrapping), keep
@@ -259,6 +291,22 @@ fn run(case: Case) -> flowstage::Result<Outcome> {
                 .map(|i| case.input[i * len / parts..(i + 1) * len / parts].to_vec())
                 .collect();
             middle(Flow::from_iters(iters), &case)
+        }
+        SourceKind::ParIter => middle(
+            Flow::from_par_iter(case.input.clone().into_par_iter()),
+            &case,
+        ),
+        SourceKind::Stages { producers, extra } => {
+            let len = case.input.len();
+            let stages: Vec<Overproducer> = (0..producers)
+                .map(|i| Overproducer {
+                    events: case.input[i * len / producers..(i + 1) * len / producers]
+                        .to_vec()
+                        .into_iter(),
+                    extra,
+                })
+                .collect();
+            middle(Flow::from_stages(stages), &case)
         }
         SourceKind::Lines { readers } => {
             let file = TempInput::new(&case.input);
@@ -464,6 +512,9 @@ fn source() -> impl Strategy<Value = SourceKind> {
         2 => Just(SourceKind::Iter),
         2 => (1usize..=4).prop_map(SourceKind::Iters),
         1 => (1usize..=4).prop_map(|readers| SourceKind::Lines { readers }),
+        1 => Just(SourceKind::ParIter),
+        1 => (1usize..=4, prop_oneof![Just(0usize), 1usize..=64, 65usize..=5000])
+            .prop_map(|(producers, extra)| SourceKind::Stages { producers, extra }),
         1 => (
             1usize..=4,
             prop_oneof![1usize..=16, 17usize..=65_536],
@@ -526,8 +577,9 @@ fn ending() -> impl Strategy<Value = End> {
 fn input() -> impl Strategy<Value = Vec<u32>> {
     let value = prop_oneof![4 => 0u32..200, 1 => 0u32..100_000];
     prop_oneof![
-        4 => prop::collection::vec(value.clone(), 0..60),
-        1 => prop::collection::vec(value, 60..4000),
+        6 => prop::collection::vec(value.clone(), 0..60),
+        1 => prop::collection::vec(value.clone(), 60..4000),
+        1 => prop::collection::vec(value, 4000..20_000),
     ]
 }
 
