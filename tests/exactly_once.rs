@@ -102,7 +102,7 @@ enum SourceKind {
 
 /// A user producer over `events` that sends up to `extra` more events than asked.
 struct Overproducer {
-    events: std::vec::IntoIter<u32>,
+    events: std::collections::VecDeque<u32>,
     extra: usize,
 }
 
@@ -110,8 +110,9 @@ impl Producer for Overproducer {
     type Item = u32;
 
     async fn handle_demand(&mut self, demand: usize) -> Result<Produced<u32>, StageError> {
-        let events: Vec<u32> = self.events.by_ref().take(demand + self.extra).collect();
-        Ok(if self.events.len() == 0 {
+        let n = (demand + self.extra).min(self.events.len());
+        let events: Vec<u32> = self.events.drain(..n).collect();
+        Ok(if self.events.is_empty() {
             Produced::Finished(events)
         } else {
             Produced::Events(events)
@@ -301,8 +302,9 @@ fn run(case: Case) -> flowstage::Result<Outcome> {
             let stages: Vec<Overproducer> = (0..producers)
                 .map(|i| Overproducer {
                     events: case.input[i * len / producers..(i + 1) * len / producers]
-                        .to_vec()
-                        .into_iter(),
+                        .iter()
+                        .copied()
+                        .collect(),
                     extra,
                 })
                 .collect();
