@@ -2,7 +2,9 @@
 //! stage — a source (user iterator, user producer), a fused chain, a partition's reducer,
 //! a trigger (`on_trigger`, a custom trigger), `departition`, a join (key function, join
 //! function), a sink (`run_into` consumer, `async_fn`), producers, producer-consumers and
-//! consumers written against the stage layer, and a supervised worker.
+//! consumers written against the stage layer, and a supervised worker; also at the end of
+//! input (`handle_done`, a `Done` trigger, `departition`'s `done`), and seen through the
+//! `into_iter` and `into_stream` terminals, where the error is the last item.
 //!
 //! Every run must end with a [`FlowError`] that names the stage and carries the message,
 //! within 1 s of the fault (measured from the moment the fault fires to the moment the
