@@ -9,7 +9,8 @@
 //!   (1–4 readers) or `FileSource` by lines (1–4 readers, block sizes 1 byte–64 KiB, read
 //!   or mapped) over a temporary file of one number per line;
 //! - a fused chain `map → filter → flat_map` (each operator maybe an identity) in the
-//!   source stages, and optionally a `partition` layer with another fused chain;
+//!   source stages, and optionally a middle layer — `partition` by event hash or by a key
+//!   with few values, or `shuffle` — with another fused chain;
 //! - an ending, each over a new layer of 1–16 stages with `max_demand` 1–5000 and a random
 //!   `min_demand` below it:
 //!   - `Collect`: the events;
@@ -174,8 +175,19 @@ struct Case {
     input: Vec<u32>,
     source: SourceKind,
     first: Chain,
-    middle: Option<(Layer, Chain)>,
+    middle: Option<(Layer, Route, Chain)>,
     end: End,
+}
+
+/// How the middle layer routes events.
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    /// `Partition::new()`: by the hash of the event.
+    Hash,
+    /// `Partition::by_key(x % modulus)`: few keys, so some stages get nothing.
+    Key(u32),
+    /// `shuffle`: by demand.
+    Shuffle,
 }
 
 /// What a run gave, normalised for comparison.
@@ -195,7 +207,7 @@ fn reference_events(case: &Case) -> Vec<u32> {
         .iter()
         .flat_map(|&x| case.first.apply(x))
         .flat_map(|x| match case.middle {
-            Some((_, chain)) => chain.apply(x).collect::<Vec<_>>(),
+            Some((_, _, chain)) => chain.apply(x).collect::<Vec<_>>(),
             None => vec![x],
         })
         .collect()
@@ -342,7 +354,19 @@ fn middle<P: Plan<Item = u32>>(flow: Flow<P>, case: &Case) -> flowstage::Result<
     let flow = chain!(flow, case.first);
     match case.middle {
         None => end(flow, case),
-        Some((layer, chain)) => end(chain!(flow.partition(layer.options()), chain), case),
+        Some((layer, Route::Hash, chain)) => {
+            end(chain!(flow.partition(layer.options()), chain), case)
+        }
+        Some((layer, Route::Key(modulus), chain)) => {
+            let by_key = Partition::by_key(move |x: &u32| x % modulus)
+                .stages(layer.stages)
+                .max_demand(layer.max_demand)
+                .min_demand(layer.min_demand);
+            end(chain!(flow.partition(by_key), chain), case)
+        }
+        Some((layer, Route::Shuffle, chain)) => {
+            end(chain!(flow.shuffle(layer.shuffle()), chain), case)
+        }
     }
 }
 
@@ -585,12 +609,20 @@ fn input() -> impl Strategy<Value = Vec<u32>> {
     ]
 }
 
+fn route() -> impl Strategy<Value = Route> {
+    prop_oneof![
+        Just(Route::Hash),
+        (1u32..=5).prop_map(Route::Key),
+        Just(Route::Shuffle),
+    ]
+}
+
 fn case() -> impl Strategy<Value = Case> {
     (
         input(),
         source(),
         chain(),
-        prop::option::of((layer(), chain())),
+        prop::option::of((layer(), route(), chain())),
         ending(),
     )
         .prop_map(|(input, source, first, middle, end)| Case {
