@@ -75,6 +75,8 @@
 //! ```
 
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
+// The one `unsafe` is the call that maps a file (`FileSource::mmap`), allowed where it is.
+#![deny(unsafe_code)]
 
 pub mod corpus;
 pub mod error;

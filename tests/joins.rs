@@ -177,6 +177,63 @@ fn bounded_join_state_is_released_at_done() {
     );
 }
 
+#[test]
+fn a_bounded_join_holds_the_left_side_and_never_the_right() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const RIGHTS: u32 = 20_000;
+    /// A right event that counts how many of its kind are alive, and the most ever alive.
+    struct Tracked(u32, Arc<(AtomicUsize, AtomicUsize)>);
+    impl Drop for Tracked {
+        fn drop(&mut self) {
+            self.1.0.fetch_sub(1, SeqCst);
+        }
+    }
+    let live = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+    let track = live.clone();
+    let make = move |k: u32| {
+        let now = track.0.fetch_add(1, SeqCst) + 1;
+        track.1.fetch_max(now, SeqCst);
+        Tracked(k, track.clone())
+    };
+    for mode in [JoinMode::Inner, JoinMode::FullOuter] {
+        live.1.store(0, SeqCst);
+        let make = make.clone();
+        let (pairs, unmatched_left): (usize, usize) = guarded(move || {
+            let out: Vec<(bool, bool)> = Flow::bounded_join(
+                mode,
+                Flow::from_iter(0..100u32),
+                Flow::from_iters([0..RIGHTS / 2, RIGHTS / 2..RIGHTS]).map(make),
+                |l: &u32| *l,
+                |r: &Tracked| r.0 % 200,
+                |l: Option<&u32>, r: Option<&Tracked>| (l.is_some(), r.is_some()),
+                Shuffle::shuffle().stages(2).max_demand(50),
+            )
+            .collect()
+            .unwrap();
+            (
+                out.iter().filter(|(l, r)| *l && *r).count(),
+                out.iter().filter(|(l, r)| *l && !*r).count(),
+            )
+        });
+        // Keys 0..100 of the right side match one left event each; keys 100..200 do not.
+        assert_eq!(
+            (pairs, unmatched_left),
+            (RIGHTS as usize / 2, 0),
+            "{mode:?}"
+        );
+        let most = live.1.load(SeqCst);
+        // Right events live only between their producer and their probe: in flight under
+        // demand (2 producers x 2 stages x max_demand 50, plus the producers' batches),
+        // never the whole right side as a symmetric join would keep them.
+        assert!(
+            most <= 2_000,
+            "{mode:?}: {most} right events were alive at once"
+        );
+        assert_eq!(live.0.load(SeqCst), 0, "{mode:?}");
+    }
+}
+
 /// The nested-loop reference join.
 fn reference(
     mode: JoinMode,

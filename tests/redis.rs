@@ -3,6 +3,8 @@
 //! (as `.ci/run` does), so the README's test command passes on a fresh machine.
 #![cfg(feature = "redis")]
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -355,5 +357,63 @@ fn a_broker_that_goes_away_mid_run_is_a_typed_error_not_a_hang() {
         stopped.elapsed() < Duration::from_secs(10),
         "the run hung for {:?}",
         stopped.elapsed()
+    );
+}
+
+/// Graceful shutdown of an endless Redis source: the drain stops it reading, and every
+/// entry it read — counted by the source itself — is processed once and acknowledged:
+/// nothing stays pending, unlike the crash above. Without the drain it never ends, and
+/// the watchdog fails it.
+#[test]
+fn a_drained_redis_flow_acknowledges_everything_it_read() {
+    let server = Server::start();
+    const N: u64 = 20_000;
+    server.add("jobs", N);
+    let url = server.url.clone();
+    let (read, processed) = common::guarded(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            // No `stop_when_idle`: without the drain this source never ends.
+            let source = RedisStreamSource::new(&url, "jobs", "group", "worker").max_count(100);
+            let counters = source.counters();
+            let processed = Arc::new(Mutex::new(Vec::new()));
+            let seen = processed.clone();
+            let mut pipeline = flowstage::stage::Pipeline::new();
+            let outputs = Flow::from_source(source)
+                .shuffle(Shuffle::shuffle().stages(2).max_demand(200))
+                .map(move |entry: StreamEntry| {
+                    std::thread::sleep(Duration::from_micros(100));
+                    seen.lock().unwrap().push(number(&entry));
+                    entry.id
+                })
+                .into_stages(&mut pipeline)
+                .unwrap();
+            let ack = pipeline.consumer(RedisAck::new(&url));
+            for output in &outputs {
+                pipeline
+                    .subscribe(&ack, output, flowstage::stage::SubscribeOptions::new())
+                    .unwrap();
+            }
+            let running = pipeline.spawn().unwrap();
+            while processed.lock().unwrap().len() < 2000 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            running.shutdown().await.expect("a drained run ends Ok");
+            let processed = processed.lock().unwrap().clone();
+            (counters.read(), processed)
+        })
+    });
+    let distinct: BTreeSet<u64> = processed.iter().copied().collect();
+    assert_eq!(distinct.len(), processed.len(), "an entry processed twice");
+    assert_eq!(
+        processed.len() as u64,
+        read,
+        "every entry the source read was processed"
+    );
+    assert!(read < N, "the drain stopped the reading");
+    assert_eq!(
+        server.pending("jobs", "group"),
+        0,
+        "every entry acknowledged"
     );
 }

@@ -339,6 +339,123 @@ fn manual_demand_delivers_only_what_was_asked() {
     assert_eq!(snapshot(&demands)[0], 3);
 }
 
+/// A stage subscribed to two "table" producers and one deferred "probe" producer, each
+/// of `total` events tagged with its producer: it sees every table event before any
+/// probe event.
+#[test]
+fn a_deferred_subscription_is_read_after_all_the_others_ended() {
+    for (max_demand, total) in [(1usize, 5u64), (7, 50), (1000, 3000)] {
+        for through_producer_consumer in [false, true] {
+            let seen = shared();
+            let mut pipeline = Pipeline::new();
+            let tagged = |tag: u64| {
+                let mut count = Count::new(total);
+                poll_fn(move |demand: usize| match count.take(demand) {
+                    Produced::Events(e) => Produced::Events(e.into_iter().map(|_| tag).collect()),
+                    Produced::Finished(e) => {
+                        Produced::Finished(e.into_iter().map(|_| tag).collect())
+                    }
+                })
+            };
+            let probe = pipeline.producer(tagged(2));
+            let table_a = pipeline.producer(tagged(0));
+            let table_b = pipeline.producer(tagged(1));
+            let record = seen.clone();
+            let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+                record.lock().unwrap().extend(batch)
+            }));
+            let options = || SubscribeOptions::new().max_demand(max_demand);
+            if through_producer_consumer {
+                let (stage_in, stage_out) =
+                    pipeline.producer_consumer(producer_consumer_fn(|b: Vec<u64>| b));
+                pipeline
+                    .subscribe(&stage_in, &probe, options().deferred())
+                    .unwrap();
+                pipeline.subscribe(&stage_in, &table_a, options()).unwrap();
+                pipeline.subscribe(&stage_in, &table_b, options()).unwrap();
+                pipeline.subscribe(&sink, &stage_out, options()).unwrap();
+            } else {
+                pipeline
+                    .subscribe(&sink, &probe, options().deferred())
+                    .unwrap();
+                pipeline.subscribe(&sink, &table_a, options()).unwrap();
+                pipeline.subscribe(&sink, &table_b, options()).unwrap();
+            }
+            run(pipeline).unwrap();
+            let seen = snapshot(&seen);
+            let case =
+                format!("max_demand {max_demand}, producer-consumer {through_producer_consumer}");
+            assert_eq!(seen.len() as u64, 3 * total, "{case}");
+            // Every table event comes before the first probe event, all probe events after.
+            let first_probe = seen.iter().position(|&tag| tag == 2).unwrap();
+            assert_eq!(first_probe as u64, 2 * total, "{case}");
+            assert!(seen[first_probe..].iter().all(|&tag| tag == 2), "{case}");
+        }
+    }
+}
+
+#[test]
+fn a_producer_consumer_takes_whole_chunks_and_sends_only_under_demand() {
+    // The stage's input chunks follow its own subscription (max 100, min 0), not its
+    // consumer's demand of 1; its output still leaves one event per ask.
+    let chunks = shared();
+    let batches = shared();
+    let mut pipeline = Pipeline::new();
+    let numbers = pipeline.producer(counter(1000));
+    let record = chunks.clone();
+    let (stage_in, stage_out) =
+        pipeline.producer_consumer(producer_consumer_fn(move |b: Vec<u64>| {
+            record.lock().unwrap().push(b.len());
+            b
+        }));
+    let record = batches.clone();
+    let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+        record.lock().unwrap().push(batch)
+    }));
+    pipeline
+        .subscribe(
+            &stage_in,
+            &numbers,
+            SubscribeOptions::new().max_demand(100).min_demand(0),
+        )
+        .unwrap();
+    pipeline
+        .subscribe(
+            &sink,
+            &stage_out,
+            SubscribeOptions::new().max_demand(1).min_demand(0),
+        )
+        .unwrap();
+    run(pipeline).unwrap();
+    assert_eq!(snapshot(&chunks), vec![100; 10]);
+    let batches = snapshot(&batches);
+    assert!(
+        batches.iter().all(|b| b.len() == 1),
+        "a batch beyond the demand of 1"
+    );
+    assert_eq!(batches.concat(), (0..1000).collect::<Vec<u64>>());
+}
+
+#[test]
+fn only_deferred_subscriptions_start_at_once() {
+    let seen = shared();
+    let mut pipeline = Pipeline::new();
+    let numbers = pipeline.producer(counter(100));
+    let record = seen.clone();
+    let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+        record.lock().unwrap().extend(batch)
+    }));
+    pipeline
+        .subscribe(
+            &sink,
+            &numbers,
+            SubscribeOptions::new().max_demand(10).deferred(),
+        )
+        .unwrap();
+    run(pipeline).unwrap();
+    assert_eq!(snapshot(&seen), (0..100).collect::<Vec<u64>>());
+}
+
 // ---------------------------------------------------------------------------------------
 // 3. Never beyond demand; 4. the producer's buffer
 // ---------------------------------------------------------------------------------------

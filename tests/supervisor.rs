@@ -357,6 +357,34 @@ fn assert_supervisor_failed(result: Result<Report, FlowError>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_supervisor_of_zero_workers_is_an_error_not_a_hang() {
+    // Its own subscribe options ask for max_demand 0: a config error at subscribe.
+    let supervisor = Supervisor::new(SupervisorOptions::new(0), |_: u64| async { Ok(()) });
+    let mut pipeline = Pipeline::new();
+    let numbers = pipeline.producer(from_iter(0..10u64));
+    let subscribe = supervisor.subscribe_options();
+    let workers = pipeline.consumer(supervisor);
+    assert!(matches!(
+        pipeline.subscribe(&workers, &numbers, subscribe),
+        Err(FlowError::Config(_))
+    ));
+    // Subscribed with demand of its own, it fails the run naming the stage, instead of
+    // waiting for a worker slot forever.
+    let (result, counters) = run(10, 1, SupervisorOptions::new(0), Some((4, 2)), |_| async {
+        Ok(())
+    })
+    .await;
+    match result {
+        Err(FlowError::StageFailed { stage, message, .. }) => {
+            assert_eq!(stage.name, "workers");
+            assert!(message.contains("at least 1"), "message: {message}");
+        }
+        other => panic!("expected StageFailed of the supervisor, got {other:?}"),
+    }
+    assert_eq!(counters.failures(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_restarts_fail_the_run() {
     // Permanent, and a worker that always errs: the 4th failure within the window is one
     // more than 3 restarts allow.

@@ -1,16 +1,25 @@
 //! Joins: `bounded_join` and `window_join`, inner, left outer, right outer and full outer.
 //!
 //! Both inputs are tagged with their [`Side`] and partitioned by the hash of their key into
-//! one layer of join stages, so every key meets all its events in one stage. A stage keeps,
-//! per key (and window), the events each side sent so far: an event is joined at once
-//! with every event of the other side already there, so a match is emitted as soon as both
-//! sides have it. When the window ends (`Done`; for `bounded_join` the end of input) the
-//! outer modes emit the events whose key never met the other side, and the window's state
-//! is dropped.
+//! one layer of join stages, so every key meets all its events in one stage.
 //!
-//! **Memory:** a join stage holds every event of both sides of the open windows — for a
-//! `bounded_join`, all of its input until the end — plus one map entry per key. Window
-//! joins release each window's state when it fires `Done`.
+//! A **bounded join** is a hash join: each stage reads its share of the left input to the
+//! end first, building a table of the left events per key (the right input is subscribed
+//! [`deferred`](crate::stage::SubscribeOptions::deferred), so its producers get no demand
+//! until then), and then streams the right input through it: each right event is joined
+//! at once with every left event of its key, or — right outer — emitted unmatched at once,
+//! since no left event can come any more. Left events no right event matched are emitted at
+//! `Done` (left outer).
+//!
+//! A **window join** cannot wait for either side to end: per window and key, a stage keeps
+//! the events each side sent so far, and joins each new event at once with every event of
+//! the other side already there. When the window fires `Done` the outer modes emit the
+//! events whose key never met the other side, and the window's state is dropped.
+//!
+//! **Memory:** a bounded join stage holds its share of the *left* input (every left event,
+//! plus one map entry per key) until `Done`, and never holds right events beyond the one
+//! being joined: put the smaller input on the left. A window join holds every event of both
+//! sides of the open windows, and releases each window's state when it fires `Done`.
 
 use std::hash::Hash;
 use std::sync::Arc;
@@ -20,7 +29,7 @@ use ahash::AHashMap;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Identity, Logic, Map, PartitionInfo};
 use super::partition::Shuffle;
-use super::plan::layer;
+use super::plan::layer_deferring;
 use crate::error::{FlowError, Result};
 use crate::stage::{Dispatcher, partition_hash, partition_of};
 use crate::window::{Slots, Trigger, Window, WindowSignal};
@@ -77,14 +86,123 @@ impl<A, B> Entry<A, B> {
 
 type Keys<K, A, B> = AHashMap<K, Entry<A, B>>;
 
+/// A bounded join's build side: one stage's left events, grouped by key in one
+/// allocation.
+///
+/// While the left side comes in, events are appended in arrival order with the slot of
+/// their key; when the first right event arrives (or at the end) the table is *sealed*:
+/// a counting sort moves each key's events next to each other, so a probe reads one
+/// contiguous slice. One `Vec` per key instead would cost a few allocations per key —
+/// with about ten events per key, more than the hashing.
+struct Table<K, A> {
+    /// Key → its slot.
+    slots: AHashMap<K, usize>,
+    /// Building: events per slot. Sealed: where each slot's events start in `events`,
+    /// plus the total at the end.
+    bounds: Vec<usize>,
+    /// Building: (slot, event) in arrival order.
+    pending: Vec<(usize, A)>,
+    /// Sealed: the events, grouped by slot.
+    events: Vec<A>,
+    /// Sealed: whether a right event met the slot's events (for left outer).
+    matched: Vec<bool>,
+    sealed: bool,
+}
+
+impl<K, A> Table<K, A> {
+    fn new() -> Self {
+        Table {
+            slots: AHashMap::new(),
+            bounds: Vec::new(),
+            pending: Vec::new(),
+            events: Vec::new(),
+            matched: Vec::new(),
+            sealed: false,
+        }
+    }
+}
+
+impl<K: Hash + Eq, A> Table<K, A> {
+    /// Adds a left event (before the table is sealed).
+    #[inline]
+    fn insert(&mut self, key: K, event: A) {
+        let next = self.bounds.len();
+        let slot = *self.slots.entry(key).or_insert(next);
+        if slot == next {
+            self.bounds.push(0);
+        }
+        self.bounds[slot] += 1;
+        self.pending.push((slot, event));
+    }
+
+    /// Groups the events by key, once: counts become offsets, each event moves to its
+    /// slot's next place, and the arrival-order list is dropped.
+    #[inline]
+    fn seal(&mut self) {
+        if !self.sealed {
+            self.seal_now();
+        }
+    }
+
+    fn seal_now(&mut self) {
+        self.sealed = true;
+        let slots = self.bounds.len();
+        let mut total = 0;
+        for count in &mut self.bounds {
+            let start = total;
+            total += *count;
+            *count = start;
+        }
+        self.bounds.push(total);
+        let mut next = self.bounds[..slots].to_vec();
+        let mut placed: Vec<Option<A>> = std::iter::repeat_with(|| None).take(total).collect();
+        for (slot, event) in std::mem::take(&mut self.pending) {
+            placed[next[slot]] = Some(event);
+            next[slot] += 1;
+        }
+        self.events = placed.into_iter().flatten().collect();
+        self.matched = vec![false; slots];
+    }
+
+    /// The left events of `key`, marked as met (after [`seal`](Self::seal)).
+    #[inline]
+    fn probe(&mut self, key: &K) -> Option<&[A]> {
+        let slot = *self.slots.get(key)?;
+        self.matched[slot] = true;
+        self.events.get(self.bounds[slot]..self.bounds[slot + 1])
+    }
+
+    /// The left events no right event met, and the table emptied.
+    fn unmatched(&mut self) -> impl Iterator<Item = A> {
+        self.seal();
+        let table = std::mem::replace(self, Table::new());
+        let bounds = table.bounds;
+        let matched = table.matched;
+        let mut slot = 0;
+        table
+            .events
+            .into_iter()
+            .enumerate()
+            .filter_map(move |(i, event)| {
+                while bounds[slot + 1] <= i {
+                    slot += 1;
+                }
+                (!matched[slot]).then_some(event)
+            })
+    }
+}
+
 /// The join logic of one stage.
 pub(crate) struct Join<A, B, K, KA, KB, F, L> {
     mode: JoinMode,
     left_key: Arc<KA>,
     right_key: Arc<KB>,
     join: Arc<F>,
+    /// Window join: per window, both sides' events per key.
     state: Slots<Keys<K, A, B>>,
     windowed: bool,
+    /// Bounded join: the left side per key, complete before the first right event.
+    table: Table<K, A>,
     rest: L,
 }
 
@@ -97,6 +215,7 @@ impl<A, B, K, KA, KB, F, L: Clone> Clone for Join<A, B, K, KA, KB, F, L> {
             join: self.join.clone(),
             state: Slots::default(),
             windowed: false,
+            table: Table::new(),
             rest: self.rest.clone(),
         }
     }
@@ -108,6 +227,21 @@ where
     F: Fn(Option<&A>, Option<&B>) -> O,
     L: Logic<In = O>,
 {
+    /// The bounded join's end: emits the left events no right event met (left outer) and
+    /// drops the table.
+    fn finish_bounded(&mut self, out: &mut Vec<L::Out>) {
+        if !self.mode.keeps_left() {
+            self.table = Table::new();
+            return;
+        }
+        self.rest
+            .window(WindowSignal::Enter(&Trigger::done_global().window), out);
+        let join = &*self.join;
+        let unmatched = self.table.unmatched();
+        self.rest
+            .feed(unmatched.map(|left| join(Some(&left), None)), out);
+    }
+
     /// Window `window` ended: emits its unmatched events per the mode, drops its state.
     fn finish(&mut self, trigger: &Trigger, out: &mut Vec<L::Out>) {
         let Some(keys) = self.state.take(trigger.window.id) else {
@@ -125,6 +259,51 @@ where
                 for right in &entry.rights {
                     self.rest.push(join(None, Some(right)), out);
                 }
+            }
+        }
+    }
+}
+
+impl<A, B, K, KA, KB, F, O, L> Join<A, B, K, KA, KB, F, L>
+where
+    K: Hash + Eq,
+    KA: Fn(&A) -> K,
+    KB: Fn(&B) -> K,
+    F: Fn(Option<&A>, Option<&B>) -> O,
+    L: Logic<In = O>,
+{
+    /// A window join's event: joined with the other side's events of its key so far in
+    /// the current window, then kept for the ones still to come.
+    #[inline]
+    fn push_windowed(&mut self, event: Side<A, B>, out: &mut Vec<L::Out>) {
+        let keys = self.state.current(AHashMap::new);
+        let join = &*self.join;
+        match event {
+            Side::Left(left) => {
+                let entry = keys
+                    .entry((self.left_key)(&left))
+                    .or_insert_with(Entry::new);
+                if !entry.rights.is_empty() {
+                    let matches = entry
+                        .rights
+                        .iter()
+                        .map(|right| join(Some(&left), Some(right)));
+                    self.rest.feed(matches, out);
+                }
+                entry.lefts.push(left);
+            }
+            Side::Right(right) => {
+                let entry = keys
+                    .entry((self.right_key)(&right))
+                    .or_insert_with(Entry::new);
+                if !entry.lefts.is_empty() {
+                    let matches = entry
+                        .lefts
+                        .iter()
+                        .map(|left| join(Some(left), Some(&right)));
+                    self.rest.feed(matches, out);
+                }
+                entry.rights.push(right);
             }
         }
     }
@@ -150,43 +329,35 @@ where
 
     #[inline]
     fn push(&mut self, event: Side<A, B>, out: &mut Vec<L::Out>) {
-        let keys = self.state.current(AHashMap::new);
-        let join = &*self.join;
+        if self.windowed {
+            self.push_windowed(event, out);
+            return;
+        }
+        // Bounded: every left event is here before the first right event.
         match event {
-            Side::Left(left) => {
-                let entry = keys
-                    .entry((self.left_key)(&left))
-                    .or_insert_with(Entry::new);
-                // One fused pass over the matches (a reduce after the join folds them
-                // with its accumulator taken once).
-                if !entry.rights.is_empty() {
-                    let matches = entry
-                        .rights
-                        .iter()
-                        .map(|right| join(Some(&left), Some(right)));
-                    self.rest.feed(matches, out);
-                }
-                entry.lefts.push(left);
-            }
+            Side::Left(left) => self.table.insert((self.left_key)(&left), left),
             Side::Right(right) => {
-                let entry = keys
-                    .entry((self.right_key)(&right))
-                    .or_insert_with(Entry::new);
-                if !entry.lefts.is_empty() {
-                    let matches = entry
-                        .lefts
-                        .iter()
-                        .map(|left| join(Some(left), Some(&right)));
-                    self.rest.feed(matches, out);
+                self.table.seal();
+                let join = &*self.join;
+                match self.table.probe(&(self.right_key)(&right)) {
+                    Some(lefts) => {
+                        // One fused pass over the matches (a reduce after the join folds
+                        // them with its accumulator taken once).
+                        let matches = lefts.iter().map(|left| join(Some(left), Some(&right)));
+                        self.rest.feed(matches, out);
+                    }
+                    None if self.mode.keeps_right() => {
+                        self.rest.push(join(None, Some(&right)), out);
+                    }
+                    None => {}
                 }
-                entry.rights.push(right);
             }
         }
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
         if !self.windowed {
-            self.finish(&Trigger::done_global(), out);
+            self.finish_bounded(out);
         }
         // A windowed stage's windows all fired `Done` before this.
         self.rest.done(out);
@@ -293,6 +464,13 @@ where
             Map::new(Arc::new(tag_left), Identity::new()),
             &upstream_dispatch,
         )?;
+        // A bounded join reads the right side (its probe side) once the left is complete;
+        // a window join reads both as they come.
+        let deferred = if self.window.is_some() {
+            usize::MAX
+        } else {
+            upstream.len()
+        };
         upstream.extend(self.right.compile(
             compiler,
             Map::new(Arc::new(tag_right), Identity::new()),
@@ -310,12 +488,14 @@ where
             join: self.join,
             state: Slots::default(),
             windowed: false,
+            table: Table::new(),
             rest: logic,
         };
-        layer(
+        layer_deferring(
             compiler,
             "join",
             upstream,
+            deferred,
             stages,
             self.options.max_demand,
             self.options.min(),

@@ -307,12 +307,17 @@ impl Flow<()> {
         }
     }
 
-    /// Joins two flows by key, over the whole input: each left event meets every right
-    /// event with an equal key, as `join(Some(&left), Some(&right))`, emitted as soon as
-    /// both are there; at the end the outer `mode`s add the events whose key the other
-    /// side never had (`join(Some(&left), None)`, `join(None, Some(&right))`). Both sides
-    /// are partitioned by key over `options.stages` stages. See [`join`](self::join) for
-    /// the memory it holds.
+    /// Joins two bounded flows by key, over the whole input: each left event meets every
+    /// right event with an equal key, as `join(Some(&left), Some(&right))`; the outer
+    /// `mode`s add the events whose key the other side never had (`join(None,
+    /// Some(&right))` as soon as that right event arrives, `join(Some(&left), None)` at
+    /// the end). Both sides are partitioned by key over `options.stages` stages.
+    ///
+    /// It is a hash join: each stage reads its share of the left input to the end first
+    /// and holds it, then streams the right input through it — a match is emitted as its
+    /// right event arrives, and right events are never held. Put the smaller input on the
+    /// left; the left must end. For two unbounded streams, use
+    /// [`window_join`](Flow::window_join). See [`join`] for the memory held.
     ///
     /// ```
     /// use flowstage::flow::{Flow, JoinMode, Shuffle};

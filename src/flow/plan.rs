@@ -250,6 +250,32 @@ where
     T: Send + 'static,
     L: Logic<In = T> + Clone,
 {
+    let first = upstream.len();
+    layer_deferring(
+        compiler, label, upstream, first, stages, max_demand, min_demand, window, logic, dispatch,
+    )
+}
+
+/// [`layer`], with the upstream outputs from index `deferred` on subscribed
+/// [`deferred`](crate::stage::SubscribeOptions::deferred): each stage reads them only
+/// after all the others ended (a bounded join's probe side).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn layer_deferring<T, L>(
+    compiler: &mut Compiler,
+    label: &str,
+    upstream: Vec<Output<T>>,
+    deferred: usize,
+    stages: usize,
+    max_demand: usize,
+    min_demand: usize,
+    window: Option<Window<T>>,
+    logic: L,
+    dispatch: &DispatchSpec<L::Out>,
+) -> Result<Vec<Output<L::Out>>>
+where
+    T: Send + 'static,
+    L: Logic<In = T> + Clone,
+{
     let mut outputs = Vec::with_capacity(stages);
     // The layer's stages share one processing-time origin, so periodic windows and
     // timers tick together across them.
@@ -263,15 +289,17 @@ where
             .as_ref()
             .map(|(window, epoch)| Windower::new(window.clone(), epoch.clone(), upstream.len()));
         let (input, output) = compiler.stage(label, logic.clone(), windower, partition, dispatch);
-        for source in &upstream {
-            compiler.pipeline.subscribe(
-                &input,
-                &source.producer,
-                SubscribeOptions::new()
-                    .max_demand(max_demand)
-                    .min_demand(min_demand)
-                    .partition(index),
-            )?;
+        for (position, source) in upstream.iter().enumerate() {
+            let mut options = SubscribeOptions::new()
+                .max_demand(max_demand)
+                .min_demand(min_demand)
+                .partition(index);
+            if position >= deferred {
+                options = options.deferred();
+            }
+            compiler
+                .pipeline
+                .subscribe(&input, &source.producer, options)?;
             compiler.graph.connect(source.node, output.node);
         }
         outputs.push(output);

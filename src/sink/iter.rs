@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{FlowError, Result};
 use crate::flow::Output;
-use crate::stage::Pipeline;
+use crate::stage::{Pipeline, ShutdownHandle};
 
 /// Batches in flight between the flow and the iterator: the consumer waits when the
 /// iterator is this far behind, and backpressure does the rest.
@@ -23,6 +23,7 @@ pub struct FlowIter<T> {
     stop: Option<oneshot::Sender<()>>,
     runner: Option<JoinHandle<Result<()>>>,
     failed: Option<FlowError>,
+    shutdown: Option<ShutdownHandle>,
 }
 
 impl<T> FlowIter<T> {
@@ -33,6 +34,7 @@ impl<T> FlowIter<T> {
             stop: None,
             runner: None,
             failed: Some(error),
+            shutdown: None,
         }
     }
 }
@@ -42,6 +44,7 @@ pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>
         Ok(wired) => wired,
         Err(error) => return FlowIter::failed(error),
     };
+    let shutdown = pipeline.shutdown_handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let runner = std::thread::Builder::new()
         .name("flowstage-iter".into())
@@ -63,8 +66,43 @@ pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>
             stop: Some(stop),
             runner: Some(runner),
             failed: None,
+            shutdown: Some(shutdown),
         },
         Err(error) => FlowIter::failed(FlowError::Runtime(error)),
+    }
+}
+
+impl<T> FlowIter<T> {
+    /// Asks the flow to drain: its sources stop taking new input, and the iterator
+    /// yields everything already produced, then ends. Dropping the iterator instead
+    /// cancels the flow and loses what is in flight. Does nothing on a flow that failed
+    /// to start (the iterator yields its error).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use std::time::Duration;
+    /// let mut next = 0u64;
+    /// let mut events = Flow::from_poll(
+    ///     move |demand| {
+    ///         let batch: Vec<u64> = (next..next + demand as u64).collect();
+    ///         next += demand as u64;
+    ///         Produced::Events(batch)
+    ///     },
+    ///     Duration::from_millis(1),
+    /// )
+    /// .into_iter();
+    /// let first: Vec<u64> = events.by_ref().take(10).collect::<Result<_, _>>()?;
+    /// events.drain();
+    /// let rest: Vec<u64> = events.collect::<Result<_, _>>()?;
+    /// // Nothing lost, nothing twice: the source's events in order, then the end.
+    /// assert!(first.iter().chain(&rest).copied().eq(0..(first.len() + rest.len()) as u64));
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn drain(&self) {
+        if let Some(shutdown) = &self.shutdown {
+            shutdown.drain();
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::error::{FlowError, Result};
 use crate::flow::Output;
-use crate::stage::Pipeline;
+use crate::stage::{Pipeline, ShutdownHandle};
 
 /// An async stream over a running flow's events; see `Flow::into_stream`. Dropping it
 /// stops the flow.
@@ -18,6 +18,7 @@ pub struct FlowStream<T> {
     batches: mpsc::Receiver<Vec<T>>,
     current: std::vec::IntoIter<T>,
     run: Option<JoinHandle<Result<()>>>,
+    shutdown: ShutdownHandle,
 }
 
 pub(crate) fn stream<T: Send + 'static>(
@@ -26,12 +27,54 @@ pub(crate) fn stream<T: Send + 'static>(
 ) -> Result<FlowStream<T>> {
     let (pipeline, rx) = super::channel(pipeline, outputs, 2)?;
     let running = pipeline.spawn()?;
+    let shutdown = running.shutdown_handle();
     let run = tokio::spawn(async move { running.join().await.map(|_| ()) });
     Ok(FlowStream {
         batches: rx,
         current: Vec::new().into_iter(),
         run: Some(run),
+        shutdown,
     })
+}
+
+impl<T> FlowStream<T> {
+    /// A handle that drains the flow: its sources stop taking new input, and the stream
+    /// yields everything already produced, then ends (with `None`, or the run's error).
+    /// Dropping the stream instead cancels the flow and loses what is in flight.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new()?.block_on(async {
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use futures::StreamExt;
+    /// use std::time::Duration;
+    /// let mut next = 0u64;
+    /// let mut stream = Flow::from_poll(
+    ///     move |demand| {
+    ///         let events: Vec<u64> = (next..next + demand as u64).collect();
+    ///         next += demand as u64;
+    ///         Produced::Events(events)
+    ///     },
+    ///     Duration::from_millis(1),
+    /// )
+    /// .into_stream()?;
+    /// let mut seen = Vec::new();
+    /// while let Some(event) = stream.next().await {
+    ///     seen.push(event?);
+    ///     if seen.len() == 100 {
+    ///         stream.shutdown_handle().drain();
+    ///     }
+    /// }
+    /// // The stream ended by itself, with every event the source made, in order.
+    /// assert!(seen.len() >= 100);
+    /// assert!(seen.iter().copied().eq(0..seen.len() as u64));
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
 }
 
 impl<T> Stream for FlowStream<T> {

@@ -49,6 +49,32 @@ impl LinesSource {
         self
     }
 
+    /// Bytes per block each reader reads at a time (at least 1); see [`FileSource`].
+    pub fn block_size(mut self, block_size: usize) -> Self {
+        self.file = self.file.block_size(block_size);
+        self
+    }
+
+    /// What the readers read, counted as they go.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::source::LinesSource;
+    /// # let dir = std::env::temp_dir().join(format!("flowstage-doc-lines-counters-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir)?;
+    /// # let path = dir.join("lines.txt");
+    /// std::fs::write(&path, "alpha\nbeta\n")?;
+    /// // One reader: with several, each also reads a little past its range's end.
+    /// let source = LinesSource::new(&path).readers(1);
+    /// let counters = source.counters();
+    /// let lines: Vec<String> = Flow::from_source(source).collect()?;
+    /// assert_eq!((lines.len(), counters.bytes_read()), (2, 11));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn counters(&self) -> std::sync::Arc<super::FileCounters> {
+        self.file.counters()
+    }
+
     /// Replace invalid UTF-8 with U+FFFD instead of failing.
     pub fn lossy(mut self, lossy: bool) -> Self {
         self.lossy = lossy;
@@ -83,7 +109,10 @@ impl Lines {
                 lines.extend(chunk.text_lines_lossy().map(|line| line.into_owned()));
             } else {
                 for line in chunk.text_lines() {
-                    lines.push(line.map_err(Box::new)?.to_owned());
+                    // Boxed straight into a `StageError`: `Box::new` then `?` would box the
+                    // box, and the run's error would no longer downcast to `FlowError`.
+                    let line = line.map_err(|error| -> StageError { Box::new(error) })?;
+                    lines.push(line.to_owned());
                 }
             }
         }

@@ -32,7 +32,7 @@ use std::pin::Pin;
 pub use chunk::{Chunk, Delimiter, IntoWords, Words, is_word_separator};
 #[cfg(feature = "csv")]
 pub use csv::CsvSource;
-pub use file::{DEFAULT_BLOCK_SIZE, FileSource};
+pub use file::{DEFAULT_BLOCK_SIZE, FileCounters, FileSource};
 pub use iter::{IterSource, ItersSource};
 #[cfg(feature = "json")]
 pub use json::JsonLinesSource;

@@ -55,9 +55,9 @@ impl<R: Read + Send + 'static> ReaderSource<R> {
         self
     }
 
-    /// Bytes per block (at least 1).
+    /// Bytes per block; at least 1 (0 is a [`FlowError::Config`] when the flow runs).
     pub fn block_size(mut self, block_size: usize) -> Self {
-        self.block_size = block_size.max(1);
+        self.block_size = block_size;
         self
     }
 }
@@ -71,6 +71,12 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
     type Item = Chunk;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<Chunk>>> {
+        if self.block_size == 0 {
+            return Err(FlowError::Config(format!(
+                "{}: a reader source's block size must be at least 1 byte",
+                self.name.display()
+            )));
+        }
         let (tx, rx) = mpsc::channel::<std::result::Result<Chunk, FlowError>>(2);
         let ReaderSource {
             mut reader,

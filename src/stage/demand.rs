@@ -61,6 +61,7 @@ pub struct SubscribeOptions<T> {
     pub(crate) cancel: Cancel,
     pub(crate) partition: Option<usize>,
     pub(crate) selector: Option<Selector<T>>,
+    pub(crate) deferred: bool,
 }
 
 impl<T> std::fmt::Debug for SubscribeOptions<T> {
@@ -72,6 +73,7 @@ impl<T> std::fmt::Debug for SubscribeOptions<T> {
             .field("cancel", &self.cancel)
             .field("partition", &self.partition)
             .field("selector", &self.selector.is_some())
+            .field("deferred", &self.deferred)
             .finish()
     }
 }
@@ -92,6 +94,7 @@ impl<T> SubscribeOptions<T> {
             cancel: Cancel::Transient,
             partition: None,
             selector: None,
+            deferred: false,
         }
     }
 
@@ -131,6 +134,35 @@ impl<T> SubscribeOptions<T> {
     /// GenStage does).
     pub fn selector(mut self, selector: impl Fn(&T) -> bool + Send + Sync + 'static) -> Self {
         self.selector = Some(Box::new(selector));
+        self
+    }
+
+    /// Holds this subscription's first demand until every subscription of the consumer
+    /// that is not deferred has ended: the consumer reads those inputs to their end before
+    /// this one sends it anything. A hash join builds its table from one input this way
+    /// before the other probes it, so the probing side is never held in memory. (With
+    /// only deferred subscriptions, they start at once.)
+    ///
+    /// ```
+    /// use flowstage::stage::{Pipeline, SubscribeOptions, consumer_fn, from_iter};
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let mut pipeline = Pipeline::new();
+    /// let probe = pipeline.producer(from_iter(vec!["probe"; 3]));
+    /// let table = pipeline.producer(from_iter(vec!["table"; 3]));
+    /// let record = seen.clone();
+    /// let sink = pipeline.consumer(consumer_fn(move |batch: Vec<&str>| {
+    ///     record.lock().unwrap().extend(batch)
+    /// }));
+    /// pipeline.subscribe(&sink, &probe, SubscribeOptions::new().max_demand(1).deferred())?;
+    /// pipeline.subscribe(&sink, &table, SubscribeOptions::new().max_demand(1))?;
+    /// pipeline.run()?;
+    /// assert_eq!(*seen.lock().unwrap(), ["table", "table", "table", "probe", "probe", "probe"]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn deferred(mut self) -> Self {
+        self.deferred = true;
         self
     }
 

@@ -35,14 +35,13 @@ const PARTITION_SEEDS: [u64; 4] = [
 /// ```
 #[inline]
 pub fn partition_hash<K: Hash + ?Sized>(key: &K) -> u64 {
-    static HASHER: std::sync::LazyLock<ahash::RandomState> = std::sync::LazyLock::new(|| {
-        ahash::RandomState::with_seeds(
-            PARTITION_SEEDS[0],
-            PARTITION_SEEDS[1],
-            PARTITION_SEEDS[2],
-            PARTITION_SEEDS[3],
-        )
-    });
+    // Built at compile time: no lazy initialisation to check on every event.
+    static HASHER: ahash::RandomState = ahash::RandomState::with_seeds(
+        PARTITION_SEEDS[0],
+        PARTITION_SEEDS[1],
+        PARTITION_SEEDS[2],
+        PARTITION_SEEDS[3],
+    );
     HASHER.hash_one(key)
 }
 
@@ -270,8 +269,10 @@ impl<T: Clone + Send> Dispatch<T> for BroadcastDispatch<T> {
 struct PartitionDispatch<T, F> {
     outlets: Vec<Outlet<T>>,
     /// Events routed to a partition whose subscriber has no credit yet; at most a bound per
-    /// partition before the producer is asked for nothing more.
-    queues: Vec<std::collections::VecDeque<T>>,
+    /// partition before the producer is asked for nothing more. Plain `Vec`s: a push is
+    /// cheaper than a ring buffer's, and a queue that goes whole (the usual case) leaves
+    /// as the batch itself, without a copy.
+    queues: Vec<Vec<T>>,
     route: F,
 }
 
@@ -279,10 +280,7 @@ impl<T, F> PartitionDispatch<T, F> {
     fn new(mut outlets: Vec<Outlet<T>>, route: F) -> Self {
         // Subscribers may name their partition; the runtime checked the indices are 0..n.
         outlets.sort_by_key(|outlet| outlet.partition);
-        let queues = outlets
-            .iter()
-            .map(|_| std::collections::VecDeque::new())
-            .collect();
+        let queues = outlets.iter().map(|_| Vec::new()).collect();
         PartitionDispatch {
             outlets,
             queues,
@@ -333,7 +331,7 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
         let partitions = self.outlets.len();
         for event in events {
             match (self.route)(&event, partitions) {
-                Some(p) if p < partitions => self.queues[p].push_back(event),
+                Some(p) if p < partitions => self.queues[p].push(event),
                 Some(p) => {
                     return Err(format!(
                         "partition function returned {p}, but there are {partitions} partitions"
@@ -347,10 +345,7 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
     }
 
     fn pending(&self) -> usize {
-        self.queues
-            .iter()
-            .map(std::collections::VecDeque::len)
-            .sum()
+        self.queues.iter().map(Vec::len).sum()
     }
 
     fn flush(&mut self) -> usize {
@@ -372,12 +367,11 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 // The queue keeps its capacity: it refills to about the same size, and
                 // growing it again from empty costs a dozen reallocations per batch.
                 let capacity = queue.capacity();
-                Vec::from(std::mem::replace(
-                    queue,
-                    std::collections::VecDeque::with_capacity(capacity),
-                ))
+                std::mem::replace(queue, Vec::with_capacity(capacity))
             } else {
-                // From the front of a ring buffer: the rest of the queue does not move.
+                // The front goes and the rest moves up (at most about a consumer's
+                // `max_demand`: the producer asks for nothing while a queue holds that
+                // much); the queue keeps its capacity.
                 queue.drain(..permit.len()).collect()
             };
             outlet.send(permit, batch);

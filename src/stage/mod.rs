@@ -35,6 +35,8 @@
 //! - Who gets which event: [`Dispatcher`].
 //! - Concurrent workers with restarts: [`Supervisor`].
 //! - Running and observing: [`Pipeline`], [`Running`], [`Report`].
+//! - Ending a run that would go on forever, without losing what is in flight:
+//!   [`ShutdownHandle`].
 
 mod adapters;
 mod buffer;
@@ -44,6 +46,7 @@ mod link;
 mod metrics;
 mod pipeline;
 mod run;
+mod shutdown;
 mod supervisor;
 
 use std::future::Future;
@@ -60,6 +63,7 @@ pub use pipeline::{
     ConsumerOptions, ConsumerRef, Pipeline, ProducerConsumerOptions, ProducerOptions, ProducerRef,
     Report, Running,
 };
+pub use shutdown::ShutdownHandle;
 pub use supervisor::{Restart, Supervisor, SupervisorCounters, SupervisorOptions};
 
 use crate::error::StageError;

@@ -21,6 +21,7 @@ use super::dispatcher::Dispatcher;
 use super::link::{Control, Msg, OutletSpec};
 use super::metrics::{ErrorCounters, ErrorSnapshot, StageMetrics, StageSnapshot};
 use super::run::{self, InflowSpec, ProducerSettings};
+use super::shutdown::ShutdownHandle;
 use super::{Consumer, Producer, ProducerConsumer};
 use crate::error::{FlowError, Result, StageInfo, StageKind};
 
@@ -73,6 +74,8 @@ pub struct Pipeline {
     stages: Vec<StageEntry>,
     errors: Vec<FlowError>,
     error_counters: Vec<(String, Arc<ErrorCounters>)>,
+    /// Shared by every producer: asks them all to finish (see [`Running::shutdown_handle`]).
+    shutdown: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -321,6 +324,7 @@ impl Pipeline {
             stages: Vec::new(),
             errors: Vec::new(),
             error_counters: Vec::new(),
+            shutdown: ShutdownHandle::new(),
         }
     }
 
@@ -331,6 +335,12 @@ impl Pipeline {
             kind,
             index,
         }
+    }
+
+    /// The handle that will drain this pipeline's run; the same as the running handle's
+    /// [`Running::shutdown_handle`], available before the run starts.
+    pub(crate) fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
     }
 
     /// Adds a producer with default options.
@@ -355,6 +365,7 @@ impl Pipeline {
             retry_interval,
             ..
         } = options;
+        let shutdown = self.shutdown.listener();
         let prepare: Prepare = Box::new(move |stage, metrics| {
             let specs = std::mem::take(&mut *lock(&wiring));
             let wired = wire_outlets(specs, dispatcher.kind, &stage, &metrics)?;
@@ -363,6 +374,7 @@ impl Pipeline {
                 buffer_size,
                 buffer_keep,
                 retry_interval,
+                shutdown,
             };
             Ok(Prepared {
                 body: Box::pin(run::run_producer(
@@ -511,6 +523,7 @@ impl Pipeline {
             min_demand,
             mode: options.mode,
             cancel: options.cancel,
+            deferred: options.deferred,
         });
         outlets.push(OutletSpec {
             tx: consumer.tx.clone(),
@@ -579,6 +592,7 @@ impl Pipeline {
             metrics,
             tolerated,
             error_counters: self.error_counters,
+            shutdown: self.shutdown,
         })
     }
 }
@@ -608,6 +622,7 @@ pub struct Running {
     metrics: Vec<Arc<StageMetrics>>,
     tolerated: Vec<bool>,
     error_counters: Vec<(String, Arc<ErrorCounters>)>,
+    shutdown: ShutdownHandle,
 }
 
 impl std::fmt::Debug for Running {
@@ -673,6 +688,55 @@ impl Running {
             tolerated,
             errors: self.error_counts(),
         })
+    }
+
+    /// A handle that asks the run to stop taking new input and drain: every producer
+    /// finishes as if its input had ended, everything already produced is delivered, and
+    /// [`join`](Running::join) returns `Ok` as on a normal end. Clone it freely; see
+    /// [`ShutdownHandle`].
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new()?.block_on(async {
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use std::time::Duration;
+    /// let endless = Flow::from_poll(|demand| Produced::Events(vec![1u8; demand]), Duration::from_millis(1));
+    /// let running = endless.spawn()?;
+    /// running.shutdown_handle().drain();
+    /// let report = running.join().await?;
+    /// assert_eq!(report.stages[0].events_out, report.stages[1].events_in);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Asks the run to drain ([`ShutdownHandle::drain`]) and waits for it to end.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new()?.block_on(async {
+    /// use flowstage::flow::Flow;
+    /// use flowstage::stage::Produced;
+    /// use std::time::Duration;
+    /// let mut next = 0u64;
+    /// let endless = Flow::from_poll(
+    ///     move |demand| {
+    ///         next += demand as u64;
+    ///         Produced::Events(vec![next; demand])
+    ///     },
+    ///     Duration::from_millis(1),
+    /// );
+    /// let report = endless.spawn()?.shutdown().await?;
+    /// assert_eq!(report.stages[0].events_out, report.stages[1].events_in);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub async fn shutdown(self) -> Result<Report> {
+        self.shutdown.drain();
+        self.join().await
     }
 
     /// Cancels every stage and waits until they have stopped.

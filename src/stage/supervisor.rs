@@ -50,11 +50,13 @@ pub struct SupervisorOptions {
 }
 
 impl SupervisorOptions {
-    /// At most `max` workers at once (at least 1); transient restarts, at most 3 restarts
-    /// in 5 seconds.
+    /// At most `max` workers at once; transient restarts, at most 3 restarts in 5
+    /// seconds. `max` 0 is an error when the supervisor first gets events (its
+    /// [`subscribe_options`](Supervisor::subscribe_options) already fail to subscribe):
+    /// no worker could ever run.
     pub fn new(max: usize) -> Self {
         SupervisorOptions {
-            max: max.max(1),
+            max,
             restart: Restart::Transient,
             max_restarts: 3,
             max_window: Duration::from_secs(5),
@@ -260,6 +262,10 @@ where
         events: Vec<T>,
         _context: &mut ConsumerContext,
     ) -> Result<(), StageError> {
+        if self.options.max == 0 {
+            // Waiting for a worker slot would wait forever.
+            return Err("invalid supervisor: max (concurrent workers) must be at least 1".into());
+        }
         for event in events {
             self.reap()?;
             let slot = self
