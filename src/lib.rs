@@ -94,4 +94,4 @@ pub mod window;
 pub mod __loom;
 
 pub use error::{FlowError, Result, StageError, StageInfo, StageKind};
-pub use runtime::default_parallelism;
+pub use runtime::{default_parallelism, runtime_metrics};

@@ -6,6 +6,7 @@
 //! take batches as their consumers ask.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rayon::iter::ParallelIterator;
 use tokio::sync::{Mutex, mpsc};
@@ -46,15 +47,24 @@ where
         let iter = self.iter;
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
             rayon::spawn(move || {
-                let sender = tx.clone();
-                let leftovers = iter.fold(Vec::new, move |mut batch, item| {
-                    batch.push(item);
-                    if batch.len() >= BATCH {
-                        // An error means the flow has gone: stop filling.
-                        let _ = sender.blocking_send(std::mem::take(&mut batch));
-                    }
-                    batch
-                });
+                // Set when a send finds the flow gone (its output dropped, or it failed):
+                // `while_some` then stops the whole job, which would otherwise hold rayon's
+                // pool until the iterator is exhausted — forever, for an unbounded one.
+                // Written once; a stale read costs at most a few items, so `Relaxed`.
+                let gone = Arc::new(AtomicBool::new(false));
+                let (sender, stop) = (tx.clone(), gone.clone());
+                let leftovers = iter
+                    .map(move |item| (!gone.load(Ordering::Relaxed)).then_some(item))
+                    .while_some()
+                    .fold(Vec::new, move |mut batch, item| {
+                        batch.push(item);
+                        if batch.len() >= BATCH
+                            && sender.blocking_send(std::mem::take(&mut batch)).is_err()
+                        {
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                        batch
+                    });
                 leftovers.for_each(|batch| {
                     if !batch.is_empty() {
                         let _ = tx.blocking_send(batch);
