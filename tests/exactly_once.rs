@@ -634,16 +634,9 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn cases() -> u32 {
-    std::env::var("FLOWSTAGE_PROP_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(1000)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: common::cases_from_env("FLOWSTAGE_PROP_CASES", 1000),
         max_shrink_iters: 2000,
         ..ProptestConfig::default()
     })]

@@ -310,16 +310,9 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(1000)
-}
-
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: common::cases_from_env("PROPTEST_CASES", 1000),
         max_shrink_iters: 2000,
         ..ProptestConfig::default()
     })]

@@ -67,13 +67,6 @@ fn ordered_producers() -> impl Strategy<Value = Vec<Vec<Event>>> {
     )
 }
 
-fn cases() -> u32 {
-    std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(300)
-}
-
 /// The sum and count of the events of each non-empty sliding window, by window start.
 fn sliding_reference(events: &[Event], size: i64, slide: i64) -> BTreeMap<i64, (i64, u64)> {
     let mut windows: BTreeMap<i64, (i64, u64)> = BTreeMap::new();
@@ -145,7 +138,7 @@ fn fixed(
 
 proptest! {
     #![proptest_config(ProptestConfig {
-        cases: cases(),
+        cases: common::cases_from_env("PROPTEST_CASES", 300),
         max_shrink_iters: 2000,
         ..ProptestConfig::default()
     })]

@@ -63,3 +63,12 @@ pub fn try_guarded<T: Send + 'static>(
         Stopped::Hung => format!("watchdog: the flow hung for {WATCHDOG:?}"),
     })
 }
+
+/// How many cases a property test runs: the environment variable `var` if it holds a
+/// number (to run a long campaign), else `default`.
+pub fn cases_from_env(var: &str, default: u32) -> u32 {
+    std::env::var(var)
+        .ok()
+        .and_then(|cases| cases.parse().ok())
+        .unwrap_or(default)
+}
