@@ -45,39 +45,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::try_guarded;
+use common::{Layer, try_guarded};
 use flowstage::StageError;
-use flowstage::flow::{Flow, JoinMode, Partition, Plan, Shuffle};
+use flowstage::flow::{Flow, JoinMode, Partition, Plan};
 use flowstage::source::{Delimiter, FileSource, LinesSource};
 use flowstage::stage::{Produced, Producer};
 use flowstage::window::{LateEvents, Window};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 use rayon::prelude::*;
-
-/// Settings of one new layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Layer {
-    stages: usize,
-    max_demand: usize,
-    min_demand: usize,
-}
-
-impl Layer {
-    fn options(self) -> Partition {
-        Partition::new()
-            .stages(self.stages)
-            .max_demand(self.max_demand)
-            .min_demand(self.min_demand)
-    }
-
-    fn shuffle(self) -> Shuffle {
-        Shuffle::shuffle()
-            .stages(self.stages)
-            .max_demand(self.max_demand)
-            .min_demand(self.min_demand)
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 enum SourceKind {

@@ -26,8 +26,8 @@ mod common;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::try_guarded;
-use flowstage::flow::{Flow, Partition, Plan};
+use common::{Layer, try_guarded};
+use flowstage::flow::{Flow, Plan};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -37,22 +37,6 @@ const SLOTS: usize = 3;
 const MAX_PARTITIONS: usize = 3;
 /// Cases whose reference output is larger than this are skipped (flat_map can double).
 const MAX_EVENTS: usize = 100_000;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Layer {
-    stages: usize,
-    max_demand: usize,
-    min_demand: usize,
-}
-
-impl Layer {
-    fn options(self) -> Partition {
-        Partition::new()
-            .stages(self.stages)
-            .max_demand(self.max_demand)
-            .min_demand(self.min_demand)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {

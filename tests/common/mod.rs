@@ -72,3 +72,29 @@ pub fn cases_from_env(var: &str, default: u32) -> u32 {
         .and_then(|cases| cases.parse().ok())
         .unwrap_or(default)
 }
+
+/// The settings of one new layer in a property test's random pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layer {
+    pub stages: usize,
+    pub max_demand: usize,
+    pub min_demand: usize,
+}
+
+impl Layer {
+    /// As `partition` options.
+    pub fn options(self) -> flowstage::flow::Partition {
+        flowstage::flow::Partition::new()
+            .stages(self.stages)
+            .max_demand(self.max_demand)
+            .min_demand(self.min_demand)
+    }
+
+    /// As `shuffle` / join options.
+    pub fn shuffle(self) -> flowstage::flow::Shuffle {
+        flowstage::flow::Shuffle::shuffle()
+            .stages(self.stages)
+            .max_demand(self.max_demand)
+            .min_demand(self.min_demand)
+    }
+}
