@@ -7,11 +7,15 @@
 //! their index by a splitmix64 mix, the same way for both contestants, so neither reads
 //! a prepared table. Each pair is combined into a `u64`.
 //!
-//! - `flowstage`: `Flow::bounded_join(Inner, ...)` over 2 stages, each side read by two
-//!   producers (`from_iters` over halves); a `reduce` fused into each join stage folds the
-//!   pairs into (pairs, checksum) as they are made.
+//! - `flowstage`: `Flow::bounded_join(Inner, ...)` over 2 stages with `max_demand` 4096,
+//!   each side read by two producers (`from_iters` over halves); a `reduce` fused into
+//!   each join stage folds the pairs into (pairs, checksum) as they are made.
 //! - `sequential`: build an `AHashMap<key, Vec<id>>` of the left side, probe it with each
 //!   right row, and fold every pair into (pairs, checksum).
+//! - `hand_made_threads`: what a careful engineer writes by hand for two cores, no
+//!   library: two threads each make half of both sides and split it by key into two
+//!   partitions, then two threads each run the sequential join on one partition. Not
+//!   streaming (both sides are held whole), so an upper bound on what two threads get.
 //!
 //! - `machine_two_sequential`: not a contestant but the machine's ceiling, measured in
 //!   the same run: two threads each run the whole sequential join at once. Two free cores
@@ -29,6 +33,10 @@ use flowstage::flow::{Flow, JoinMode, Shuffle};
 
 const ROWS: u64 = 1_000_000;
 const KEYS: u64 = 100_000;
+/// `max_demand` into the join layer: rows are cheap, so batches are large (as in
+/// `benches/windows.rs`); the default 1 000 makes batches of about 115 rows here, and
+/// their fixed cost is 7 % of flowstage's instructions.
+const MAX_DEMAND: usize = 4096;
 
 #[inline]
 fn mix(mut z: u64) -> u64 {
@@ -72,7 +80,7 @@ fn join_flowstage(rows: u64) -> (u64, u64) {
             (Some(l), Some(r)) => combine(l, r),
             _ => 0,
         },
-        Shuffle::shuffle().stages(2),
+        Shuffle::shuffle().stages(2).max_demand(MAX_DEMAND),
     )
     .reduce(
         || (0u64, 0u64),
@@ -84,6 +92,71 @@ fn join_flowstage(rows: u64) -> (u64, u64) {
     parts
         .into_iter()
         .fold((0, 0), |(n, sum), (m, s)| (n + m, sum.wrapping_add(s)))
+}
+
+/// Partition of a key for the hand-made join: a multiplicative hash's top bit.
+#[inline]
+fn hand_route(key: u32) -> usize {
+    (u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 63) as usize
+}
+
+/// The same join by hand on two threads, in two phases: each thread makes its half of
+/// both sides and splits it by key into two partitions; then each thread hash-joins one
+/// partition (the sequential join on its share of the keys). (pairs, checksum).
+fn join_hand_made_threads(rows: u64) -> (u64, u64) {
+    type Split = [Vec<Row>; 2];
+    fn split(range: std::ops::Range<u64>, row: fn(u64) -> Row) -> Split {
+        let mut parts: Split = [Vec::new(), Vec::new()];
+        for i in range {
+            let row = row(i);
+            parts[hand_route(row.0)].push(row);
+        }
+        parts
+    }
+    let made: Vec<(Split, Split)> = std::thread::scope(|scope| {
+        let threads: Vec<_> = halves(rows)
+            .into_iter()
+            .map(|range| {
+                scope.spawn(move || (split(range.clone(), left_row), split(range, right_row)))
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("maker"))
+            .collect()
+    });
+    let made = &made;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..2)
+            .map(|p| {
+                scope.spawn(move || {
+                    let mut table: AHashMap<u32, Vec<u32>> =
+                        AHashMap::with_capacity(KEYS as usize / 2 * 9 / 8);
+                    for (left, _) in made {
+                        for &(key, id) in &left[p] {
+                            table.entry(key).or_default().push(id);
+                        }
+                    }
+                    let (mut pairs, mut sum) = (0u64, 0u64);
+                    for (_, right) in made {
+                        for right in &right[p] {
+                            if let Some(ids) = table.get(&right.0) {
+                                for &id in ids {
+                                    pairs += 1;
+                                    sum = sum.wrapping_add(combine(&(right.0, id), right));
+                                }
+                            }
+                        }
+                    }
+                    (pairs, sum)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("joiner"))
+            .fold((0u64, 0u64), |(n, s), (m, t)| (n + m, s.wrapping_add(t)))
+    })
 }
 
 /// (pairs, checksum).
@@ -110,6 +183,7 @@ fn joins(c: &mut Criterion) {
     let expected = join_sequential(ROWS);
     assert_eq!(join_flowstage(ROWS), expected);
     assert_eq!(join_flowstage(1_000), join_sequential(1_000));
+    assert_eq!(join_hand_made_threads(ROWS), expected);
 
     let mut group = c.benchmark_group("joins");
     group
@@ -122,6 +196,9 @@ fn joins(c: &mut Criterion) {
     });
     group.bench_function("sequential", |b| {
         b.iter(|| assert_eq!(join_sequential(black_box(ROWS)), expected));
+    });
+    group.bench_function("hand_made_threads", |b| {
+        b.iter(|| assert_eq!(join_hand_made_threads(black_box(ROWS)), expected));
     });
     group.bench_function("machine_two_sequential", |b| {
         b.iter(|| {

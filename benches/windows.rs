@@ -19,6 +19,10 @@
 //! - `flowstage_one_source`: a single producer (`Flow::from_iter`).
 //! - `sequential`: one loop, one `AHashMap` emptied into the output whenever the window
 //!   changes.
+//! - `hand_made_threads`: the same dataflow written by hand for two cores, no library:
+//!   two generator threads route events by key into batches of `MAX_DEMAND` sent over
+//!   bounded crossbeam channels to two reducer threads, which keep a map per open window
+//!   and close it when both generators have passed it. What flowstage should approach.
 //!
 //! - `machine_two_sequential`: not a contestant but the machine's ceiling, measured in
 //!   the same run: two threads each run the whole sequential loop at once. Two free cores
@@ -156,6 +160,103 @@ fn flowstage_one_source(events: u64) -> Vec<Sum> {
     windowed(Flow::from_iter((0..events).map(event)))
 }
 
+/// Partition of a key for the hand-made pipeline: a multiplicative hash's top bits.
+#[inline]
+fn hand_route(key: u32) -> usize {
+    ((u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize * STAGES) >> 32
+}
+
+/// The same computation as a hand-made pipeline: two generator threads route events by key
+/// into per-partition batches of `MAX_DEMAND`, sent over bounded crossbeam channels to two
+/// reducer threads, each holding one map per open window and closing a window when both
+/// generators have moved past it (the watermark).
+fn hand_made_threads(events: u64) -> Vec<Sum> {
+    use std::collections::BTreeMap;
+    // (generator, batch); `None` says the generator is done.
+    type Message = (usize, Option<Vec<Event>>);
+    let halves = [0..events / 2, events / 2..events];
+    let (senders, receivers): (Vec<_>, Vec<_>) = (0..STAGES)
+        .map(|_| crossbeam_channel::bounded::<Message>(4))
+        .unzip();
+    std::thread::scope(|scope| {
+        for (generator, range) in halves.into_iter().enumerate() {
+            let senders = senders.clone();
+            scope.spawn(move || {
+                let mut queues: Vec<Vec<Event>> = (0..STAGES)
+                    .map(|_| Vec::with_capacity(MAX_DEMAND))
+                    .collect();
+                for e in range.map(event) {
+                    let p = hand_route(e.key);
+                    let queue = &mut queues[p];
+                    queue.push(e);
+                    if queue.len() == MAX_DEMAND {
+                        let batch = std::mem::replace(queue, Vec::with_capacity(MAX_DEMAND));
+                        senders[p]
+                            .send((generator, Some(batch)))
+                            .expect("reducer alive");
+                    }
+                }
+                for (queue, sender) in queues.into_iter().zip(&senders) {
+                    if !queue.is_empty() {
+                        sender
+                            .send((generator, Some(queue)))
+                            .expect("reducer alive");
+                    }
+                    sender.send((generator, None)).expect("reducer alive");
+                }
+            });
+        }
+        drop(senders);
+        let reducers: Vec<_> = receivers
+            .into_iter()
+            .map(|receiver| {
+                scope.spawn(move || {
+                    let mut latest = [i64::MIN; 2];
+                    let mut open: BTreeMap<i64, Sums> = BTreeMap::new();
+                    let mut out = Vec::new();
+                    for (generator, batch) in receiver {
+                        match batch {
+                            Some(batch) => {
+                                let mut rest = &batch[..];
+                                while let Some(first) = rest.first() {
+                                    let id = first.ts.div_euclid(WINDOW_MS) * WINDOW_MS;
+                                    let end = id + WINDOW_MS;
+                                    let len = rest
+                                        .iter()
+                                        .position(|e| e.ts < id || e.ts >= end)
+                                        .unwrap_or(rest.len());
+                                    let sums = open
+                                        .entry(id)
+                                        .or_insert_with(|| Sums::with_capacity(STAGE_KEYS));
+                                    for e in &rest[..len] {
+                                        *sums.entry(e.key).or_default() += e.value;
+                                    }
+                                    latest[generator] = latest[generator].max(id);
+                                    rest = &rest[len..];
+                                }
+                            }
+                            None => latest[generator] = i64::MAX,
+                        }
+                        let watermark = latest[0].min(latest[1]);
+                        while let Some(entry) = open.first_entry() {
+                            if *entry.key() >= watermark {
+                                break;
+                            }
+                            let (id, sums) = entry.remove_entry();
+                            out.extend(sums.into_iter().map(|(key, sum)| (id, key, sum)));
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        reducers
+            .into_iter()
+            .flat_map(|reducer| reducer.join().expect("reducer"))
+            .collect()
+    })
+}
+
 /// A contestant: all the `(window, key, sum)` of the first `n` events.
 type Contestant = fn(u64) -> Vec<Sum>;
 
@@ -169,6 +270,7 @@ fn windows(c: &mut Criterion) {
     assert_eq!(sorted(flowstage_halves(EVENTS)), reference);
     assert_eq!(sorted(flowstage_interleaved(EVENTS)), reference);
     assert_eq!(sorted(flowstage_one_source(EVENTS)), reference);
+    assert_eq!(sorted(hand_made_threads(EVENTS)), reference);
     assert_eq!(sorted(flowstage_halves(10_000)), sorted(sequential(10_000)));
     let expected = summary(&reference);
     eprintln!(
@@ -184,11 +286,12 @@ fn windows(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    let contestants: [(&str, Contestant); 4] = [
+    let contestants: [(&str, Contestant); 5] = [
         ("flowstage", flowstage_halves),
         ("flowstage_interleaved", flowstage_interleaved),
         ("flowstage_one_source", flowstage_one_source),
         ("sequential", sequential),
+        ("hand_made_threads", hand_made_threads),
     ];
     for (name, run) in contestants {
         group.bench_function(name, |b| {
