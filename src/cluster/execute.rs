@@ -25,9 +25,38 @@ use super::plan::{ClusterCompiler, ClusterPlan, ClusterStream, Time, Wire};
 use crate::error::{FlowError, Result, panic_message};
 use crate::flow::{Flow, Identity, PartitionInfo};
 
+/// Panics of timely's network threads (`timely:recv-N` / `timely:send-N`): the remote
+/// process `N`, and when. Recorded by a panic hook, before the panic unwinds and poisons
+/// the queues the workers read (which is how the workers learn of it), so a worker that
+/// fails because a connection broke always finds here which peer it was.
+static BROKEN: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+
+/// Installs (once, chained to the hook already there) the hook that fills [`BROKEN`].
+fn watch_network_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let remote = thread.name().and_then(|name| {
+                name.strip_prefix("timely:recv-")
+                    .or_else(|| name.strip_prefix("timely:send-"))
+                    .and_then(|remote| remote.parse::<usize>().ok())
+            });
+            if let Some(remote) = remote {
+                let mut broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
+                broken.push((remote, Instant::now()));
+            }
+            previous(info);
+        }));
+    });
+}
+
 /// What the processes of a run know about each other and about a failure.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Shared {
+    /// When the run started: network panics before belong to other runs.
+    started: Instant,
     /// Set once any worker of this process gives up; the others follow.
     aborted: AtomicBool,
     reason: Mutex<Option<String>>,
@@ -36,6 +65,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn new() -> Self {
+        Shared {
+            started: Instant::now(),
+            aborted: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            ended: Mutex::new(Vec::new()),
+        }
+    }
+
     fn abort(&self, reason: String) {
         let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
         slot.get_or_insert(reason);
@@ -51,22 +89,29 @@ impl Shared {
         Some(slot.clone().unwrap_or_else(|| "aborted".into()))
     }
 
-    /// A peer that died, or left cleanly more than `grace` ago while this run is not done.
+    /// A peer that died, or else one that left cleanly more than `grace` ago, while this
+    /// run is not done.
     fn lost_peer(&self, grace: Duration) -> Option<String> {
+        let broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
-        ended.iter().find_map(|&(process, clean, when)| {
-            if !clean {
-                Some(format!(
-                    "lost the connection to process {process} (it died or the network failed)"
-                ))
-            } else if when.elapsed() >= grace {
-                Some(format!(
-                    "process {process} closed its connection before the run finished (it \
-                     failed or stopped)"
-                ))
-            } else {
-                None
-            }
+        let died = broken
+            .iter()
+            .find(|(_, when)| *when >= self.started)
+            .map(|(process, _)| *process)
+            .or_else(|| ended.iter().find(|(_, clean, _)| !clean).map(|(p, ..)| *p))
+            .map(|process| {
+                format!("lost the connection to process {process} (it died or the network failed)")
+            });
+        died.or_else(|| {
+            ended
+                .iter()
+                .find(|(_, _, when)| when.elapsed() >= grace)
+                .map(|(process, ..)| {
+                    format!(
+                        "process {process} closed its connection before the run finished (it \
+                         failed or stopped)"
+                    )
+                })
         })
     }
 }
@@ -259,7 +304,10 @@ where
     S: Sink<P::Item>,
 {
     config.validate()?;
-    let shared = Arc::new(Shared::default());
+    if !config.hosts.is_empty() {
+        watch_network_panics();
+    }
+    let shared = Arc::new(Shared::new());
     let (builders, others) = connect(config, &shared)?;
     let process = config.index;
     let (results, gathered) = mpsc::channel();
@@ -310,12 +358,13 @@ where
         }
     }
     if let Some(mut error) = failure {
-        // A worker that saw the run fail because a peer was lost says so first.
+        // A run that failed because a peer was lost (timely's workers panic on it) says
+        // that first.
         if let (FlowError::Cluster { message, .. }, Some(lost)) =
             (&mut error, shared.lost_peer(Duration::ZERO))
         {
-            if !message.contains("process") {
-                *message = format!("{message} ({lost})");
+            if !message.starts_with(&lost) {
+                *message = format!("{lost} ({message})");
             }
         }
         // Timely's guards join its network threads, which may wait on a dead peer or
