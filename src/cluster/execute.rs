@@ -3,6 +3,8 @@
 //! [`FlowError`].
 
 use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +12,8 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use timely::communication::Config as CommunicationConfig;
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
 use timely::communication::initialize::Hooks;
 use timely::communication::logging::{CommunicationEvent, CommunicationSetup};
 use timely::container::CapacityContainerBuilder;
@@ -167,7 +171,7 @@ fn hooks(shared: &Arc<Shared>) -> Hooks {
     }
 }
 
-/// Connects the processes: timely's networking, given `timeout` to reach every peer.
+/// Connects the processes and starts timely's networking on the connections.
 fn connect(
     config: &ClusterConfig,
     shared: &Arc<Shared>,
@@ -175,54 +179,135 @@ fn connect(
     Vec<timely::communication::AllocatorBuilder>,
     Box<dyn std::any::Any + Send>,
 )> {
-    let communication = if config.hosts.is_empty() {
-        if config.threads == 1 {
-            CommunicationConfig::Thread
-        } else {
-            CommunicationConfig::Process(config.threads)
-        }
-    } else {
-        CommunicationConfig::Cluster {
-            threads: config.threads,
-            process: config.index,
-            addresses: config.hosts.clone(),
-            report: false,
-            zerocopy: false,
-        }
-    };
     let cluster_error = |message: String| FlowError::Cluster {
         process: config.index,
         message,
     };
     if config.hosts.is_empty() {
+        let communication = if config.threads == 1 {
+            CommunicationConfig::Thread
+        } else {
+            CommunicationConfig::Process(config.threads)
+        };
         return communication
             .try_build_with(hooks(shared))
             .map_err(cluster_error);
     }
-    // Timely retries connecting forever: give it a thread and a deadline. On timeout the
-    // thread is left behind, blocked (until the process exits).
-    let (sender, receiver) = mpsc::channel();
+    let sockets = sockets(config)?;
     let hooks = hooks(shared);
-    std::thread::Builder::new()
-        .name("flowstage:connect".into())
-        .spawn(move || {
-            let built = catch_unwind(AssertUnwindSafe(|| communication.try_build_with(hooks)));
-            let _ = sender.send(built);
-        })
-        .map_err(FlowError::Runtime)?;
-    match receiver.recv_timeout(config.connect_timeout) {
-        Ok(Ok(built)) => built.map_err(cluster_error),
-        Ok(Err(payload)) => Err(cluster_error(format!(
-            "could not connect: {}",
-            panic_message(payload.as_ref())
-        ))),
-        Err(_) => Err(cluster_error(format!(
-            "could not connect to all {} processes ({}) within {:?}",
-            config.processes(),
-            config.hosts.join(", "),
+    let process =
+        ProcessBuilder::new_typed_vector(config.threads, hooks.refill.clone(), hooks.spill.clone());
+    let (builders, guard) =
+        initialize_networking_from_sockets(process, sockets, config.index, config.threads, hooks)
+            .map_err(|error| cluster_error(format!("could not start the network: {error}")))?;
+    Ok((
+        builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+        Box::new(guard),
+    ))
+}
+
+/// One connection to every other process, in process order (`None` for this one), made
+/// within the connect timeout: this process connects to the processes before it and
+/// accepts the ones after it, which introduce themselves by their index (timely's own
+/// handshake). (Timely's own set-up retries forever, polling once a second.)
+fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
+    let (index, hosts) = (config.index, &config.hosts);
+    let deadline = Instant::now() + config.connect_timeout;
+    let cluster_error = |message: String| FlowError::Cluster {
+        process: index,
+        message,
+    };
+    let timed_out = |waiting: &str| {
+        cluster_error(format!(
+            "could not connect to all {} processes ({}) within {:?}: {waiting}",
+            hosts.len(),
+            hosts.join(", "),
             config.connect_timeout
-        ))),
-    }
+        ))
+    };
+    let listener = TcpListener::bind(&hosts[index])
+        .map_err(|error| cluster_error(format!("cannot listen on {}: {error}", hosts[index])))?;
+    listener.set_nonblocking(true)?;
+    let later = hosts.len() - index - 1;
+    std::thread::scope(|scope| {
+        // Accepts the processes after this one, on a thread of its own.
+        let accepting = scope.spawn(|| -> Result<Vec<Option<TcpStream>>> {
+            let mut accepted: Vec<Option<TcpStream>> = (0..later).map(|_| None).collect();
+            while accepted.iter().any(Option::is_none) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false)?;
+                        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        let mut peer = [0u8; 8];
+                        stream.read_exact(&mut peer)?;
+                        stream.set_read_timeout(None)?;
+                        stream.set_nodelay(true)?;
+                        let peer = u64::from_be_bytes(peer) as usize;
+                        match peer.checked_sub(index + 1) {
+                            Some(slot) if slot < later => accepted[slot] = Some(stream),
+                            _ => {
+                                return Err(cluster_error(format!(
+                                    "a connection introduced itself as process {peer}"
+                                )));
+                            }
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            let missing: Vec<String> = accepted
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, s)| s.is_none())
+                                .map(|(slot, _)| (index + 1 + slot).to_string())
+                                .collect();
+                            return Err(timed_out(&format!(
+                                "no connection from process {}",
+                                missing.join(", ")
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(accepted)
+        });
+        // Connects to the processes before this one, retrying until the deadline.
+        let mut sockets: Vec<Option<TcpStream>> = Vec::with_capacity(hosts.len());
+        let mut connecting = Ok(());
+        for (peer, host) in hosts.iter().enumerate().take(index) {
+            let connected = loop {
+                match TcpStream::connect(host.as_str()) {
+                    Ok(stream) => break Ok(stream),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(error) => {
+                        break Err(timed_out(&format!("process {peer} at {host}: {error}")));
+                    }
+                }
+            };
+            let introduced = connected.and_then(|mut stream| {
+                stream.set_nodelay(true)?;
+                stream.write_all(&(index as u64).to_be_bytes())?;
+                Ok(stream)
+            });
+            match introduced {
+                Ok(stream) => sockets.push(Some(stream)),
+                Err(error) => {
+                    connecting = Err(error);
+                    break;
+                }
+            }
+        }
+        let accepted = accepting
+            .join()
+            .map_err(|payload| cluster_error(panic_message(payload.as_ref())))?;
+        connecting?;
+        sockets.push(None);
+        sockets.extend(accepted?);
+        Ok(sockets)
+    })
 }
 
 /// Where a worker's output goes.

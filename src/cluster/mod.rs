@@ -90,8 +90,9 @@
 //!
 //! - A process that cannot reach every peer within
 //!   [`connect_timeout`](ClusterConfig::connect_timeout) gets
-//!   [`FlowError::Cluster`](crate::FlowError::Cluster) (timely's connecting thread is left
-//!   behind, blocked, until the process exits).
+//!   [`FlowError::Cluster`](crate::FlowError::Cluster), naming the processes it waited
+//!   for. (flowstage makes the connections itself, then hands them to timely: timely's
+//!   own set-up retries forever and polls once a second.)
 //! - A peer that dies (its connection breaks) makes every other process end its run with
 //!   `FlowError::Cluster` at once; a peer that leaves early and cleanly (its run failed on
 //!   its side) does so after [`peer_timeout`](ClusterConfig::peer_timeout).
