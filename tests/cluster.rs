@@ -722,3 +722,42 @@ fn a_failing_process_makes_the_others_fail() {
         other => panic!("process 1: expected a cluster error, got {other:?}"),
     }
 }
+
+#[test]
+fn a_connection_from_another_cluster_is_not_taken_for_a_peer() {
+    // Process 0 of 2 waits for process 1; a stranger that knows the port and says it is
+    // process 1 (but of another host list) is not taken for it: process 0 times out.
+    let hosts = free_hosts(2);
+    let target = hosts[0].clone();
+    let stranger = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(&target) {
+                let mut hello = 1u64.to_be_bytes().to_vec();
+                hello.extend(0xdead_beef_u64.to_be_bytes());
+                let _ = stream.write_all(&hello);
+                std::thread::sleep(Duration::from_millis(1500));
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let config = ClusterConfig::process(0, hosts).connect_timeout(Duration::from_secs(1));
+    let outcome = common::guarded(move || cluster::collect(&config, || Flow::from_iter(0..10u64)));
+    assert!(stranger.join().unwrap(), "the stranger connected");
+    match outcome {
+        Err(FlowError::Cluster {
+            process: 0,
+            message,
+        }) => {
+            assert!(
+                message.contains("no connection from process 1"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+}

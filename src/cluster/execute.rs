@@ -208,8 +208,9 @@ fn connect(
 
 /// One connection to every other process, in process order (`None` for this one), made
 /// within the connect timeout: this process connects to the processes before it and
-/// accepts the ones after it, which introduce themselves by their index (timely's own
-/// handshake). (Timely's own set-up retries forever, polling once a second.)
+/// accepts the ones after it, which introduce themselves by their index (as in timely's
+/// own set-up, which retries forever and polls once a second) and the host list's
+/// fingerprint.
 fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
     let (index, hosts) = (config.index, &config.hosts);
     let deadline = Instant::now() + config.connect_timeout;
@@ -225,6 +226,15 @@ fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
             config.connect_timeout
         ))
     };
+    // Processes introduce themselves by index and by a fingerprint of the host list, so
+    // that a connection from another cluster is not taken for one of ours.
+    let fingerprint = hosts
+        .iter()
+        .flat_map(|host| host.bytes().chain([b'\n']))
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+        .to_be_bytes();
     let listener = TcpListener::bind(&hosts[index])
         .map_err(|error| cluster_error(format!("cannot listen on {}: {error}", hosts[index])))?;
     listener.set_nonblocking(true)?;
@@ -238,13 +248,20 @@ fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
                     Ok((mut stream, _)) => {
                         stream.set_nonblocking(false)?;
                         stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        let mut peer = [0u8; 8];
-                        stream.read_exact(&mut peer)?;
+                        let mut hello = [0u8; 16];
+                        stream.read_exact(&mut hello)?;
                         stream.set_read_timeout(None)?;
                         stream.set_nodelay(true)?;
-                        let peer = u64::from_be_bytes(peer) as usize;
-                        match peer.checked_sub(index + 1) {
-                            Some(slot) if slot < later => accepted[slot] = Some(stream),
+                        let (peer, cluster) = hello.split_at(8);
+                        let peer = u64::from_be_bytes(peer.try_into().unwrap_or_default());
+                        let slot = (peer as usize).checked_sub(index + 1);
+                        match slot {
+                            // Another cluster's process (a stale host file, a reused
+                            // port): not ours; keep waiting for ours.
+                            _ if cluster != fingerprint => {}
+                            Some(slot) if slot < later && accepted[slot].is_none() => {
+                                accepted[slot] = Some(stream);
+                            }
                             _ => {
                                 return Err(cluster_error(format!(
                                     "a connection introduced itself as process {peer}"
@@ -290,6 +307,7 @@ fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
             let introduced = connected.and_then(|mut stream| {
                 stream.set_nodelay(true)?;
                 stream.write_all(&(index as u64).to_be_bytes())?;
+                stream.write_all(&fingerprint)?;
                 Ok(stream)
             });
             match introduced {
