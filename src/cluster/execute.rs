@@ -477,13 +477,18 @@ where
             .spawn(move || drop(catch_unwind(AssertUnwindSafe(move || drop(guards)))));
         return Err(error);
     }
-    catch_unwind(AssertUnwindSafe(move || drop(guards))).map_err(|payload| FlowError::Cluster {
-        process,
-        message: format!(
-            "network threads failed at the end of the run: {}",
-            panic_message(payload.as_ref())
-        ),
-    })?;
+    // The run is complete everywhere (the frontier is empty). Timely's guards join its
+    // network threads, which end once every peer has finished too; a peer that dies or
+    // hangs now cannot change the result: wait at most `peer_timeout`, so that what this
+    // process sends is flushed, then let the threads go.
+    let (finished, teardown) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("flowstage:cluster-teardown".into())
+        .spawn(move || {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(guards)));
+            let _ = finished.send(());
+        });
+    let _ = teardown.recv_timeout(config.peer_timeout);
     Ok(outputs)
 }
 

@@ -100,6 +100,9 @@
 //!   naming the operator and worker; a panic with `FlowError::Cluster`; the other workers
 //!   of the process stop with it, and the other processes as above.
 //! - A peer that hangs without closing its connection is not detected.
+//! - Once the run is complete everywhere (timely's frontier is empty), the result stands:
+//!   a process waits at most `peer_timeout` for its network threads to flush and end,
+//!   and a peer that dies then does not turn it into an error.
 
 mod config;
 mod execute;
