@@ -115,6 +115,24 @@ pub enum FlowError {
         /// What failed and why.
         message: String,
     },
+    /// An operator, source or setting the chosen backend cannot run (reported when the
+    /// flow is built onto it, before anything runs).
+    #[error("{operator} is not supported on the {backend} backend")]
+    Unsupported {
+        /// The operator (or source, or setting), as the builder names it.
+        operator: String,
+        /// The backend: `"timely"` for [`cluster`](crate::cluster).
+        backend: &'static str,
+    },
+    /// A cluster run failed outside user code: a process could not connect to the others
+    /// in time, a peer died or left, or a worker panicked.
+    #[error("cluster process {process}: {message}")]
+    Cluster {
+        /// The index of the process reporting the error.
+        process: usize,
+        /// What happened.
+        message: String,
+    },
     /// The run was cancelled before it finished (its handle was dropped or cancelled).
     #[error("the run was cancelled")]
     Cancelled,

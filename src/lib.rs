@@ -78,6 +78,8 @@
 // The one `unsafe` is the call that maps a file (`FileSource::mmap`), allowed where it is.
 #![deny(unsafe_code)]
 
+#[cfg(feature = "timely")]
+pub mod cluster;
 pub mod corpus;
 pub mod error;
 pub mod flow;

@@ -920,6 +920,14 @@ impl<P: Plan> Flow<P> {
     }
 }
 
+impl<P> Flow<P> {
+    /// The flow's plan, for a backend to build (the cluster's).
+    #[cfg(feature = "timely")]
+    pub(crate) fn into_plan(self) -> P {
+        self.plan
+    }
+}
+
 impl<P: StageHead> Flow<P> {
     /// Maps each whole batch (a `Vec` of events) to events; only as the first operation
     /// of a stage (directly after a source, `partition`, `shuffle` or `merge`).

@@ -106,6 +106,25 @@ macro_rules! op_node {
                 self.inner.compile(compiler, logic::$logic::new(self.f, logic), dispatch)
             }
         }
+
+        #[cfg(feature = "timely")]
+        impl<P, F, $($extra),*> crate::cluster::ClusterPlan for $node<P, F>
+        where
+            P: crate::cluster::ClusterPlan,
+            $($bounds)*
+        {
+            fn timely<'s, L>(
+                self,
+                compiler: &mut crate::cluster::ClusterCompiler<'s>,
+                logic: L,
+                stamp: crate::cluster::Stamp<L::Out>,
+            ) -> Result<crate::cluster::ClusterStream<'s, L::Out>>
+            where
+                L: Logic<In = Self::Item> + Clone,
+            {
+                self.inner.timely(compiler, logic::$logic::new(self.f, logic), stamp)
+            }
+        }
     };
 }
 

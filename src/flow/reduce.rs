@@ -405,6 +405,15 @@ where
                 self.label
             )));
         }
+        let (inner, reduce) = self.into_logic(logic);
+        inner.compile(compiler, reduce, dispatch)
+    }
+}
+
+impl<P, Acc, I, S, E> ReduceNode<P, Acc, I, S, E> {
+    /// The node's input plan, and its reducing logic in front of `rest` (for a backend
+    /// to run; the caller checks `rest` holds no reducer yet).
+    pub(crate) fn into_logic<T, L>(self, rest: L) -> (P, Reduce<T, Acc, I, S, E, L>) {
         let reduce = Reduce {
             init: self.init,
             step: self.step,
@@ -414,11 +423,11 @@ where
             current: 0,
             windowed: false,
             partition: PartitionInfo { index: 0, count: 1 },
-            rest: logic,
+            rest,
             label: self.label,
             _in: PhantomData,
         };
-        self.inner.compile(compiler, reduce, dispatch)
+        (self.inner, reduce)
     }
 }
 

@@ -145,6 +145,17 @@ fn io_error(path: &Path, offset: Option<u64>, source: std::io::Error) -> FlowErr
 impl Source for FileSource {
     type Item = Chunk;
 
+    /// Byte range `i` goes to worker `i % W`: give the source at least as many
+    /// [`readers`](FileSource::readers) as the cluster has workers.
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<Chunk>>>> {
+        Ok(super::share(self.into_producers()?, worker, workers))
+    }
+
     fn into_producers(self) -> Result<Vec<BoxedProducer<Chunk>>> {
         if self.readers == 0 {
             return Err(FlowError::Config(format!(

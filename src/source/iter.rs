@@ -18,6 +18,27 @@ where
     fn into_producers(self) -> Result<Vec<BoxedProducer<I::Item>>> {
         Ok(vec![BoxedProducer::new(from_iter(self.0))])
     }
+
+    /// Worker `w` of `W` reads the elements `i` with `i % W == w` (every worker iterates
+    /// its own copy of the iterator and skips the others').
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<I::Item>>>> {
+        let workers = workers.max(1);
+        let mut mine = Some(self.0.skip(worker).step_by(workers));
+        Ok((0..workers)
+            .map(|w| {
+                if w == worker {
+                    mine.take().map(|iter| BoxedProducer::new(from_iter(iter)))
+                } else {
+                    None
+                }
+            })
+            .collect())
+    }
 }
 
 /// Several iterators, one producer each; see
@@ -43,5 +64,15 @@ where
             .into_iter()
             .map(|iter| BoxedProducer::new(from_iter(iter)))
             .collect())
+    }
+
+    /// Iterator `i` goes to worker `i % W`.
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<I::Item>>>> {
+        Ok(super::share(self.into_producers()?, worker, workers))
     }
 }

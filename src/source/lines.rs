@@ -85,6 +85,17 @@ impl LinesSource {
 impl Source for LinesSource {
     type Item = String;
 
+    /// Byte range `i` goes to worker `i % W`: give the source at least as many
+    /// [`readers`](FileSource::readers) as the cluster has workers.
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<String>>>> {
+        Ok(super::share(self.into_producers()?, worker, workers))
+    }
+
     fn into_producers(self) -> Result<Vec<BoxedProducer<String>>> {
         let lossy = self.lossy;
         Ok(self

@@ -98,6 +98,77 @@ pub trait Source: Send + 'static {
     ) -> Option<(&'static str, std::sync::Arc<crate::stage::ErrorCounters>)> {
         None
     }
+
+    /// The share of worker `worker` (of `workers`, over every process) of this source,
+    /// for a [`cluster`](crate::cluster) run where every worker builds the same source:
+    /// one entry per share, the same number on every worker, `Some` for the shares this
+    /// worker reads. The crate's iterator and file sources implement it; the default
+    /// reports the source as [unsupported](crate::FlowError::Unsupported) on the cluster.
+    ///
+    /// ```
+    /// use flowstage::source::{BoxedProducer, Source};
+    /// use flowstage::stage::from_iter;
+    ///
+    /// /// Numbers `0..n` in two halves; on a cluster, worker `w` of `W` reads the halves
+    /// /// `h` with `h % W == w`.
+    /// struct Halves(u64);
+    ///
+    /// impl Halves {
+    ///     fn halves(&self) -> Vec<BoxedProducer<u64>> {
+    ///         let n = self.0;
+    ///         vec![BoxedProducer::new(from_iter(0..n / 2)), BoxedProducer::new(from_iter(n / 2..n))]
+    ///     }
+    /// }
+    ///
+    /// impl Source for Halves {
+    ///     type Item = u64;
+    ///     fn into_producers(self) -> flowstage::Result<Vec<BoxedProducer<u64>>> {
+    ///         Ok(self.halves())
+    ///     }
+    ///     fn into_worker_producers(
+    ///         self,
+    ///         worker: usize,
+    ///         workers: usize,
+    ///     ) -> flowstage::Result<Vec<Option<BoxedProducer<u64>>>> {
+    ///         Ok(self.halves().into_iter().enumerate()
+    ///             .map(|(h, p)| (h % workers == worker).then_some(p))
+    ///             .collect())
+    ///     }
+    /// }
+    ///
+    /// let shares = Halves(10).into_worker_producers(1, 2)?;
+    /// assert!(shares[0].is_none() && shares[1].is_some());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<Self::Item>>>>
+    where
+        Self: Sized,
+    {
+        let _ = (worker, workers);
+        Err(crate::error::FlowError::Unsupported {
+            operator: format!("source `{}`", std::any::type_name::<Self>()),
+            backend: "timely",
+        })
+    }
+}
+
+/// Shares out `producers` over `workers`: producer `i` goes to worker `i % workers`.
+#[cfg(feature = "timely")]
+pub(crate) fn share<T>(
+    producers: Vec<BoxedProducer<T>>,
+    worker: usize,
+    workers: usize,
+) -> Vec<Option<BoxedProducer<T>>> {
+    producers
+        .into_iter()
+        .enumerate()
+        .map(|(i, producer)| (i % workers.max(1) == worker).then_some(producer))
+        .collect()
 }
 
 type HandleDemand<'a, T> =

@@ -1,0 +1,640 @@
+//! Starting a cluster run: connecting the processes (with a timeout), running one
+//! dataflow per worker, watching the peers, and turning every failure into a
+//! [`FlowError`].
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use timely::communication::Config as CommunicationConfig;
+use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+use timely::communication::allocator::{AllocatorBuilder, ProcessBuilder};
+use timely::communication::initialize::Hooks;
+use timely::communication::logging::{CommunicationEvent, CommunicationSetup};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
+use timely::dataflow::operators::Probe;
+use timely::dataflow::operators::generic::Operator;
+use timely::logging_core::Logger;
+use timely::worker::Worker;
+
+use super::config::ClusterConfig;
+use super::plan::{ClusterCompiler, ClusterPlan, ClusterStream, Time, Wire};
+use crate::error::{FlowError, Result, panic_message};
+use crate::flow::{Flow, Identity, PartitionInfo};
+
+/// Panics of timely's network threads (`timely:recv-N` / `timely:send-N`): the remote
+/// process `N`, and when. Recorded by a panic hook, before the panic unwinds and poisons
+/// the queues the workers read (which is how the workers learn of it), so a worker that
+/// fails because a connection broke always finds here which peer it was.
+static BROKEN: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+
+/// Installs (once, chained to the hook already there) the hook that fills [`BROKEN`].
+fn watch_network_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            let remote = thread.name().and_then(|name| {
+                name.strip_prefix("timely:recv-")
+                    .or_else(|| name.strip_prefix("timely:send-"))
+                    .and_then(|remote| remote.parse::<usize>().ok())
+            });
+            if let Some(remote) = remote {
+                let mut broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
+                broken.push((remote, Instant::now()));
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// What the processes of a run know about each other and about a failure.
+#[derive(Debug)]
+struct Shared {
+    /// When the run started: network panics before belong to other runs.
+    started: Instant,
+    /// Set once any worker of this process gives up; the others follow.
+    aborted: AtomicBool,
+    reason: Mutex<Option<String>>,
+    /// Peers whose connection ended: `(process, cleanly, when)`.
+    ended: Mutex<Vec<(usize, bool, Instant)>>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Shared {
+            started: Instant::now(),
+            aborted: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            ended: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn abort(&self, reason: String) {
+        let mut slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert(reason);
+        // Release: a worker that sees the flag also sees the reason written before it.
+        self.aborted.store(true, Ordering::Release);
+    }
+
+    fn aborted(&self) -> Option<String> {
+        if !self.aborted.load(Ordering::Acquire) {
+            return None;
+        }
+        let slot = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+        Some(slot.clone().unwrap_or_else(|| "aborted".into()))
+    }
+
+    /// A peer that died, or else one that left cleanly more than `grace` ago, while this
+    /// run is not done.
+    fn lost_peer(&self, grace: Duration) -> Option<String> {
+        let broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
+        let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
+        let died = broken
+            .iter()
+            .find(|(_, when)| *when >= self.started)
+            .map(|(process, _)| *process)
+            .or_else(|| ended.iter().find(|(_, clean, _)| !clean).map(|(p, ..)| *p))
+            .map(|process| {
+                format!("lost the connection to process {process} (it died or the network failed)")
+            });
+        died.or_else(|| {
+            ended
+                .iter()
+                .find(|(_, _, when)| when.elapsed() >= grace)
+                .map(|(process, ..)| {
+                    format!(
+                        "process {process} closed its connection before the run finished (it \
+                         failed or stopped)"
+                    )
+                })
+        })
+    }
+}
+
+/// Watches one receive thread of timely's networking: dropped when the thread ends,
+/// cleanly (the peer said goodbye) or not (the thread panicked on a broken connection).
+struct RecvWatch {
+    remote: usize,
+    clean: bool,
+    shared: Arc<Shared>,
+}
+
+impl RecvWatch {
+    fn observe(&mut self, batch: &LogBatch) {
+        let ends = batch.iter().flatten().any(|(_, event)| {
+            matches!(event, CommunicationEvent::State(state) if !state.send && !state.start)
+        });
+        if ends {
+            self.clean = true;
+        }
+    }
+}
+
+impl Drop for RecvWatch {
+    fn drop(&mut self) {
+        let mut ended = self.shared.ended.lock().unwrap_or_else(|p| p.into_inner());
+        ended.push((self.remote, self.clean, Instant::now()));
+    }
+}
+
+type LogBatch = Option<Vec<(Duration, CommunicationEvent)>>;
+
+fn hooks(shared: &Arc<Shared>) -> Hooks {
+    let shared = shared.clone();
+    Hooks {
+        log_fn: Arc::new(move |setup: CommunicationSetup| {
+            let remote = match (setup.sender, setup.remote) {
+                (false, Some(remote)) => remote,
+                _ => return None,
+            };
+            let mut watch = RecvWatch {
+                remote,
+                clean: false,
+                shared: shared.clone(),
+            };
+            Some(Logger::new(
+                Instant::now(),
+                Duration::ZERO,
+                move |_time: &Duration, batch: &mut LogBatch| watch.observe(batch),
+            ))
+        }),
+        ..Hooks::default()
+    }
+}
+
+/// Connects the processes and starts timely's networking on the connections.
+fn connect(
+    config: &ClusterConfig,
+    shared: &Arc<Shared>,
+) -> Result<(
+    Vec<timely::communication::AllocatorBuilder>,
+    Box<dyn std::any::Any + Send>,
+)> {
+    let cluster_error = |message: String| FlowError::Cluster {
+        process: config.index,
+        message,
+    };
+    if config.hosts.is_empty() {
+        let communication = if config.threads == 1 {
+            CommunicationConfig::Thread
+        } else {
+            CommunicationConfig::Process(config.threads)
+        };
+        return communication
+            .try_build_with(hooks(shared))
+            .map_err(cluster_error);
+    }
+    let sockets = sockets(config)?;
+    let hooks = hooks(shared);
+    let process =
+        ProcessBuilder::new_typed_vector(config.threads, hooks.refill.clone(), hooks.spill.clone());
+    let (builders, guard) =
+        initialize_networking_from_sockets(process, sockets, config.index, config.threads, hooks)
+            .map_err(|error| cluster_error(format!("could not start the network: {error}")))?;
+    Ok((
+        builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
+        Box::new(guard),
+    ))
+}
+
+/// One connection to every other process, in process order (`None` for this one), made
+/// within the connect timeout: this process connects to the processes before it and
+/// accepts the ones after it, which introduce themselves by their index (as in timely's
+/// own set-up, which retries forever and polls once a second) and the host list's
+/// fingerprint.
+fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
+    let (index, hosts) = (config.index, &config.hosts);
+    let deadline = Instant::now() + config.connect_timeout;
+    let cluster_error = |message: String| FlowError::Cluster {
+        process: index,
+        message,
+    };
+    let timed_out = |waiting: &str| {
+        cluster_error(format!(
+            "could not connect to all {} processes ({}) within {:?}: {waiting}",
+            hosts.len(),
+            hosts.join(", "),
+            config.connect_timeout
+        ))
+    };
+    // Processes introduce themselves by index and by a fingerprint of the host list, so
+    // that a connection from another cluster is not taken for one of ours.
+    let fingerprint = hosts
+        .iter()
+        .flat_map(|host| host.bytes().chain([b'\n']))
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        })
+        .to_be_bytes();
+    let listener = TcpListener::bind(&hosts[index])
+        .map_err(|error| cluster_error(format!("cannot listen on {}: {error}", hosts[index])))?;
+    listener.set_nonblocking(true)?;
+    let later = hosts.len() - index - 1;
+    std::thread::scope(|scope| {
+        // Accepts the processes after this one, on a thread of its own.
+        let accepting = scope.spawn(|| -> Result<Vec<Option<TcpStream>>> {
+            let mut accepted: Vec<Option<TcpStream>> = (0..later).map(|_| None).collect();
+            while accepted.iter().any(Option::is_none) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false)?;
+                        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+                        let mut hello = [0u8; 16];
+                        stream.read_exact(&mut hello)?;
+                        stream.set_read_timeout(None)?;
+                        stream.set_nodelay(true)?;
+                        let (peer, cluster) = hello.split_at(8);
+                        let peer = u64::from_be_bytes(peer.try_into().unwrap_or_default());
+                        let slot = (peer as usize).checked_sub(index + 1);
+                        match slot {
+                            // Another cluster's process (a stale host file, a reused
+                            // port): not ours; keep waiting for ours.
+                            _ if cluster != fingerprint => {}
+                            Some(slot) if slot < later && accepted[slot].is_none() => {
+                                accepted[slot] = Some(stream);
+                            }
+                            _ => {
+                                return Err(cluster_error(format!(
+                                    "a connection introduced itself as process {peer}"
+                                )));
+                            }
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                        if Instant::now() >= deadline {
+                            let missing: Vec<String> = accepted
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, s)| s.is_none())
+                                .map(|(slot, _)| (index + 1 + slot).to_string())
+                                .collect();
+                            return Err(timed_out(&format!(
+                                "no connection from process {}",
+                                missing.join(", ")
+                            )));
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Ok(accepted)
+        });
+        // Connects to the processes before this one, retrying until the deadline.
+        let mut sockets: Vec<Option<TcpStream>> = Vec::with_capacity(hosts.len());
+        let mut connecting = Ok(());
+        for (peer, host) in hosts.iter().enumerate().take(index) {
+            let connected = loop {
+                match TcpStream::connect(host.as_str()) {
+                    Ok(stream) => break Ok(stream),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err(error) => {
+                        break Err(timed_out(&format!("process {peer} at {host}: {error}")));
+                    }
+                }
+            };
+            let introduced = connected.and_then(|mut stream| {
+                stream.set_nodelay(true)?;
+                stream.write_all(&(index as u64).to_be_bytes())?;
+                stream.write_all(&fingerprint)?;
+                Ok(stream)
+            });
+            match introduced {
+                Ok(stream) => sockets.push(Some(stream)),
+                Err(error) => {
+                    connecting = Err(error);
+                    break;
+                }
+            }
+        }
+        let accepted = accepting
+            .join()
+            .map_err(|payload| cluster_error(panic_message(payload.as_ref())))?;
+        connecting?;
+        sockets.push(None);
+        sockets.extend(accepted?);
+        Ok(sockets)
+    })
+}
+
+/// Where a worker's output goes.
+pub(crate) trait Sink<T>: Send + Sync + 'static {
+    /// Attaches the output to `stream`, probed by `probe`; returns where a worker keeps
+    /// what it gathers, if it gathers.
+    fn attach<'s>(
+        &self,
+        stream: ClusterStream<'s, T>,
+        probe: &ProbeHandle<Time>,
+    ) -> Option<Rc<RefCell<Vec<T>>>>;
+}
+
+/// Everything to worker 0.
+struct Gather;
+
+impl<T: Wire> Sink<T> for Gather {
+    fn attach<'s>(
+        &self,
+        stream: ClusterStream<'s, T>,
+        probe: &ProbeHandle<Time>,
+    ) -> Option<Rc<RefCell<Vec<T>>>> {
+        let gathered = Rc::new(RefCell::new(Vec::new()));
+        let into = gathered.clone();
+        stream
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                ExchangePact::new(|_: &T| 0u64),
+                "collect",
+                move |_capability, _info| {
+                    move |input, _output| {
+                        input.for_each(|_time, data| into.borrow_mut().append(data));
+                    }
+                },
+            )
+            .probe_with(probe);
+        Some(gathered)
+    }
+}
+
+/// Each worker hands its output to a closure.
+struct ForEach<F>(Arc<F>);
+
+impl<T, F> Sink<T> for ForEach<F>
+where
+    T: Send + 'static,
+    F: Fn(PartitionInfo, Vec<T>) + Send + Sync + 'static,
+{
+    fn attach<'s>(
+        &self,
+        stream: ClusterStream<'s, T>,
+        probe: &ProbeHandle<Time>,
+    ) -> Option<Rc<RefCell<Vec<T>>>> {
+        let f = self.0.clone();
+        let worker = PartitionInfo {
+            index: stream.scope().index(),
+            count: stream.scope().peers(),
+        };
+        stream
+            .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Pipeline,
+                "for_each",
+                move |_capability, _info| {
+                    move |input, _output| {
+                        input.for_each(|_time, data| f(worker, std::mem::take(data)));
+                    }
+                },
+            )
+            .probe_with(probe);
+        None
+    }
+}
+
+/// Runs the flow `build` makes on every worker of the cluster `config` describes, with
+/// its output to `sink`. Returns what each local worker gathered.
+fn run<P, B, S>(config: &ClusterConfig, build: B, sink: S) -> Result<Vec<Option<Vec<P::Item>>>>
+where
+    P: ClusterPlan,
+    B: Fn() -> Flow<P> + Send + Sync + 'static,
+    S: Sink<P::Item>,
+{
+    config.validate()?;
+    if !config.hosts.is_empty() {
+        watch_network_panics();
+    }
+    let shared = Arc::new(Shared::new());
+    let (builders, others) = connect(config, &shared)?;
+    let process = config.index;
+    let (results, gathered) = mpsc::channel();
+    let results = Mutex::new(results);
+    let worker_config = config.clone();
+    let worker_shared = shared.clone();
+    let guards = timely::execute::execute_from(
+        builders,
+        others,
+        timely::WorkerConfig::default(),
+        move |worker: &mut Worker| {
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                run_worker(worker, &worker_config, &worker_shared, &build, &sink)
+            }));
+            let outcome = outcome.unwrap_or_else(|payload| {
+                let message = format!(
+                    "worker {} panicked: {}",
+                    worker.index(),
+                    panic_message(payload.as_ref())
+                );
+                worker_shared.abort(message.clone());
+                // Do not leave a dataflow behind: timely steps it until it ends.
+                for dataflow in worker.installed_dataflows() {
+                    let _ = catch_unwind(AssertUnwindSafe(|| worker.drop_dataflow(dataflow)));
+                }
+                Err(FlowError::Cluster { process, message })
+            });
+            let sender = results.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let _ = sender.send(outcome);
+        },
+    )
+    .map_err(|message| FlowError::Cluster { process, message })?;
+    let mut outputs = Vec::with_capacity(config.threads);
+    let mut failure = None;
+    for _ in 0..config.threads {
+        match gathered.recv() {
+            Ok(Ok(output)) => outputs.push(output),
+            Ok(Err(error)) => {
+                failure.get_or_insert(error);
+            }
+            Err(_) => {
+                failure.get_or_insert(FlowError::Cluster {
+                    process,
+                    message: "a worker ended without a result".into(),
+                });
+                break;
+            }
+        }
+    }
+    if let Some(mut error) = failure {
+        // A run that failed because a peer was lost (timely's workers panic on it) says
+        // that first.
+        if let (FlowError::Cluster { message, .. }, Some(lost)) =
+            (&mut error, shared.lost_peer(Duration::ZERO))
+        {
+            if !message.starts_with(&lost) {
+                *message = format!("{lost} ({message})");
+            }
+        }
+        // Timely's guards join its network threads, which may wait on a dead peer or
+        // panic on a broken connection: let them go on a thread of their own.
+        let _ = std::thread::Builder::new()
+            .name("flowstage:cluster-teardown".into())
+            .spawn(move || drop(catch_unwind(AssertUnwindSafe(move || drop(guards)))));
+        return Err(error);
+    }
+    // The run is complete everywhere (the frontier is empty). Timely's guards join its
+    // network threads, which end once every peer has finished too; a peer that dies or
+    // hangs now cannot change the result: wait at most `peer_timeout`, so that what this
+    // process sends is flushed, then let the threads go.
+    let (finished, teardown) = mpsc::channel();
+    let _ = std::thread::Builder::new()
+        .name("flowstage:cluster-teardown".into())
+        .spawn(move || {
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(guards)));
+            let _ = finished.send(());
+        });
+    let _ = teardown.recv_timeout(config.peer_timeout);
+    Ok(outputs)
+}
+
+/// One worker: builds the dataflow, steps it to the end, watching for failures.
+fn run_worker<P, B, S>(
+    worker: &mut Worker,
+    config: &ClusterConfig,
+    shared: &Shared,
+    build: &B,
+    sink: &S,
+) -> Result<Option<Vec<P::Item>>>
+where
+    P: ClusterPlan,
+    B: Fn() -> Flow<P>,
+    S: Sink<P::Item>,
+{
+    let process = config.index;
+    let index = worker.index();
+    let runtime = Rc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+    );
+    let plan = build().into_plan();
+    let probe = ProbeHandle::new();
+    let failure = Rc::new(RefCell::new(None));
+    let dataflow = worker.next_dataflow_index();
+    // Timely's outermost scope needs a timestamp refining `()`; the flow's lexicographic
+    // pairs live in a scope of their own inside it.
+    let built = worker.dataflow::<u64, _, _>(|outer| {
+        outer.scoped::<Time, _, _>("flow", |scope| {
+            let mut compiler = ClusterCompiler {
+                scope,
+                probe: probe.clone(),
+                runtime,
+                failure: failure.clone(),
+                epochs_ahead: config.epochs_ahead,
+                epoch_events: config.epoch_events,
+            };
+            let stream = plan.timely(&mut compiler, Identity::new(), None)?;
+            Ok(sink.attach(stream, &probe))
+        })
+    });
+    let gathered = match built {
+        Ok(gathered) => gathered,
+        Err(error) => {
+            // Every worker builds the same plan, so every worker fails the same way.
+            worker.drop_dataflow(dataflow);
+            return Err(error);
+        }
+    };
+    let outcome = loop {
+        if probe.done() {
+            break Ok(());
+        }
+        if let Some(error) = failure.borrow_mut().take() {
+            shared.abort(format!("worker {index} failed: {error}"));
+            break Err(error);
+        }
+        if let Some(message) = shared.aborted() {
+            break Err(FlowError::Cluster { process, message });
+        }
+        if let Some(message) = shared.lost_peer(config.peer_timeout) {
+            shared.abort(message.clone());
+            break Err(FlowError::Cluster { process, message });
+        }
+        // Parks at most a few milliseconds, so the checks above run while peers are silent.
+        worker.step_or_park(Some(Duration::from_millis(5)));
+    };
+    if let Err(error) = outcome {
+        worker.drop_dataflow(dataflow);
+        return Err(error);
+    }
+    Ok(gathered.map(|gathered| std::mem::take(&mut *gathered.borrow_mut())))
+}
+
+/// Runs the flow that `build` makes on the cluster `config` describes and collects its
+/// output at worker 0: `Some(events)` in the process that hosts worker 0 (process 0),
+/// `None` in the others. Every process calls it with the same flow.
+///
+/// `build` runs once per worker (the flow is built where it runs): every worker must
+/// build the same flow. Each `partition` has one partition per worker of the cluster
+/// (its `stages` setting is not used); the output's order is not defined.
+///
+/// ```
+/// use flowstage::cluster::{self, ClusterConfig};
+/// use flowstage::flow::{Flow, Partition};
+/// use std::collections::HashMap;
+///
+/// // One process, two workers.
+/// let counts = cluster::collect(&ClusterConfig::local(2), || {
+///     Flow::from_iter("a rose is a rose is a rose".split(' ').map(String::from).collect::<Vec<_>>())
+///         .partition(Partition::new())
+///         .reduce(HashMap::new, |word: String, mut counts: HashMap<String, u64>| {
+///             *counts.entry(word).or_default() += 1;
+///             counts
+///         })
+/// })?;
+/// let mut counts = counts.expect("process 0 hosts worker 0");
+/// counts.sort();
+/// assert_eq!(counts, [("a".into(), 3), ("is".into(), 2), ("rose".into(), 3)]);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+pub fn collect<P, B>(config: &ClusterConfig, build: B) -> Result<Option<Vec<P::Item>>>
+where
+    P: ClusterPlan,
+    P::Item: Wire,
+    B: Fn() -> Flow<P> + Send + Sync + 'static,
+{
+    let outputs = run(config, build, Gather)?;
+    Ok(if config.index == 0 {
+        Some(outputs.into_iter().flatten().flatten().collect())
+    } else {
+        None
+    })
+}
+
+/// Runs the flow that `build` makes on the cluster `config` describes; each worker hands
+/// its own output, batch by batch, to `f` (with its index and the number of workers),
+/// on its own thread — to write a file per worker, for example. Every process calls it
+/// with the same flow.
+///
+/// ```
+/// use flowstage::cluster::{self, ClusterConfig};
+/// use flowstage::flow::{Flow, Partition};
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use std::sync::Arc;
+///
+/// let total = Arc::new(AtomicU64::new(0));
+/// let sum = total.clone();
+/// cluster::for_each(
+///     &ClusterConfig::local(2),
+///     || Flow::from_iter(1..=100u64).partition(Partition::new()).reduce(|| 0u64, |x, s| s + x).emit_state(),
+///     move |_worker, sums: Vec<u64>| {
+///         sum.fetch_add(sums.iter().sum::<u64>(), Ordering::Relaxed);
+///     },
+/// )?;
+/// assert_eq!(total.load(Ordering::Relaxed), 5050);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+pub fn for_each<P, B, F>(config: &ClusterConfig, build: B, f: F) -> Result<()>
+where
+    P: ClusterPlan,
+    B: Fn() -> Flow<P> + Send + Sync + 'static,
+    F: Fn(PartitionInfo, Vec<P::Item>) + Send + Sync + 'static,
+{
+    run(config, build, ForEach(Arc::new(f)))?;
+    Ok(())
+}

@@ -1,0 +1,763 @@
+//! The cluster backend (feature `timely`): flows on 1 process × 2 workers, and on 2 and 3
+//! processes over loopback, give exactly the local runtime's results; unsupported
+//! operators fail when the flow is built; backpressure bounds what is in flight; a peer
+//! that cannot connect, dies or fails ends the others' runs with a typed error.
+//!
+//! Multi-process tests start this test binary again, once per process, running only the
+//! same test (`--exact`) with the process's index and the hosts (free 127.0.0.1 ports)
+//! in the environment; each child writes its result to a file the parent reads. Every
+//! child runs under a watchdog: one that does not end in time is killed and the test fails.
+
+#![cfg(feature = "timely")]
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use flowstage::FlowError;
+use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
+use flowstage::corpus::Corpus;
+use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
+use flowstage::source::{Chunk, FileSource, Word};
+use flowstage::window::Window;
+
+/// Where a child process writes its result (set only in children).
+const ENV_OUT: &str = "FLOWSTAGE_CLUSTER_TEST_OUT";
+/// The corpus file of the word count tests.
+const ENV_CORPUS: &str = "FLOWSTAGE_CLUSTER_TEST_CORPUS";
+/// Where a child marks that its flow is running.
+const ENV_STARTED: &str = "FLOWSTAGE_CLUSTER_TEST_STARTED";
+/// How long a child may run before the parent kills it and fails the test.
+const CHILD_WATCHDOG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------
+// The flows under test, each run both locally and on the cluster.
+
+/// Word count over `path`: chunks of whitespace-aligned byte ranges, counted per chunk,
+/// partitioned by word, summed per partition. Lines `word\tcount`, sorted.
+fn word_count_cluster(
+    config: &ClusterConfig,
+    path: &Path,
+) -> flowstage::Result<Option<Vec<String>>> {
+    let path = path.to_path_buf();
+    let readers = config.workers() * 2;
+    let counts = cluster::collect(config, move || {
+        Flow::from_source(FileSource::new(&path).readers(readers).block_size(64 << 10))
+            .flat_map(|chunk: Chunk| chunk.word_counts())
+            .partition(Partition::by_key(|(word, _): &(Word, u64)| word.clone()))
+            .reduce(HashMap::new, |(word, n), mut counts: HashMap<Word, u64>| {
+                *counts.entry(word).or_default() += n;
+                counts
+            })
+    })?;
+    Ok(counts.map(word_lines))
+}
+
+fn word_count_local(path: &Path) -> Vec<String> {
+    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path).readers(2))
+        .flat_map(|chunk: Chunk| chunk.word_counts())
+        .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+        .collect()
+        .expect("the local word count runs");
+    word_lines(counts)
+}
+
+fn word_lines(counts: Vec<(Word, u64)>) -> Vec<String> {
+    let mut lines: Vec<String> = counts.iter().map(|(w, n)| format!("{w}\t{n}")).collect();
+    lines.sort();
+    lines
+}
+
+/// An event: (timestamp ms, key, value).
+type Event = (i64, u32, u64);
+
+/// Four in-order streams of events over ~2 s of event time, keys 0..7.
+fn event_streams() -> Vec<Vec<Event>> {
+    (0..4u64)
+        .map(|stream| {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream;
+            let mut ts = 0i64;
+            (0..3_000)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ts += (state % 3) as i64;
+                    (ts, (state >> 8) as u32 % 7, state % 100)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Sum and count per key and 100 ms window, emitted as `window\tkey\tcount\tsum`.
+fn windowed_flow(
+    partitions: usize,
+) -> Flow<impl flowstage::cluster::ClusterPlan<Item = (i64, u32, u64, u64)>> {
+    let window = Window::fixed(Duration::from_millis(100), |e: &Event| e.0);
+    Flow::from_iters(event_streams())
+        .partition(
+            Partition::by_key(|e: &Event| e.1)
+                .stages(partitions)
+                .window(window),
+        )
+        .reduce(
+            HashMap::new,
+            |(_, key, value), mut sums: HashMap<u32, (u64, u64)>| {
+                let sum = sums.entry(key).or_default();
+                sum.0 += 1;
+                sum.1 += value;
+                sums
+            },
+        )
+        .on_trigger(|sums, _partition: PartitionInfo, trigger: &Trigger| {
+            let id = trigger.window.id;
+            let rows: Vec<_> = sums.into_iter().map(|(k, (n, s))| (id, k, n, s)).collect();
+            (rows, HashMap::new())
+        })
+}
+
+fn window_lines(rows: Vec<(i64, u32, u64, u64)>) -> Vec<String> {
+    let mut lines: Vec<String> = rows
+        .iter()
+        .map(|(w, k, n, s)| format!("{w}\t{k}\t{n}\t{s}"))
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn windowed_cluster(config: &ClusterConfig) -> flowstage::Result<Option<Vec<String>>> {
+    let partitions = config.workers();
+    Ok(cluster::collect(config, move || windowed_flow(partitions))?.map(window_lines))
+}
+
+fn windowed_local(partitions: usize) -> Vec<String> {
+    window_lines(
+        windowed_flow(partitions)
+            .collect()
+            .expect("the local windowed flow runs"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes: the parent starts children running one test; a child runs its part.
+
+/// In a child: the file to write the result to.
+fn child_output() -> Option<PathBuf> {
+    std::env::var_os(ENV_OUT).map(PathBuf::from)
+}
+
+/// In a child: runs `part` with the configuration from the environment and writes its
+/// result for the parent. Returns whether this is a child (the test then ends).
+fn run_child(part: impl FnOnce(ClusterConfig) -> flowstage::Result<Option<Vec<String>>>) -> bool {
+    let Some(out) = child_output() else {
+        return false;
+    };
+    let config = ClusterConfig::from_env()
+        .expect("the parent sets a valid configuration")
+        .connect_timeout(Duration::from_secs(20));
+    let started = Instant::now();
+    let text = match part(config) {
+        Ok(Some(lines)) => format!("ok\n{}", lines.join("\n")),
+        Ok(None) => "ok-none\n".to_string(),
+        Err(error) => format!(
+            "err\n{}\n{error}\nafter {:?}",
+            error_kind(&error),
+            started.elapsed()
+        ),
+    };
+    let partial = out.with_extension("partial");
+    std::fs::write(&partial, text).expect("the child writes its result");
+    std::fs::rename(&partial, &out).expect("the child publishes its result");
+    true
+}
+
+fn error_kind(error: &FlowError) -> &'static str {
+    match error {
+        FlowError::Cluster { .. } => "Cluster",
+        FlowError::Unsupported { .. } => "Unsupported",
+        FlowError::StageFailed { .. } => "StageFailed",
+        FlowError::StagePanicked { .. } => "StagePanicked",
+        FlowError::Config(_) => "Config",
+        _ => "Other",
+    }
+}
+
+/// What a child reported.
+#[derive(Debug, PartialEq, Eq)]
+enum Reported {
+    Lines(Vec<String>),
+    Nothing,
+    Error { kind: String, text: String },
+}
+
+fn read_report(path: &Path) -> Option<Reported> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
+    Some(match head {
+        "ok" => Reported::Lines(rest.lines().map(String::from).collect()),
+        "ok-none" => Reported::Nothing,
+        _ => {
+            let (kind, text) = rest.split_once('\n').unwrap_or((rest, ""));
+            Reported::Error {
+                kind: kind.to_string(),
+                text: text.to_string(),
+            }
+        }
+    })
+}
+
+/// `n` distinct free ports on 127.0.0.1 (bound together, then released).
+fn free_hosts(n: usize) -> Vec<String> {
+    let listeners: Vec<_> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("bound").port()))
+        .collect()
+}
+
+/// Child processes of one test.
+struct Processes {
+    children: Vec<(Child, PathBuf)>,
+    dir: PathBuf,
+}
+
+impl Processes {
+    /// Starts processes `indices` of `hosts.len()` (each running `test`), `threads`
+    /// workers each.
+    fn start(
+        test: &str,
+        hosts: &[String],
+        indices: &[usize],
+        threads: usize,
+        env: &[(&str, String)],
+    ) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "flowstage-cluster-{test}-{}-{}",
+            std::process::id(),
+            hosts.join("-").replace([':', '.'], "_")
+        ));
+        std::fs::create_dir_all(&dir).expect("a temp dir");
+        let exe = std::env::current_exe().expect("the test binary");
+        let children = indices
+            .iter()
+            .map(|&index| {
+                let out = dir.join(format!("process-{index}.out"));
+                let _ = std::fs::remove_file(&out);
+                let stderr = std::fs::File::create(dir.join(format!("process-{index}.err")))
+                    .expect("a log file");
+                let child = Command::new(&exe)
+                    .args([test, "--exact", "--nocapture", "--test-threads=1"])
+                    .env(ENV_OUT, &out)
+                    .env(ENV_INDEX, index.to_string())
+                    .env(ENV_HOSTS, hosts.join(","))
+                    .env(ENV_THREADS, threads.to_string())
+                    .envs(env.iter().map(|(k, v)| (k, v)))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(stderr)
+                    .spawn()
+                    .expect("the test binary starts");
+                (child, out)
+            })
+            .collect();
+        Processes { children, dir }
+    }
+
+    /// Waits for every child to end (killing all on the watchdog) and returns what each
+    /// reported.
+    fn finish(mut self) -> Vec<Reported> {
+        let deadline = Instant::now() + CHILD_WATCHDOG;
+        for (child, _) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() >= deadline => {
+                        self.kill_all();
+                        panic!("watchdog: a cluster process ran past {CHILD_WATCHDOG:?}");
+                    }
+                    _ => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        self.children
+            .iter()
+            .enumerate()
+            .map(|(i, (_, out))| {
+                read_report(out).unwrap_or_else(|| {
+                    let log = std::fs::read_to_string(self.dir.join(format!("process-{i}.err")))
+                        .unwrap_or_default();
+                    panic!("process {i} reported nothing; its stderr:\n{log}")
+                })
+            })
+            .collect()
+    }
+
+    fn kill_all(&mut self) {
+        for (child, _) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        // A failing test must not leave processes behind.
+        self.kill_all();
+    }
+}
+
+/// Runs `test` on `processes` processes of `threads` workers; retries once with new
+/// ports if one was taken meanwhile.
+fn run_processes(
+    test: &str,
+    processes: usize,
+    threads: usize,
+    env: &[(&str, String)],
+) -> Vec<Reported> {
+    let indices: Vec<usize> = (0..processes).collect();
+    let mut reports = Vec::new();
+    for _attempt in 0..2 {
+        let hosts = free_hosts(processes);
+        reports = Processes::start(test, &hosts, &indices, threads, env).finish();
+        let clash = reports.iter().any(
+            |r| matches!(r, Reported::Error { text, .. } if text.contains("ddress already in use")),
+        );
+        if !clash {
+            break;
+        }
+    }
+    reports
+}
+
+/// The corpus of the word count tests, written once per test binary run.
+fn corpus() -> PathBuf {
+    if let Some(path) = std::env::var_os(ENV_CORPUS) {
+        return PathBuf::from(path);
+    }
+    let path = std::env::temp_dir().join(format!(
+        "flowstage-cluster-corpus-{}.txt",
+        std::process::id()
+    ));
+    if !path.exists() {
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, Corpus::new(2 << 20).seed(11).generate()).expect("corpus");
+        std::fs::rename(&partial, &path).expect("corpus");
+    }
+    path
+}
+
+/// Process 0 gathered exactly `expected`; the others reported nothing to gather.
+fn assert_gathered(reports: &[Reported], expected: &[String]) {
+    assert!(!expected.is_empty(), "the reference result is empty");
+    match &reports[0] {
+        Reported::Lines(lines) => {
+            assert_eq!(lines.len(), expected.len(), "distinct results differ");
+            assert_eq!(lines, expected);
+        }
+        other => panic!("process 0 reported {other:?}"),
+    }
+    for (i, report) in reports.iter().enumerate().skip(1) {
+        assert_eq!(report, &Reported::Nothing, "process {i}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Equal results.
+
+#[test]
+fn word_count_on_one_process_with_two_workers_equals_the_local_run() {
+    let path = corpus();
+    let expected = word_count_local(&path);
+    let got = common::guarded(move || word_count_cluster(&ClusterConfig::local(2), &path))
+        .expect("the cluster run succeeds")
+        .expect("one process hosts worker 0");
+    assert!(!expected.is_empty());
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn windowed_aggregation_on_one_process_with_two_workers_equals_the_local_run() {
+    let expected = windowed_local(2);
+    let got = common::guarded(|| windowed_cluster(&ClusterConfig::local(2)))
+        .expect("the cluster run succeeds")
+        .expect("one process hosts worker 0");
+    assert!(expected.len() > 100, "{} windows × keys", expected.len());
+    assert_eq!(got, expected);
+}
+
+fn word_count_on_processes(test: &str, processes: usize, threads: usize) {
+    if run_child(|config| word_count_cluster(&config, &corpus())) {
+        return;
+    }
+    let path = corpus();
+    let expected = word_count_local(&path);
+    let env = [(ENV_CORPUS, path.display().to_string())];
+    let reports = run_processes(test, processes, threads, &env);
+    assert_gathered(&reports, &expected);
+}
+
+#[test]
+fn word_count_on_two_processes_equals_the_local_run() {
+    word_count_on_processes("word_count_on_two_processes_equals_the_local_run", 2, 1);
+}
+
+#[test]
+fn word_count_on_three_processes_equals_the_local_run() {
+    word_count_on_processes("word_count_on_three_processes_equals_the_local_run", 3, 1);
+}
+
+#[test]
+fn word_count_on_two_processes_with_two_workers_each_equals_the_local_run() {
+    word_count_on_processes(
+        "word_count_on_two_processes_with_two_workers_each_equals_the_local_run",
+        2,
+        2,
+    );
+}
+
+fn windowed_on_processes(test: &str, processes: usize) {
+    if run_child(|config| windowed_cluster(&config)) {
+        return;
+    }
+    let expected = windowed_local(processes);
+    let reports = run_processes(test, processes, 1, &[]);
+    assert_gathered(&reports, &expected);
+}
+
+#[test]
+fn windowed_aggregation_on_two_processes_equals_the_local_run() {
+    windowed_on_processes(
+        "windowed_aggregation_on_two_processes_equals_the_local_run",
+        2,
+    );
+}
+
+#[test]
+fn windowed_aggregation_on_three_processes_equals_the_local_run() {
+    windowed_on_processes(
+        "windowed_aggregation_on_three_processes_equals_the_local_run",
+        3,
+    );
+}
+
+#[test]
+fn per_worker_outputs_add_up_to_the_local_run() {
+    // `for_each`: each worker writes its own partitions' rows; together, the local result.
+    let expected = windowed_local(2);
+    let rows = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let workers = Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let (into, seen) = (rows.clone(), workers.clone());
+    common::guarded(move || {
+        cluster::for_each(
+            &ClusterConfig::local(2),
+            || windowed_flow(2),
+            move |worker, batch| {
+                seen.lock().unwrap().insert(worker.index);
+                into.lock().unwrap().extend(batch);
+            },
+        )
+    })
+    .expect("the cluster run succeeds");
+    let rows = std::mem::take(&mut *rows.lock().unwrap());
+    assert_eq!(window_lines(rows), expected);
+    assert_eq!(*workers.lock().unwrap(), [0, 1].into_iter().collect());
+}
+
+// ---------------------------------------------------------------------------------------
+// Unsupported operators: an error when the flow is built, naming the operator.
+
+fn unsupported_operator(error: FlowError) -> String {
+    match error {
+        FlowError::Unsupported { operator, backend } => {
+            assert_eq!(backend, "timely");
+            operator
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+}
+
+#[test]
+fn unsupported_operators_fail_when_the_flow_is_built() {
+    let config = ClusterConfig::local(2);
+    let uniq = common::guarded(move || {
+        cluster::collect(&config, || {
+            Flow::from_iter(0..10u32)
+                .partition(Partition::new())
+                .map(|x| x % 3)
+                .uniq()
+        })
+    });
+    assert_eq!(unsupported_operator(uniq.unwrap_err()), "uniq / uniq_by");
+    // The same flow runs locally: only its materialisation differs.
+    let mut local: Vec<u32> = Flow::from_iter(0..10u32)
+        .partition(Partition::new().stages(1))
+        .map(|x| x % 3)
+        .uniq()
+        .collect()
+        .unwrap();
+    local.sort();
+    assert_eq!(local, [0, 1, 2]);
+
+    let count_window = common::guarded(|| {
+        cluster::collect(&ClusterConfig::local(1), || {
+            Flow::from_iter(0..10u64)
+                .partition(Partition::new().window(Window::count(3)))
+                .reduce(|| 0u64, |x, s| s + x)
+                .emit_state()
+        })
+    });
+    assert!(unsupported_operator(count_window.unwrap_err()).contains("count window"));
+
+    let stream = common::guarded(|| {
+        cluster::collect(&ClusterConfig::local(1), || {
+            Flow::from_stream(futures::stream::iter(0..10u64)).map(|x| x + 1)
+        })
+    });
+    assert!(unsupported_operator(stream.unwrap_err()).contains("from_stream"));
+
+    let merge = common::guarded(|| {
+        cluster::collect(&ClusterConfig::local(1), || {
+            Flow::merge(
+                vec![Flow::from_iter(0..3u64), Flow::from_iter(3..6u64)],
+                flowstage::flow::Shuffle::shuffle(),
+            )
+        })
+    });
+    assert_eq!(unsupported_operator(merge.unwrap_err()), "merge");
+}
+
+// ---------------------------------------------------------------------------------------
+// Backpressure.
+
+/// The largest number of events a source emitted that the layer after the partition had
+/// not consumed yet, over a run where one worker consumes everything slowly.
+fn max_in_flight(epochs_ahead: u64, epoch_events: usize) -> (u64, u64) {
+    let produced = Arc::new(AtomicU64::new(0));
+    let consumed = Arc::new(AtomicU64::new(0));
+    let max = Arc::new(AtomicU64::new(0));
+    let (p, c, m) = (produced.clone(), consumed.clone(), max.clone());
+    let config = ClusterConfig::local(2)
+        .max_epochs_ahead(epochs_ahead)
+        .epoch_events(epoch_events);
+    let total = common::guarded(move || {
+        cluster::collect(&config, move || {
+            let (p, c, m, c2) = (p.clone(), c.clone(), m.clone(), c.clone());
+            Flow::from_iter(0..60_000u64)
+                .inspect(move |_| {
+                    let made = p.fetch_add(1, Ordering::SeqCst) + 1;
+                    let done = c.load(Ordering::SeqCst);
+                    m.fetch_max(made.saturating_sub(done), Ordering::SeqCst);
+                })
+                // Everything to worker 1, which is slow: worker 0's source would run ahead.
+                .partition(Partition::by_hash(|_: &u64, _| Some(1)))
+                .inspect(move |_| {
+                    let spin = Instant::now();
+                    while spin.elapsed() < Duration::from_micros(5) {}
+                    c2.fetch_add(1, Ordering::SeqCst);
+                })
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .emit_state()
+        })
+    })
+    .expect("the run succeeds")
+    .expect("one process");
+    assert_eq!(total.iter().sum::<u64>(), (0..60_000u64).sum::<u64>());
+    (max.load(Ordering::SeqCst), consumed.load(Ordering::SeqCst))
+}
+
+#[test]
+fn sources_do_not_run_more_than_k_epochs_ahead_of_the_slowest_worker() {
+    let (k, b, sources) = (2u64, 64usize, 2u64);
+    let (bounded, consumed) = max_in_flight(k, b);
+    assert_eq!(consumed, 60_000);
+    // Each source has at most K + 1 epochs of B events not yet through the dataflow.
+    let bound = (k + 1) * b as u64 * sources;
+    assert!(bounded <= bound, "in flight {bounded} > bound {bound}");
+    // Without the limit the fast source does run ahead: the bound is what holds it.
+    let (unbounded, _) = max_in_flight(u64::MAX, b);
+    assert!(
+        unbounded > 4 * bound,
+        "without backpressure only {unbounded} in flight"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Failures: typed errors within a bound, never a hang.
+
+#[test]
+fn a_process_whose_peer_never_starts_fails_to_connect() {
+    const TEST: &str = "a_process_whose_peer_never_starts_fails_to_connect";
+    if run_child(|config| {
+        cluster::collect(&config.connect_timeout(Duration::from_secs(2)), || {
+            Flow::from_iter(0..10u64).map(|x| x.to_string())
+        })
+    }) {
+        return;
+    }
+    // Process 1 of 2 is started; process 0 never is.
+    let hosts = free_hosts(2);
+    let started = Instant::now();
+    let reports = Processes::start(TEST, &hosts, &[1], 1, &[]).finish();
+    let elapsed = started.elapsed();
+    match &reports[0] {
+        Reported::Error { kind, text } => {
+            assert_eq!(kind, "Cluster", "{text}");
+            assert!(text.contains("could not connect"), "{text}");
+        }
+        other => panic!("expected a connect error, got {other:?}"),
+    }
+    eprintln!("connect failure reported after {elapsed:?} (timeout 2 s)");
+}
+
+/// An endless flow that marks, once, that it runs.
+fn endless(config: &ClusterConfig) -> flowstage::Result<Option<Vec<String>>> {
+    let marker = std::env::var_os(ENV_STARTED).map(PathBuf::from);
+    let sums = cluster::collect(config, move || {
+        let marker = marker.clone();
+        Flow::from_iter(0u64..)
+            .inspect(move |x| {
+                if *x == 10_000 {
+                    if let Some(marker) = &marker {
+                        let _ = std::fs::File::create(marker).and_then(|mut f| f.write_all(b"1"));
+                    }
+                }
+                if x % 4096 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+            .partition(Partition::new())
+            .reduce(|| 0u64, |x, sum| sum.wrapping_add(x))
+            .emit_state()
+    })?;
+    Ok(sums.map(|sums| sums.iter().map(u64::to_string).collect()))
+}
+
+#[test]
+fn a_peer_killed_mid_run_makes_the_others_fail() {
+    const TEST: &str = "a_peer_killed_mid_run_makes_the_others_fail";
+    if run_child(|config| endless(&config)) {
+        return;
+    }
+    let hosts = free_hosts(3);
+    let dir = std::env::temp_dir().join(format!("flowstage-cluster-kill-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = dir.join("started");
+    let _ = std::fs::remove_file(&marker);
+    let env = [(ENV_STARTED, marker.display().to_string())];
+    let mut processes = Processes::start(TEST, &hosts, &[0, 1, 2], 1, &env);
+    // Worker w reads the elements i with i % 3 == w: the marker (element 10 000, worker
+    // 1's) means the cluster is connected and running.
+    let deadline = Instant::now() + CHILD_WATCHDOG;
+    while !marker.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "watchdog: the flow never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let killed = Instant::now();
+    let (victim, _) = &mut processes.children[2];
+    victim.kill().expect("kill process 2");
+    let _ = victim.wait();
+    let survivors: Vec<(Child, PathBuf)> = processes.children.drain(..2).collect();
+    let dir_kept = processes.dir.clone();
+    drop(processes);
+    let reports = Processes {
+        children: survivors,
+        dir: dir_kept,
+    }
+    .finish();
+    let elapsed = killed.elapsed();
+    for (i, report) in reports.iter().enumerate() {
+        match report {
+            Reported::Error { kind, text } => {
+                assert_eq!(kind, "Cluster", "process {i}: {text}");
+                assert!(text.contains("process 2"), "process {i}: {text}");
+            }
+            other => panic!("process {i}: expected a cluster error, got {other:?}"),
+        }
+    }
+    eprintln!("both survivors reported the lost peer within {elapsed:?} of the kill");
+}
+
+#[test]
+fn a_failing_process_makes_the_others_fail() {
+    const TEST: &str = "a_failing_process_makes_the_others_fail";
+    if run_child(|config| {
+        let sums = cluster::collect(&config, || {
+            Flow::from_iter(0..1_000_000u64)
+                // Element 5000 is read by worker 5000 % 2 = 0, in process 0.
+                .inspect(|x| assert_ne!(*x, 5000, "boom at {x}"))
+                .partition(Partition::new())
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .emit_state()
+        })?;
+        Ok(sums.map(|sums| sums.iter().map(u64::to_string).collect()))
+    }) {
+        return;
+    }
+    let reports = run_processes(TEST, 2, 1, &[]);
+    match &reports[0] {
+        Reported::Error { kind, text } => {
+            assert_eq!(kind, "Cluster", "{text}");
+            assert!(text.contains("panicked") && text.contains("boom"), "{text}");
+        }
+        other => panic!("process 0: expected its panic, got {other:?}"),
+    }
+    match &reports[1] {
+        Reported::Error { kind, text } => {
+            assert_eq!(kind, "Cluster", "{text}");
+            assert!(text.contains("process 0"), "{text}");
+        }
+        other => panic!("process 1: expected a cluster error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_connection_from_another_cluster_is_not_taken_for_a_peer() {
+    // Process 0 of 2 waits for process 1; a stranger that knows the port and says it is
+    // process 1 (but of another host list) is not taken for it: process 0 times out.
+    let hosts = free_hosts(2);
+    let target = hosts[0].clone();
+    let stranger = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Ok(mut stream) = std::net::TcpStream::connect(&target) {
+                let mut hello = 1u64.to_be_bytes().to_vec();
+                hello.extend(0xdead_beef_u64.to_be_bytes());
+                let _ = stream.write_all(&hello);
+                std::thread::sleep(Duration::from_millis(1500));
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let config = ClusterConfig::process(0, hosts).connect_timeout(Duration::from_secs(1));
+    let outcome = common::guarded(move || cluster::collect(&config, || Flow::from_iter(0..10u64)));
+    assert!(stranger.join().unwrap(), "the stranger connected");
+    match outcome {
+        Err(FlowError::Cluster {
+            process: 0,
+            message,
+        }) => {
+            assert!(
+                message.contains("no connection from process 1"),
+                "{message}"
+            );
+        }
+        other => panic!("expected a connect timeout, got {other:?}"),
+    }
+}
