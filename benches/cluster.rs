@@ -5,9 +5,10 @@
 //! Input: `FLOWSTAGE_WC_INPUT` if set (e.g. the real prose of `benches/word_count.rs`);
 //! else a generated Zipf-distributed corpus of 32 MB in `target/wc-data`.
 //!
-//! Every variant runs the same flow — byte ranges of the file, `Chunk::word_counts`,
-//! `partition` by word, `reduce` into a map per partition — and must agree on the total
-//! and the number of distinct words:
+//! Every variant runs the same flow, the one of `examples/word_count.rs` — byte ranges
+//! of the file, `Chunk::word_counts`, `reduce_by_key` (a combiner per source stage or
+//! worker, a partition by word, a sum per partition) — and must agree on the total and
+//! the number of distinct words:
 //!
 //! - `local_runtime`: the local stage runtime, 2 readers, 2 partitions.
 //! - `timely_1x2`: the cluster backend, one process with 2 workers (no network).
@@ -21,7 +22,6 @@
 //! run: `local_runtime` 103.9 ms, `timely_1x2` 94.1 ms (0.91x), `timely_2x1` 127.9 ms
 //! (1.23x, process start and connection included).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -66,15 +66,10 @@ fn flow(
 ) -> Flow<impl cluster::ClusterPlan<Item = (Word, u64)>> {
     Flow::from_source(FileSource::new(&path).readers(readers).block_size(1 << 20))
         .flat_map(|chunk: Chunk| chunk.word_counts())
-        .partition(
-            Partition::by_key(|(word, _): &(Word, u64)| word.clone())
-                .stages(partitions)
-                .max_demand(4096),
+        .reduce_by_key(
+            |a, b| a + b,
+            Partition::new().stages(partitions).max_demand(4096),
         )
-        .reduce(HashMap::new, |(word, n), mut counts: HashMap<Word, u64>| {
-            *counts.entry(word).or_default() += n;
-            counts
-        })
 }
 
 fn local_runtime(path: &Path) -> Summary {

@@ -18,12 +18,11 @@
 //! Every process must see FILE at the same path (a shared or copied file): each worker
 //! reads only its own byte ranges of it.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowstage::cluster::{self, ClusterConfig};
+use flowstage::cluster::{self, ClusterConfig, ClusterPlan};
 use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word};
@@ -74,19 +73,19 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// The cluster flow: byte ranges per worker, words counted per chunk, partitioned by
-/// word, summed per worker.
+/// The word count flow, the same for the cluster and the local runtime: byte ranges per
+/// reader (each worker reads its share on the cluster), words counted per chunk, then
+/// `reduce_by_key` (combined per worker, partitioned by word, summed per partition).
+fn word_count(file: &Path, readers: usize) -> Flow<impl ClusterPlan<Item = (Word, u64)> + use<>> {
+    Flow::from_source(FileSource::new(file).readers(readers).block_size(1 << 20))
+        .flat_map(|chunk: Chunk| chunk.word_counts())
+        .reduce_by_key(|a, b| a + b, Partition::new())
+}
+
+/// The counts on the cluster, gathered at process 0.
 fn count(config: &ClusterConfig, file: PathBuf) -> flowstage::Result<Option<Vec<(Word, u64)>>> {
     let readers = config.workers() * 4;
-    cluster::collect(config, move || {
-        Flow::from_source(FileSource::new(&file).readers(readers).block_size(1 << 20))
-            .flat_map(|chunk: Chunk| chunk.word_counts())
-            .partition(Partition::by_key(|(word, _): &(Word, u64)| word.clone()))
-            .reduce(HashMap::new, |(word, n), mut counts: HashMap<Word, u64>| {
-                *counts.entry(word).or_default() += n;
-                counts
-            })
-    })
+    cluster::collect(config, move || word_count(&file, readers))
 }
 
 fn report(counts: &mut [(Word, u64)], top: usize) {
@@ -204,10 +203,7 @@ fn launch(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_file(&out);
     print!("{printed}");
     // The same counts as the local runtime's.
-    let local: Vec<(Word, u64)> = Flow::from_source(FileSource::new(&file))
-        .flat_map(|chunk: Chunk| chunk.word_counts())
-        .reduce_by_key(|a, b| a + b, Partition::new())
-        .collect()?;
+    let local: Vec<(Word, u64)> = word_count(&file, 4).collect()?;
     let total: u64 = local.iter().map(|(_, n)| n).sum();
     let expected = format!("total {total}\ndistinct {}\n", local.len());
     if !printed.starts_with(&expected) {

@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowstage::FlowError;
-use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
+use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
 use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
@@ -39,30 +39,32 @@ const CHILD_WATCHDOG: Duration = Duration::from_secs(60);
 // ---------------------------------------------------------------------------------------
 // The flows under test, each run both locally and on the cluster.
 
-/// Word count over `path`: chunks of whitespace-aligned byte ranges, counted per chunk,
-/// partitioned by word, summed per partition. Lines `word\tcount`, sorted.
+/// Word count over `path`, the one flow both backends run, unchanged: chunks of
+/// whitespace-aligned byte ranges, counted per chunk, then `reduce_by_key` (its combiner
+/// fused into the sources, a partition by word, a sum per partition).
+fn word_count_flow(
+    path: &Path,
+    readers: usize,
+    stages: usize,
+) -> Flow<impl ClusterPlan<Item = (Word, u64)> + use<>> {
+    Flow::from_source(FileSource::new(path).readers(readers).block_size(64 << 10))
+        .flat_map(|chunk: Chunk| chunk.word_counts())
+        .reduce_by_key(|a, b| a + b, Partition::new().stages(stages))
+}
+
+/// Lines `word\tcount`, sorted.
 fn word_count_cluster(
     config: &ClusterConfig,
     path: &Path,
 ) -> flowstage::Result<Option<Vec<String>>> {
     let path = path.to_path_buf();
     let readers = config.workers() * 2;
-    let counts = cluster::collect(config, move || {
-        Flow::from_source(FileSource::new(&path).readers(readers).block_size(64 << 10))
-            .flat_map(|chunk: Chunk| chunk.word_counts())
-            .partition(Partition::by_key(|(word, _): &(Word, u64)| word.clone()))
-            .reduce(HashMap::new, |(word, n), mut counts: HashMap<Word, u64>| {
-                *counts.entry(word).or_default() += n;
-                counts
-            })
-    })?;
+    let counts = cluster::collect(config, move || word_count_flow(&path, readers, 1))?;
     Ok(counts.map(word_lines))
 }
 
 fn word_count_local(path: &Path) -> Vec<String> {
-    let counts: Vec<(Word, u64)> = Flow::from_source(FileSource::new(path).readers(2))
-        .flat_map(|chunk: Chunk| chunk.word_counts())
-        .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    let counts: Vec<(Word, u64)> = word_count_flow(path, 2, 2)
         .collect()
         .expect("the local word count runs");
     word_lines(counts)
@@ -382,6 +384,28 @@ fn word_count_on_one_process_with_two_workers_equals_the_local_run() {
         .expect("the cluster run succeeds")
         .expect("one process hosts worker 0");
     assert!(!expected.is_empty());
+    assert_eq!(got, expected);
+}
+
+#[test]
+fn count_by_key_runs_on_the_cluster_unchanged() {
+    // Many repeats of few keys, over several iterators: each worker's combiner folds
+    // its share before the exchange; more keys than `COMBINER_CAPACITY` is covered by
+    // the local tests of the combiner, which the cluster reuses.
+    let flow = || {
+        let shares: Vec<Vec<u64>> = (0..5u64)
+            .map(|s| (0..20_000u64).map(|i| (i * 7 + s) % 997).collect())
+            .collect();
+        Flow::from_iters(shares).count_by_key(Partition::new().stages(2))
+    };
+    let mut expected: Vec<(u64, u64)> = flow().collect().expect("the local run");
+    expected.sort_unstable();
+    let mut got = common::guarded(move || cluster::collect(&ClusterConfig::local(2), flow))
+        .expect("the cluster run succeeds")
+        .expect("one process hosts worker 0");
+    got.sort_unstable();
+    assert_eq!(expected.len(), 997);
+    assert_eq!(expected.iter().map(|(_, n)| n).sum::<u64>(), 100_000);
     assert_eq!(got, expected);
 }
 

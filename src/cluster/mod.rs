@@ -49,7 +49,7 @@
 //! | `from_iter`, `from_iters`, [`FileSource`](crate::source::FileSource), [`LinesSource`](crate::source::LinesSource), sources implementing [`Source::into_worker_producers`](crate::source::Source::into_worker_producers) | `from_stream`, `from_channel`, `from_poll`, `from_stages`, `from_par_iter`, CSV/JSON/Redis/reader sources |
 //! | `map`, `filter`, `reject`, `filter_map`, `flat_map`, `inspect`, `map_values`, `map_batch` | `try_map`, `try_flat_map`, `batch`, `uniq`, `uniq_by` |
 //! | `partition`, `shuffle`, with the global window or a [`fixed`](crate::window::Window::fixed) window (and `late_events`) | `merge`, joins, `departition`, `take_sort`; other window kinds, triggers, `allowed_lateness`, `idle_timeout` |
-//! | `reduce`, `emit_and_reduce`, `group_by`, `group_by_key`, `on_trigger`, `emit_*` | `reduce_by_key`, `count_by_key` (their plan type is hidden: a compile error; write `partition` + `reduce`) |
+//! | `reduce`, `emit_and_reduce`, `group_by`, `group_by_key`, `on_trigger`, `emit_*`; `reduce_by_key` and `count_by_key` (their combiner fused into the sources' operators, as locally) | |
 //!
 //! Events that cross a partition (and the output of [`collect`]) must be serde
 //! serializable ([`Wire`]): a compile-time error otherwise.

@@ -16,8 +16,8 @@ use super::operators;
 use super::window::LayerWindowSpec;
 use crate::error::{FlowError, Result};
 use crate::flow::nodes::{
-    BatchNode, CombineNode, DepartitionNode, Exchange, JoinNode, Merge, ReduceNode, SourceNode,
-    TakeSortNode, TryFlatMapNode, TryMapNode, UniqNode,
+    BatchNode, DepartitionNode, Exchange, JoinNode, Merge, ReduceNode, SourceNode, TakeSortNode,
+    TryFlatMapNode, TryMapNode, UniqNode,
 };
 use crate::flow::{Emit, Emits, Identity, Logic, Plan, Route, Step};
 use crate::source::Source;
@@ -73,8 +73,8 @@ impl std::fmt::Debug for ClusterCompiler<'_> {
 /// the [module docs](super#operators) for the list).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be built onto the cluster backend",
-    note = "`reduce_by_key` and `count_by_key` hide their plan type: on the cluster, write \
-            them as `partition(Partition::by_key(..))` and `reduce`"
+    note = "every operator's node implements it (the unsupported ones fail at plan time): \
+            check that the events crossing each `partition` are `Wire`"
 )]
 pub trait ClusterPlan: Plan {
     /// Builds the plan into `compiler`'s dataflow with `logic` after it in the same
@@ -221,5 +221,4 @@ unsupported! {
     UniqNode<P, F> => "uniq / uniq_by", [P, F];
     TryMapNode<P, F> => "try_map", [P: Plan, F];
     TryFlatMapNode<P, F> => "try_flat_map", [P: Plan, F];
-    CombineNode<P, F> => "reduce_by_key's combiner", [P, F];
 }

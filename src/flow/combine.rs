@@ -15,6 +15,7 @@ use ahash::AHashMap;
 use super::Flow;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
+use super::nodes::MapNode;
 use super::partition::Partition;
 use crate::error::Result;
 use crate::stage::{partition_hash, partition_of};
@@ -220,14 +221,50 @@ where
     /// assert_eq!(totals, [("coffee", 5), ("tea", 7)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn reduce_by_key<F>(self, combine: F, options: Partition) -> Flow<impl Plan<Item = (K, V)>>
+    pub fn reduce_by_key<F>(self, combine: F, options: Partition) -> Flow<ReduceByKeyNode<P, F>>
     where
         F: Fn(V, V) -> V + Send + Sync + 'static,
     {
-        let combine = Arc::new(combine);
+        Flow {
+            plan: ReduceByKeyNode {
+                inner: self.plan,
+                combine: Arc::new(combine),
+                options,
+            },
+        }
+    }
+}
+
+/// The plan node of [`reduce_by_key`](Flow::reduce_by_key): a named type (not an opaque
+/// one) so that each backend can build it — the combiner, a partition by key, and the
+/// per-partition reduce, made by `reduce_by_key_plan!` for whichever backend asks.
+pub struct ReduceByKeyNode<P, F> {
+    inner: P,
+    combine: Arc<F>,
+    options: Partition,
+}
+
+impl<P, F> std::fmt::Debug for ReduceByKeyNode<P, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReduceByKeyNode")
+            .field("stages", &self.options.stages)
+            .finish()
+    }
+}
+
+/// The plan a [`ReduceByKeyNode`] stands for, in the scope of an impl naming `K`, `V`, `F`.
+/// A macro rather than a function: the plan's type holds closures, so it cannot be named
+/// as a return type without hiding which backends it supports.
+macro_rules! reduce_by_key_plan {
+    ($node:expr) => {{
+        let ReduceByKeyNode {
+            inner,
+            combine,
+            options,
+        } = $node;
         let combined = Flow {
             plan: CombineNode {
-                inner: self.plan,
+                inner,
                 combine: combine.clone(),
             },
         };
@@ -237,15 +274,109 @@ where
         .stages(options.stages)
         .max_demand(options.max_demand)
         .min_demand(options.min());
-        combined.partition(options).reduce(
-            move || Combined::new(combine.clone()),
-            |(key, value), mut combined: Combined<K, V, F>| {
-                combined.insert(key, value);
-                combined
-            },
-        )
+        combined
+            .partition(options)
+            .reduce(
+                move || Combined::new(combine.clone()),
+                |(key, value), mut combined: Combined<K, V, F>| {
+                    combined.insert(key, value);
+                    combined
+                },
+            )
+            .plan
+    }};
+}
+
+impl<P, K, V, F> Plan for ReduceByKeyNode<P, F>
+where
+    P: Plan<Item = (K, V)>,
+    K: Hash + Eq + Send + 'static,
+    V: Send + 'static,
+    F: Fn(V, V) -> V + Send + Sync + 'static,
+{
+    type Item = (K, V);
+
+    fn compile<L>(
+        self,
+        compiler: &mut Compiler,
+        logic: L,
+        dispatch: &DispatchSpec<L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        L: Logic<In = (K, V)> + Clone,
+    {
+        reduce_by_key_plan!(self).compile(compiler, logic, dispatch)
     }
 }
+
+#[cfg(feature = "timely")]
+mod cluster {
+    use super::*;
+    use crate::cluster::{ClusterCompiler, ClusterPlan, ClusterStream, Stamp, Wire};
+
+    /// On the cluster the combiner runs fused into the sources' operators, as locally.
+    impl<P, K, V, F> ClusterPlan for CombineNode<P, F>
+    where
+        P: ClusterPlan<Item = (K, V)>,
+        K: Hash + Eq + Send + 'static,
+        V: Send + 'static,
+        F: Fn(V, V) -> V + Send + Sync + 'static,
+    {
+        fn timely<'s, L>(
+            self,
+            compiler: &mut ClusterCompiler<'s>,
+            logic: L,
+            stamp: Stamp<L::Out>,
+        ) -> Result<ClusterStream<'s, L::Out>>
+        where
+            L: Logic<In = (K, V)> + Clone,
+        {
+            let combine = Combine {
+                combined: Combined::new(self.combine),
+                rest: logic,
+            };
+            self.inner.timely(compiler, combine, stamp)
+        }
+    }
+
+    /// The same plan as locally; the combined pairs cross the exchange, so they must be
+    /// [`Wire`].
+    impl<P, K, V, F> ClusterPlan for ReduceByKeyNode<P, F>
+    where
+        P: ClusterPlan<Item = (K, V)>,
+        K: Hash + Eq + Wire,
+        V: Wire,
+        F: Fn(V, V) -> V + Send + Sync + 'static,
+    {
+        fn timely<'s, L>(
+            self,
+            compiler: &mut ClusterCompiler<'s>,
+            logic: L,
+            stamp: Stamp<L::Out>,
+        ) -> Result<ClusterStream<'s, L::Out>>
+        where
+            L: Logic<In = (K, V)> + Clone,
+        {
+            reduce_by_key_plan!(self).timely(compiler, logic, stamp)
+        }
+    }
+}
+
+/// `count_by_key`'s pairing of each event with a count of one.
+fn counted<T>(event: T) -> (T, u64) {
+    (event, 1)
+}
+
+/// `count_by_key`'s combine.
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+/// The plan of [`count_by_key`](Flow::count_by_key).
+pub type CountByKeyNode<P> = ReduceByKeyNode<
+    MapNode<P, fn(<P as Plan>::Item) -> (<P as Plan>::Item, u64)>,
+    fn(u64, u64) -> u64,
+>;
 
 impl<P> Flow<P>
 where
@@ -263,8 +394,9 @@ where
     /// assert_eq!(counts, [('a', 5), ('b', 2), ('c', 1), ('d', 1), ('r', 2)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn count_by_key(self, options: Partition) -> Flow<impl Plan<Item = (P::Item, u64)>> {
-        self.map(|event| (event, 1u64))
-            .reduce_by_key(|a, b| a + b, options)
+    pub fn count_by_key(self, options: Partition) -> Flow<CountByKeyNode<P>> {
+        let counted: fn(P::Item) -> (P::Item, u64) = counted;
+        let add: fn(u64, u64) -> u64 = add;
+        self.map(counted).reduce_by_key(add, options)
     }
 }

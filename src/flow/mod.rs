@@ -64,7 +64,7 @@ pub(crate) use logic::Identity;
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
     pub use super::batch::BatchNode;
-    pub use super::combine::CombineNode;
+    pub use super::combine::{CombineNode, CountByKeyNode, ReduceByKeyNode};
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};
     pub use super::join::JoinNode;
