@@ -41,7 +41,7 @@ impl<T: Send + 'static> LayerWindowSpec<T> {
         }
         match window.kind {
             Kind::Global => Ok(LayerWindowSpec::Global),
-            Kind::Fixed { size, ts } => Ok(LayerWindowSpec::Fixed {
+            Kind::Fixed { size, ts, .. } => Ok(LayerWindowSpec::Fixed {
                 size,
                 timestamp: ts,
                 late: window.late,

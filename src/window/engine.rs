@@ -74,6 +74,8 @@ pub(crate) struct Windower<T> {
     messages: Vec<broadcast::Receiver<String>>,
     pending_messages: Vec<String>,
     late: u64,
+    /// Fixed windows: the current batch's timestamps (kept for its allocation).
+    stamps: Vec<i64>,
 }
 
 /// The next `left` events of a batch: `take(left)` over the batch's iterator, with a
@@ -165,6 +167,7 @@ impl<T: Send + 'static> Windower<T> {
             messages,
             pending_messages: Vec::new(),
             late: 0,
+            stamps: Vec::new(),
             spec,
         }
     }
@@ -360,9 +363,9 @@ impl<T: Send + 'static> Windower<T> {
                     }
                 }
             }
-            Kind::Fixed { size, ts } => {
-                let (size, ts) = (*size, ts.clone());
-                self.fixed(from, size, &*ts, &mut events, chain, out);
+            Kind::Fixed { size, stamps, .. } => {
+                let (size, stamps) = (*size, stamps.clone());
+                self.fixed(from, size, &*stamps, &mut events, chain, out);
             }
             Kind::Sliding {
                 size,
@@ -388,13 +391,19 @@ impl<T: Send + 'static> Windower<T> {
         &mut self,
         from: usize,
         size: i64,
-        ts: &(dyn Fn(&T) -> i64 + Send + Sync),
+        stamps_of: &(dyn Fn(&[T], &mut Vec<i64>) + Send + Sync),
         events: &mut vec::IntoIter<T>,
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
-        while let Some(first) = events.as_slice().first() {
-            let t = ts(first);
+        // Every event's timestamp, in one call: `stamps[i]` belongs to the event `i`
+        // places after the batch's first one still in `events`.
+        let mut stamps = std::mem::take(&mut self.stamps);
+        stamps.clear();
+        stamps_of(events.as_slice(), &mut stamps);
+        let total = stamps.len();
+        while let Some(&t) = stamps.get(total - events.len()) {
+            let at = total - events.len();
             let id = floor_to(t, size);
             self.observe(from, t, id, chain, out);
             if self.is_closed(id) {
@@ -404,19 +413,26 @@ impl<T: Send + 'static> Windower<T> {
                 continue;
             }
             // The run: the following events of the same window that close nothing. (A
-            // range check, not a division per event.)
+            // range check, not a division per event; the upstream's latest timestamp is
+            // only updated, and the watermark recomputed, when an event passes it.)
             let end = id.saturating_add(size);
-            let slice = events.as_slice();
+            let mut latest = self.upstreams.get(from).and_then(|u| u.latest);
             let mut len = 1;
-            while len < slice.len() {
-                let t = ts(&slice[len]);
-                if t < id || t >= end || !self.observe_quietly(from, t) {
+            for &t in &stamps[at + 1..] {
+                if t < id || t >= end {
                     break;
+                }
+                if latest.is_none_or(|latest| t > latest) {
+                    if !self.observe_quietly(from, t) {
+                        break;
+                    }
+                    latest = self.upstreams.get(from).and_then(|u| u.latest);
                 }
                 len += 1;
             }
             self.feed(id, events, len, chain, out);
         }
+        self.stamps = stamps;
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -316,12 +316,17 @@ where
 
 type MakeCustom<T> = Arc<dyn Fn() -> Box<dyn CustomTrigger<T>> + Send + Sync>;
 type Timestamp<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
+/// A timestamp function over a whole slice, appending one stamp per event: built where the
+/// user's function is still a concrete type, so its loop inlines it — one dynamic call per
+/// batch instead of one per event.
+pub(crate) type Stamps<T> = Arc<dyn Fn(&[T], &mut Vec<i64>) + Send + Sync>;
 
 pub(crate) enum Kind<T> {
     Global,
     Fixed {
         size: i64,
         ts: Timestamp<T>,
+        stamps: Stamps<T>,
     },
     Sliding {
         size: i64,
@@ -341,9 +346,10 @@ impl<T> Clone for Kind<T> {
     fn clone(&self) -> Self {
         match self {
             Kind::Global => Kind::Global,
-            Kind::Fixed { size, ts } => Kind::Fixed {
+            Kind::Fixed { size, ts, stamps } => Kind::Fixed {
                 size: *size,
                 ts: ts.clone(),
+                stamps: stamps.clone(),
             },
             Kind::Sliding {
                 size,
@@ -450,9 +456,14 @@ impl<T: Send + 'static> Window<T> {
     /// `[start, start + size)` with `start = floor(timestamp / size) * size`, and `start`
     /// is its id. `timestamp` returns milliseconds.
     pub fn fixed(size: Duration, timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        let ts = Arc::new(timestamp);
+        let each = ts.clone();
         let window = Window::new(Kind::Fixed {
             size: millis(size),
-            ts: Arc::new(timestamp),
+            ts,
+            stamps: Arc::new(move |events: &[T], stamps: &mut Vec<i64>| {
+                stamps.extend(events.iter().map(|event| each(event)));
+            }),
         });
         if millis(size) <= 0 {
             return window.invalid(format!(
