@@ -329,16 +329,20 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
 
     fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError> {
         let partitions = self.outlets.len();
+        let queues = self.queues.as_mut_slice();
         for event in events {
-            match (self.route)(&event, partitions) {
-                Some(p) if p < partitions => self.queues[p].push(event),
-                Some(p) => {
-                    return Err(format!(
-                        "partition function returned {p}, but there are {partitions} partitions"
-                    )
-                    .into());
+            if let Some(p) = (self.route)(&event, partitions) {
+                // One check serves as both the range check and the bounds check.
+                match queues.get_mut(p) {
+                    Some(queue) => queue.push(event),
+                    None => {
+                        return Err(format!(
+                            "partition function returned {p}, but there are {partitions} \
+                             partitions"
+                        )
+                        .into());
+                    }
                 }
-                None => {}
             }
         }
         Ok(Vec::new())
