@@ -367,15 +367,23 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
             if permit.len() == 0 {
                 continue;
             }
+            // The queue keeps its capacity: it refills to about the same size, and growing
+            // it again from empty costs a dozen reallocations per batch.
+            let capacity = queue.capacity();
             let batch = if permit.len() == queue.len() {
-                // The queue keeps its capacity: it refills to about the same size, and
-                // growing it again from empty costs a dozen reallocations per batch.
-                let capacity = queue.capacity();
                 std::mem::replace(queue, Vec::with_capacity(capacity))
+            } else if queue.len() - permit.len() <= permit.len() {
+                // The usual partial send: the producer made about the credit of every
+                // partition, and the hash gave this one a few more. The few move into a
+                // fresh queue and the front leaves in the old allocation: the copy is the
+                // shorter part, not the batch.
+                let mut rest = Vec::with_capacity(capacity);
+                rest.extend(queue.drain(permit.len()..));
+                std::mem::replace(queue, rest)
             } else {
-                // The front goes and the rest moves up (at most about a consumer's
-                // `max_demand`: the producer asks for nothing while a queue holds that
-                // much); the queue keeps its capacity.
+                // Credit for less than half: the front is the shorter part; the rest moves
+                // up (at most about a consumer's `max_demand`: the producer asks for
+                // nothing while a queue holds that much).
                 queue.drain(..permit.len()).collect()
             };
             outlet.send(permit, batch);
