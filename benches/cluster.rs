@@ -17,10 +17,14 @@
 //!   the figure includes starting a process and connecting.
 //!
 //! On a 2-core machine the point is the overhead of timely (and of serializing the
-//! exchange over TCP), not a speed-up. Measured on the 2-core development machine with
-//! `FLOWSTAGE_WC_INPUT` = 24 MB of linux-doc prose (3.1 M words, 277 k distinct), in one
-//! run: `local_runtime` 103.9 ms, `timely_1x2` 94.1 ms (0.91x), `timely_2x1` 127.9 ms
-//! (1.23x, process start and connection included).
+//! exchange over TCP), not a speed-up. Measured on the 2-core development machine, one
+//! run each, all variants running `reduce_by_key`:
+//!
+//! | input | `local_runtime` | `timely_1x2` | `timely_2x1` |
+//! |---|---|---|---|
+//! | 531 MB of linux-doc prose (the word count bench's real prose) | 1.574 s | 1.791 s (1.14x) | 1.783 s (1.13x) |
+//!
+//! (`timely_2x1` includes starting process 1 and connecting, every iteration.)
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
