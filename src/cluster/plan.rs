@@ -119,10 +119,7 @@ impl<S: Source> ClusterPlan for SourceNode<S> {
                     other => other,
                 })?;
         if shares.is_empty() {
-            return Err(FlowError::Config(format!(
-                "{}: a source must have at least one producer",
-                self.label
-            )));
+            return Err(crate::flow::plan::no_producers(self.label));
         }
         Ok(operators::sources(
             compiler, self.label, shares, logic, stamp,

@@ -35,7 +35,7 @@ pub(crate) mod fallible;
 pub mod join;
 mod logic;
 mod partition;
-mod plan;
+pub(crate) mod plan;
 mod reduce;
 mod uniq;
 

@@ -39,10 +39,7 @@ impl<S: Source> Plan for SourceNode<S> {
         let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {
-            return Err(FlowError::Config(format!(
-                "{}: a source must have at least one producer",
-                self.label
-            )));
+            return Err(no_producers(self.label));
         }
         let count = producers.len();
         Ok(producers
@@ -60,6 +57,11 @@ impl<S: Source> Plan for SourceNode<S> {
             })
             .collect())
     }
+}
+
+/// The error of a source that made no producers (on any backend).
+pub(crate) fn no_producers(label: &str) -> FlowError {
+    FlowError::Config(format!("{label}: a source must have at least one producer"))
 }
 
 /// Declares the plan node of a stateless operator: it prepends its logic node.
