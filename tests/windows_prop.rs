@@ -8,7 +8,10 @@
 //!   depend on `max_demand`, late events are exactly those whose window ended at or before
 //!   an earlier timestamp (with lateness: those before the first event's window), and
 //!   nothing is lost;
-//! - count windows: the input cut into runs of `n`, plus the last (maybe empty) window.
+//! - count windows: the input cut into runs of `n`, plus the last (maybe empty) window;
+//! - `reduce_mut` (the accumulator updated in place): per-key sums per fixed window over
+//!   1–3 producers and 1–3 stages equal a brute-force reference; from one producer, every
+//!   trigger (`every(n)` included, which splits batches) fires exactly as with `reduce`.
 //!
 //! Every case runs under a watchdog: a hang fails the case instead of stalling the suite.
 //! `PROPTEST_CASES` overrides the number of cases (300 by default).
@@ -263,6 +266,96 @@ proptest! {
         let kept: i64 = done.iter().map(|(_, sum)| sum).sum();
         let dropped: i64 = late.iter().map(|(_, value)| value).sum();
         prop_assert_eq!(kept + dropped, total);
+    }
+
+    #[test]
+    fn reduce_mut_sums_each_key_of_each_fixed_window(
+        producers in ordered_producers(),
+        size in 1i64..=30,
+        stages in 1usize..=3,
+        demand in demand(),
+    ) {
+        // Keys from the values: a handful, so that windows hold repeated keys.
+        let key = |value: i64| value.rem_euclid(5);
+        let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for &(ts, value) in producers.iter().flatten() {
+            *expected.entry((ts.div_euclid(size) * size, key(value))).or_default() += value;
+        }
+        let fired: Vec<(i64, i64, i64)> = run(move || {
+            Flow::from_iters(producers)
+                .partition(
+                    Partition::by_key(move |e: &Event| key(e.1))
+                        .stages(stages)
+                        .max_demand(demand.max)
+                        .min_demand(demand.min)
+                        .window(Window::fixed(ms(size), |e: &Event| e.0)),
+                )
+                .reduce_mut(BTreeMap::new, move |(_, value), sums: &mut BTreeMap<i64, i64>| {
+                    *sums.entry(key(value)).or_default() += value;
+                })
+                .on_trigger(|sums, _, trigger| {
+                    let id = trigger.window.id;
+                    let out: Vec<_> = sums.into_iter().map(|(k, sum)| (id, k, sum)).collect();
+                    (out, BTreeMap::new())
+                })
+                .collect()
+        })?;
+        let mut got: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+        for (id, k, sum) in fired {
+            prop_assert!(
+                got.insert((id, k), sum).is_none(),
+                "key {} of window {} emitted twice", k, id
+            );
+        }
+        prop_assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn reduce_mut_fires_every_trigger_as_reduce_does(
+        events in prop::collection::vec(event(), 0..80),
+        size in 1i64..=30,
+        every in 1u64..=7,
+        demand in demand(),
+    ) {
+        type Fired = Vec<(i64, TriggerName, i64, u64)>;
+        let flow = move |in_place: bool| {
+            let events = events.clone();
+            run(move || {
+                let window = Window::fixed(ms(size), |e: &Event| e.0).trigger_every(every);
+                let layer = Flow::from_iter(events).partition(
+                    Partition::new()
+                        .stages(1)
+                        .max_demand(demand.max)
+                        .min_demand(demand.min)
+                        .window(window),
+                );
+                let report = |(sum, count): (i64, u64), _, trigger: &flowstage::flow::Trigger| {
+                    let fired = (trigger.window.id, trigger.name.clone(), sum, count);
+                    (vec![fired], (sum, count))
+                };
+                let fired: Fired = if in_place {
+                    layer
+                        .reduce_mut(|| (0i64, 0u64), |(_, value), acc: &mut (i64, u64)| {
+                            acc.0 += value;
+                            acc.1 += 1;
+                        })
+                        .on_trigger(report)
+                        .collect()?
+                } else {
+                    layer
+                        .reduce(|| (0i64, 0u64), |(_, value), (sum, count)| (sum + value, count + 1))
+                        .on_trigger(report)
+                        .collect()?
+                };
+                Ok(fired)
+            })
+        };
+        let by_value = flow(false)?;
+        prop_assert!(
+            by_value.iter().any(|(_, name, _, _)| *name == TriggerName::Done) || by_value.is_empty(),
+            "no Done trigger: {:?}", by_value
+        );
+        prop_assert_eq!(flow(true)?, by_value);
     }
 
     #[test]

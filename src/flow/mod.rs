@@ -53,8 +53,8 @@ pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
 pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
 pub use reduce::{
-    Emit, EmitEvents, EmitNothing, EmitState, Emits, Fold, FoldEmit, OnTrigger, Step, Trigger,
-    TriggerName, WindowInfo,
+    Emit, EmitEvents, EmitNothing, EmitState, Emits, Fold, FoldEmit, FoldMut, OnTrigger, Step,
+    Trigger, TriggerName, WindowInfo,
 };
 
 pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer};
@@ -634,6 +634,48 @@ impl<P: Plan> Flow<P> {
         }
     }
 
+    /// [`reduce`](Flow::reduce) with the accumulator updated in place: `f(event, &mut
+    /// acc)` (as itertools' `fold_mut`). The same results and triggers as `reduce`; use it
+    /// when the accumulator is large (a map, a `Vec`): `reduce` moves it through `f` on
+    /// every event, which a cheap step pays for — a keyed sum into a hash map spends
+    /// about a fifth of its time moving the map.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use flowstage::flow::{Flow, Partition};
+    /// let mut counts: Vec<(char, u64)> = Flow::from_iter("hello world".chars())
+    ///     .partition(Partition::by_key(|c: &char| *c).stages(2))
+    ///     .reduce_mut(HashMap::new, |c, counts: &mut HashMap<char, u64>| {
+    ///         *counts.entry(c).or_default() += 1;
+    ///     })
+    ///     .collect()?;
+    /// counts.sort();
+    /// assert_eq!(counts[..3], [(' ', 1), ('d', 1), ('e', 1)]);
+    /// assert_eq!(counts.iter().find(|(c, _)| *c == 'l'), Some(&('l', 3)));
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn reduce_mut<Acc, I, F>(
+        self,
+        init: I,
+        f: F,
+    ) -> Flow<ReduceNode<P, Acc, I, FoldMut<F>, EmitEvents>>
+    where
+        Acc: Send + 'static,
+        I: Fn() -> Acc + Send + Sync + 'static,
+        F: Fn(P::Item, &mut Acc) + Send + Sync + 'static,
+    {
+        Flow {
+            plan: ReduceNode {
+                inner: self.plan,
+                init: Arc::new(init),
+                step: Arc::new(FoldMut(f)),
+                emit: Arc::new(EmitEvents),
+                finish: |_| {},
+                label: "reduce_mut",
+            },
+        }
+    }
+
     /// Like [`reduce`](Flow::reduce), and `f` also emits events as it goes:
     /// `f(event, acc) -> (events, acc)`. At triggers nothing more is emitted unless
     /// [`on_trigger`](Flow::on_trigger) says so.
@@ -695,9 +737,7 @@ impl<P: Plan> Flow<P> {
             P,
             HashMap<K, Vec<V>>,
             fn() -> HashMap<K, Vec<V>>,
-            Fold<
-                impl Fn(P::Item, HashMap<K, Vec<V>>) -> HashMap<K, Vec<V>> + Send + Sync + 'static,
-            >,
+            FoldMut<impl Fn(P::Item, &mut HashMap<K, Vec<V>>) + Send + Sync + 'static>,
             EmitEvents,
         >,
     >
@@ -707,16 +747,15 @@ impl<P: Plan> Flow<P> {
         KF: Fn(&P::Item) -> K + Send + Sync + 'static,
         VF: Fn(P::Item) -> V + Send + Sync + 'static,
     {
-        let fold = move |event: P::Item, mut groups: HashMap<K, Vec<V>>| {
+        let fold = move |event: P::Item, groups: &mut HashMap<K, Vec<V>>| {
             let key = key(&event);
             groups.entry(key).or_default().push(value(event));
-            groups
         };
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
                 init: Arc::new(HashMap::new as fn() -> HashMap<K, Vec<V>>),
-                step: Arc::new(Fold(fold)),
+                step: Arc::new(FoldMut(fold)),
                 emit: Arc::new(EmitEvents),
                 finish: reduce::newest_first,
                 label: "group_by",
@@ -746,7 +785,7 @@ impl<P: Plan> Flow<P> {
             P,
             HashMap<K, Vec<V>>,
             fn() -> HashMap<K, Vec<V>>,
-            Fold<impl Fn((K, V), HashMap<K, Vec<V>>) -> HashMap<K, Vec<V>> + Send + Sync + 'static>,
+            FoldMut<impl Fn((K, V), &mut HashMap<K, Vec<V>>) + Send + Sync + 'static>,
             EmitEvents,
         >,
     >
@@ -755,15 +794,14 @@ impl<P: Plan> Flow<P> {
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
     {
-        let fold = |(key, value): (K, V), mut groups: HashMap<K, Vec<V>>| {
+        let fold = |(key, value): (K, V), groups: &mut HashMap<K, Vec<V>>| {
             groups.entry(key).or_default().push(value);
-            groups
         };
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
                 init: Arc::new(HashMap::new as fn() -> HashMap<K, Vec<V>>),
-                step: Arc::new(Fold(fold)),
+                step: Arc::new(FoldMut(fold)),
                 emit: Arc::new(EmitEvents),
                 finish: reduce::newest_first,
                 label: "group_by_key",

@@ -19,6 +19,18 @@ pub use crate::window::{Trigger, TriggerName, WindowInfo};
 pub trait Step<T, Acc, U>: Send + Sync + 'static {
     /// Folds `event` into `acc`; pushes immediate output to `emit`.
     fn step(&self, event: T, acc: Acc, emit: &mut dyn FnMut(U)) -> Acc;
+
+    /// Folds a run of events (one window's part of a batch) into `acc`. The default
+    /// threads `acc` through [`step`](Step::step); a step that updates its accumulator
+    /// in place overrides it, so a large accumulator is not moved once per event.
+    #[inline]
+    fn fold<It>(&self, events: It, acc: Acc, emit: &mut dyn FnMut(U)) -> Acc
+    where
+        Self: Sized,
+        It: Iterator<Item = T>,
+    {
+        events.fold(acc, |acc, event| self.step(event, acc, emit))
+    }
 }
 
 /// `reduce`'s step: `f(event, acc) -> acc`.
@@ -29,6 +41,27 @@ impl<T, Acc, U, F: Fn(T, Acc) -> Acc + Send + Sync + 'static> Step<T, Acc, U> fo
     #[inline]
     fn step(&self, event: T, acc: Acc, _emit: &mut dyn FnMut(U)) -> Acc {
         (self.0)(event, acc)
+    }
+}
+
+/// `reduce_mut`'s step: `f(event, &mut acc)`, the accumulator updated in place.
+#[derive(Debug)]
+pub struct FoldMut<F>(pub(crate) F);
+
+impl<T, Acc, U, F: Fn(T, &mut Acc) + Send + Sync + 'static> Step<T, Acc, U> for FoldMut<F> {
+    #[inline]
+    fn step(&self, event: T, mut acc: Acc, _emit: &mut dyn FnMut(U)) -> Acc {
+        (self.0)(event, &mut acc);
+        acc
+    }
+
+    #[inline]
+    fn fold<It>(&self, events: It, mut acc: Acc, _emit: &mut dyn FnMut(U)) -> Acc
+    where
+        It: Iterator<Item = T>,
+    {
+        events.for_each(|event| (self.0)(event, &mut acc));
+        acc
     }
 }
 
@@ -269,8 +302,7 @@ where
         };
         let (step, rest) = (&*self.step, &mut self.rest);
         let mut emit = |emitted| rest.push(emitted, out);
-        self.accs
-            .put_current(events.fold(acc, |acc, event| step.step(event, acc, &mut emit)));
+        self.accs.put_current(step.fold(events, acc, &mut emit));
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
