@@ -416,17 +416,26 @@ impl<T: Send + 'static> Windower<T> {
             // range check, not a division per event; the upstream's latest timestamp is
             // only updated, and the watermark recomputed, when an event passes it.)
             let end = id.saturating_add(size);
-            let mut latest = self.upstreams.get(from).and_then(|u| u.latest);
+            // (`i64::MIN` for none: the run's first event was just observed, so only an
+            // unknown upstream has none, and nothing is observed for it anyway.)
+            let latest_of = |windower: &Self| {
+                windower
+                    .upstreams
+                    .get(from)
+                    .and_then(|u| u.latest)
+                    .unwrap_or(i64::MIN)
+            };
+            let mut latest = latest_of(self);
             let mut len = 1;
             for &t in &stamps[at + 1..] {
                 if t < id || t >= end {
                     break;
                 }
-                if latest.is_none_or(|latest| t > latest) {
+                if t > latest {
                     if !self.observe_quietly(from, t) {
                         break;
                     }
-                    latest = self.upstreams.get(from).and_then(|u| u.latest);
+                    latest = latest_of(self);
                 }
                 len += 1;
             }
