@@ -11,9 +11,11 @@
 //! gets the same answer.
 //!
 //! - `flowstage`: two producers (`Flow::from_iters`) over the two halves of the time
-//!   range; `partition` by key over two stages with a 1-second `Window::fixed`; `reduce`
-//!   into an `AHashMap` per window; `on_trigger` emitting `(window, key, sum)` when each
-//!   window closes; collected.
+//!   range; `partition` by key over two stages with a 1-second `Window::fixed`;
+//!   `reduce_mut` into an `AHashMap` per window; `on_trigger` emitting `(window, key, sum)`
+//!   when each window closes; collected. (`reduce_mut` updates the map in place, as the
+//!   sequential loop does; `reduce` would move the 64-byte map through the closure on
+//!   every event: 12 % more instructions here.)
 //! - `flowstage_interleaved`: two producers each taking every other event, so both span
 //!   the whole time range (two partitions of one log): the watermark moves with both.
 //! - `flowstage_one_source`: a single producer (`Flow::from_iter`).
@@ -130,12 +132,9 @@ fn windowed<P: Plan<Item = Event>>(flow: Flow<P>) -> Vec<Sum> {
             .max_demand(MAX_DEMAND)
             .window(window),
     )
-    .reduce(
+    .reduce_mut(
         || Sums::with_capacity(STAGE_KEYS),
-        |e: Event, mut sums: Sums| {
-            *sums.entry(e.key).or_default() += e.value;
-            sums
-        },
+        |e: Event, sums: &mut Sums| *sums.entry(e.key).or_default() += e.value,
     )
     .on_trigger(|sums, _, trigger| {
         let id = trigger.window.id;
