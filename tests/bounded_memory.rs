@@ -1,16 +1,19 @@
 //! Bounded memory, measured exactly: a counting global allocator tracks the live heap and
-//! its peak while 10 M events flow from a source that makes whatever it is asked for into
-//! a slow consumer — straight, and through a partition that sends every key to one stage.
+//! its peak while 10 M events flow from sources that make whatever they are asked for into
+//! a slow consumer — straight, through a partition that sends every key to one stage, and
+//! from two sources through a partition over two stages.
 //!
 //! The bound. Events are held only where the demand contract lets them be: on each
 //! subscription at most its `max_demand` `M` in flight or queued at the consumer; in each
 //! consuming stage one chunk being handled plus its output waiting for credit (≤ `M`
-//! each); in a partitioning producer at most `(P + 1)·M` routed events waiting for a
+//! each); in each partitioning producer at most `(P + 1)·M` routed events waiting for a
 //! partition's credit (a full queue stops the demand upstream); in each producer's buffer
 //! at most `buffer_size` `Bf`. Each `Vec` holding them may be up to twice as large as its
-//! contents. So, with `E` subscriptions, `S` consuming stages and event size `s`:
+//! contents. Emptied batches a stage keeps for its producers to refill hold room for at
+//! most `2·M` per subscription. So, with `E` subscriptions, `S` consuming stages, `D`
+//! partitioning producers, `B` producers and event size `s`:
 //!
-//! `peak − baseline ≤ F + 2·s·(E·M + 2·S·M + [(P + 1)·M] + Bf)`
+//! `peak − baseline ≤ F + 2·s·(E·M + 2·S·M + D·(P + 1)·M + B·Bf) + s·2·E·M`
 //!
 //! where `F` = 1 MiB covers what a run allocates whatever its input (tasks, channels,
 //! metrics, the stage graph). The baseline is the live heap after a warm-up run of the
@@ -154,10 +157,22 @@ impl Consumer for Slow {
     }
 }
 
-/// Runs `events` events straight or through a skewed partition into a slow consumer;
-/// returns the peak of the live heap above what was live when it started, and the number
-/// of stages the flow compiled to.
-fn peak_above_baseline(events: u64, partitioned: bool) -> (usize, usize) {
+/// The flows measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// source (+ map, fused) → sink.
+    Straight,
+    /// source → 2 partition stages, every event to the first (+ map) → sink.
+    Skewed,
+    /// 2 sources → 2 partition stages by key (+ map) → sink: every queue fills and
+    /// flushes, batch after batch, and the stages hand their batches back.
+    Balanced,
+}
+
+/// Runs `events` events through `shape` into a slow consumer; returns the peak of the
+/// live heap above what was live when it started, and the number of stages the flow
+/// compiled to.
+fn peak_above_baseline(events: u64, shape: Shape) -> (usize, usize) {
     let received = Arc::new(AtomicU64::new(0));
     let checksum = Arc::new(AtomicU64::new(0));
     let sink = Slow {
@@ -165,20 +180,37 @@ fn peak_above_baseline(events: u64, partitioned: bool) -> (usize, usize) {
         received: received.clone(),
         checksum: checksum.clone(),
     };
-    let source = Flow::from_stages(vec![Eager {
-        next: 0,
-        limit: events,
-    }]);
+    let producers = if shape == Shape::Balanced {
+        vec![
+            Eager {
+                next: 0,
+                limit: events / 2,
+            },
+            Eager {
+                next: events / 2,
+                limit: events,
+            },
+        ]
+    } else {
+        vec![Eager {
+            next: 0,
+            limit: events,
+        }]
+    };
+    let source = Flow::from_stages(producers);
     let baseline = LIVE.load(SeqCst);
     PEAK.store(baseline, SeqCst);
-    let report = if partitioned {
+    let report = match shape {
+        Shape::Straight => source.map(|e| e).run_into(sink),
         // Every event to partition 0 of 2: the other partition never has anything.
-        source
+        Shape::Skewed => source
             .partition(Partition::by_hash(|_: &Event, _| Some(0)).stages(2))
             .map(|e| e)
-            .run_into(sink)
-    } else {
-        source.map(|e| e).run_into(sink)
+            .run_into(sink),
+        Shape::Balanced => source
+            .partition(Partition::by_key(|e: &Event| e.seq).stages(2))
+            .map(|e| e)
+            .run_into(sink),
     }
     .expect("the run ends Ok");
     let peak = PEAK.load(SeqCst) - baseline;
@@ -189,30 +221,37 @@ fn peak_above_baseline(events: u64, partitioned: bool) -> (usize, usize) {
     (peak, stages)
 }
 
-fn bound(subscriptions: usize, consuming_stages: usize, partitions: Option<usize>) -> usize {
+/// The bound for `subscriptions`, `consuming_stages`, `producers` of which `partitioning`
+/// partition over `partitions`.
+fn bound(
+    subscriptions: usize,
+    consuming_stages: usize,
+    producers: usize,
+    partitioning: usize,
+    partitions: usize,
+) -> usize {
     let m = DEFAULT_MAX_DEMAND;
-    let dispatcher = partitions.map_or(0, |p| (p + 1) * m);
-    let events = subscriptions * m + 2 * consuming_stages * m + dispatcher + DEFAULT_BUFFER_SIZE;
-    F + 2 * std::mem::size_of::<Event>() * events
+    let dispatchers = partitioning * (partitions + 1) * m;
+    let events = subscriptions * m
+        + 2 * consuming_stages * m
+        + dispatchers
+        + producers * DEFAULT_BUFFER_SIZE;
+    let spares = 2 * subscriptions * m;
+    F + std::mem::size_of::<Event>() * (2 * events + spares)
 }
 
-fn measure(partitioned: bool, stages: usize, bound: usize) {
+fn measure(shape: Shape, stages: usize, bound: usize) {
     // Warm up: the shared runtime, its timers and thread-locals come into being here.
-    peak_above_baseline(10_000, partitioned);
-    let (peak, compiled) = peak_above_baseline(EVENTS, partitioned);
+    peak_above_baseline(10_000, shape);
+    let (peak, compiled) = peak_above_baseline(EVENTS, shape);
     assert_eq!(compiled, stages, "the graph the bound was counted on");
     let unbounded = EVENTS as usize * std::mem::size_of::<Event>();
     eprintln!(
-        "{}: peak live heap {peak} bytes above baseline over {EVENTS} events (bound {bound}; \
-         all events at once would be {unbounded})",
-        if partitioned {
-            "skewed partition"
-        } else {
-            "straight"
-        }
+        "{shape:?}: peak live heap {peak} bytes above baseline over {EVENTS} events (bound \
+         {bound}; all events at once would be {unbounded})"
     );
     assert!(peak <= bound, "peak {peak} above the bound {bound}");
-    assert!(bound * 100 < unbounded, "the bound must mean something");
+    assert!(bound * 50 < unbounded, "the bound must mean something");
 }
 
 #[test]
@@ -220,7 +259,7 @@ fn a_slow_consumer_keeps_the_heap_bounded() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     guarded(|| {
         // source (+ map, fused) → sink: 1 subscription, 1 consuming stage.
-        measure(false, 2, bound(1, 1, None));
+        measure(Shape::Straight, 2, bound(1, 1, 1, 0, 0));
     });
 }
 
@@ -230,6 +269,16 @@ fn a_skewed_partition_keeps_the_heap_bounded() {
     guarded(|| {
         // source → 2 partition stages (+ map) → sink: 4 subscriptions, 3 consuming stages,
         // a partition dispatcher over 2.
-        measure(true, 4, bound(4, 3, Some(2)));
+        measure(Shape::Skewed, 4, bound(4, 3, 1, 1, 2));
+    });
+}
+
+#[test]
+fn a_balanced_partition_keeps_the_heap_bounded() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    guarded(|| {
+        // 2 sources → 2 partition stages (+ map) → sink: 6 subscriptions, 3 consuming
+        // stages, 2 partition dispatchers over 2.
+        measure(Shape::Balanced, 5, bound(6, 3, 2, 2, 2));
     });
 }

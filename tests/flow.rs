@@ -2071,3 +2071,57 @@ fn many_threads_collect_at_once() {
         assert_eq!(total, (0..10_000u64).sum::<u64>() + 10_000 * seed as u64);
     }
 }
+
+#[test]
+fn a_partitioning_source_sends_batches_that_fill_the_credit() {
+    // Two sources, two partitions, `max_demand` 1 000 (a consumer asks again for 500 or
+    // more once it has handled 500). A source sends a partition's events once they fill
+    // its credit, not in the shrinking pieces each production brings (which made the
+    // average batch a sixth of `max_demand`).
+    let report = guarded(|| {
+        Flow::from_iters([0..200_000u64, 200_000..400_000])
+            .partition(Partition::by_key(|x: &u64| *x).stages(2).max_demand(1000))
+            .reduce(|| 0u64, |_, count| count + 1)
+            .emit_state()
+            .run()
+    })
+    .unwrap();
+    let partitions: Vec<_> = report
+        .stages
+        .iter()
+        .filter(|s| s.stage.name.starts_with("partition["))
+        .collect();
+    assert_eq!(partitions.len(), 2);
+    assert_eq!(partitions.iter().map(|s| s.events_in).sum::<u64>(), 400_000);
+    for stage in partitions {
+        let average = stage.events_in / stage.batches_in.max(1);
+        assert!(
+            average >= 400,
+            "average batch {average} into {}: {stage:?}",
+            stage.stage.name
+        );
+    }
+}
+
+#[test]
+fn a_partitioning_source_that_waits_sends_what_it_holds_first() {
+    // The stream gives one event, then waits: that event must come out of the flow while
+    // the source is still open, not when its next production ends.
+    let first = guarded(|| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async {
+            let (tx, rx) = futures::channel::mpsc::unbounded::<u32>();
+            let mut stream = Flow::from_stream(rx)
+                .partition(Partition::new().stages(2))
+                .into_stream()
+                .unwrap();
+            // Both partitions' demand reaches the waiting source first; then the event.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            tx.unbounded_send(7).unwrap();
+            let first = stream.next().await;
+            drop(tx);
+            first.map(|event| event.unwrap())
+        })
+    });
+    assert_eq!(first, Some(7));
+}

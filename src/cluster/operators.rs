@@ -160,7 +160,7 @@ where
                 activator.activate_after(Duration::from_micros(200));
                 return;
             }
-            let (events, last) = match runtime.block_on(state.producer.handle_demand(batch)) {
+            let (mut events, last) = match runtime.block_on(state.producer.handle_demand(batch)) {
                 Ok(Produced::Events(events)) => (events, false),
                 Ok(Produced::Finished(events)) => (events, true),
                 Err(error) => {
@@ -170,7 +170,7 @@ where
                 }
             };
             let read = events.len();
-            state.logic.batch(events, &mut state.out);
+            state.logic.batch(&mut events, &mut state.out);
             if last {
                 state.logic.done(&mut state.out);
             }
@@ -258,7 +258,7 @@ where
                 let Some(capability) = time.retain_least(0).or_else(|| hold.clone()) else {
                     return;
                 };
-                let events: Vec<T> = if checks {
+                let mut events: Vec<T> = if checks {
                     let mut kept = Vec::with_capacity(events.len());
                     for event in events {
                         match route.as_ref().map(|r| r.route(&event, workers)) {
@@ -288,7 +288,7 @@ where
                         }
                         if entered != Some(id) {
                             if !run.is_empty() {
-                                logic.batch(std::mem::take(&mut run), &mut out);
+                                logic.batch(&mut run, &mut out);
                             }
                             let info = WindowInfo { kind: "fixed", id };
                             logic.window(WindowSignal::Enter(&info), &mut out);
@@ -298,10 +298,10 @@ where
                         run.push(event);
                     }
                     if !run.is_empty() {
-                        logic.batch(std::mem::take(&mut run), &mut out);
+                        logic.batch(&mut run, &mut out);
                     }
                 } else {
-                    logic.batch(events, &mut out);
+                    logic.batch(&mut events, &mut out);
                 }
                 emit(output, &capability, &mut out, &stamp);
             });

@@ -133,8 +133,8 @@ where
         }
     }
 
-    fn batch(&mut self, events: Vec<(K, V)>, out: &mut Vec<L::Out>) {
-        for event in events {
+    fn batch(&mut self, events: &mut Vec<(K, V)>, out: &mut Vec<L::Out>) {
+        for event in events.drain(..) {
             self.push(event, out);
         }
     }

@@ -236,18 +236,23 @@ where
         if self.finished {
             return Ok(Produced::Finished(Vec::new()));
         }
-        let mut out = Vec::with_capacity(self.expansion.capacity(demand, &self.logic));
+        // (An empty chain hands the read batch itself on: nothing to allocate.)
+        let mut out = if self.logic.passes_batches() {
+            Vec::new()
+        } else {
+            Vec::with_capacity(self.expansion.capacity(demand, &self.logic))
+        };
         // Keep reading while the chain filters everything out, so a selective filter
         // does not look like an idle source (which would wait for the retry interval).
         loop {
             let ask = self.expansion.ask(demand);
-            let (events, last) = match self.producer.handle_demand(ask).await? {
+            let (mut events, last) = match self.producer.handle_demand(ask).await? {
                 Produced::Events(events) => (events, false),
                 Produced::Finished(events) => (events, true),
             };
             let read = events.len();
             let before = out.len();
-            self.logic.batch(events, &mut out);
+            self.logic.batch(&mut events, &mut out);
             if let Some(error) = self.logic.failure() {
                 return Err(error);
             }
@@ -286,7 +291,15 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
 
     async fn handle_events(
         &mut self,
-        events: Vec<L::In>,
+        mut events: Vec<L::In>,
+        context: &mut ConsumerContext,
+    ) -> std::result::Result<Vec<L::Out>, StageError> {
+        self.handle_events_in_place(&mut events, context).await
+    }
+
+    async fn handle_events_in_place(
+        &mut self,
+        events: &mut Vec<L::In>,
         _context: &mut ConsumerContext,
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = if self.logic.has_reducer() {
@@ -319,7 +332,15 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
 
     async fn handle_events(
         &mut self,
-        events: Vec<L::In>,
+        mut events: Vec<L::In>,
+        context: &mut ConsumerContext,
+    ) -> std::result::Result<Vec<L::Out>, StageError> {
+        self.handle_events_in_place(&mut events, context).await
+    }
+
+    async fn handle_events_in_place(
+        &mut self,
+        events: &mut Vec<L::In>,
         context: &mut ConsumerContext,
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();

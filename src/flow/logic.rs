@@ -34,8 +34,10 @@ pub trait Logic: Send + 'static {
     /// Handles one event, pushing any output into `out`.
     fn push(&mut self, event: Self::In, out: &mut Vec<Self::Out>);
 
-    /// Handles a whole batch (the default feeds it to [`feed`](Logic::feed)).
-    fn batch(&mut self, events: Vec<Self::In>, out: &mut Vec<Self::Out>)
+    /// Handles a whole batch, taking the events out of `events` and leaving it empty, so
+    /// that its allocation can serve a later batch (the default drains it into
+    /// [`feed`](Logic::feed)).
+    fn batch(&mut self, events: &mut Vec<Self::In>, out: &mut Vec<Self::Out>)
     where
         Self: Sized,
     {
@@ -44,7 +46,7 @@ pub trait Logic: Send + 'static {
             // regrowth. (A reducer emits at its triggers: nothing to reserve for.)
             out.reserve(events.len());
         }
-        self.feed(events.into_iter(), out);
+        self.feed(events.drain(..), out);
     }
 
     /// Handles the events of an iterator. Operators override it to adapt the iterator and
@@ -73,6 +75,12 @@ pub trait Logic: Send + 'static {
 
     /// Whether the chain already holds a reducer (a layer holds at most one).
     fn has_reducer(&self) -> bool {
+        false
+    }
+
+    /// Whether the chain hands each batch on as it is (the empty chain): a source stage
+    /// then gives the batch itself downstream and allocates no output of its own.
+    fn passes_batches(&self) -> bool {
         false
     }
 
@@ -111,12 +119,13 @@ impl<T: Send + 'static> Logic for Identity<T> {
         out.push(event);
     }
 
-    fn batch(&mut self, events: Vec<T>, out: &mut Vec<T>) {
+    fn batch(&mut self, events: &mut Vec<T>, out: &mut Vec<T>) {
         if out.is_empty() {
-            // Nothing else in this output yet: hand the whole Vec over without copying.
-            *out = events;
+            // Nothing else in this output yet: hand the whole Vec over without copying
+            // (`events` keeps the output's empty allocation).
+            std::mem::swap(out, events);
         } else {
-            out.extend(events);
+            out.append(events);
         }
     }
 
@@ -130,6 +139,10 @@ impl<T: Send + 'static> Logic for Identity<T> {
     fn window(&mut self, _signal: WindowSignal<'_>, _out: &mut Vec<T>) {}
 
     fn describe(&self, _names: &mut Vec<String>) {}
+
+    fn passes_batches(&self) -> bool {
+        true
+    }
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         None
@@ -396,19 +409,21 @@ where
     }
 
     fn push(&mut self, event: A, out: &mut Vec<L::Out>) {
-        self.batch(vec![event], out);
+        self.batch(&mut vec![event], out);
     }
 
-    fn batch(&mut self, events: Vec<A>, out: &mut Vec<L::Out>) {
+    fn batch(&mut self, events: &mut Vec<A>, out: &mut Vec<L::Out>) {
         // A source's last answer may be an empty `Finished`: that is no batch to map.
         if events.is_empty() {
             return;
         }
-        self.rest.feed((self.f)(events).into_iter(), out);
+        // The user's function takes the batch itself.
+        self.rest
+            .feed((self.f)(std::mem::take(events)).into_iter(), out);
     }
 
     fn feed<It: Iterator<Item = A>>(&mut self, events: It, out: &mut Vec<L::Out>) {
-        self.batch(events.collect(), out);
+        self.batch(&mut events.collect(), out);
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
@@ -444,7 +459,7 @@ mod tests {
         let plus_one = Map::new(Arc::new(|x: u32| x + 1), times_two);
         let mut chain = Filter::new(Arc::new(|x: &u32| x % 2 == 0), plus_one);
         let mut out = Vec::new();
-        chain.batch(vec![1, 2, 3, 4, 5, 6], &mut out);
+        chain.batch(&mut vec![1, 2, 3, 4, 5, 6], &mut out);
         assert_eq!(out, vec![6, 10, 14]);
         let mut names = Vec::new();
         chain.describe(&mut names);

@@ -161,9 +161,11 @@ pub(crate) trait Dispatch<T>: Send {
         0
     }
 
-    /// Sends held events that credit now allows; returns how many were dropped because
-    /// their subscriber had gone.
-    fn flush(&mut self) -> usize {
+    /// Sends held events that credit now allows — with `all` false, only to subscribers
+    /// whose whole credit they fill (more are being made) — and returns how many were
+    /// dropped because their subscriber had gone.
+    fn flush(&mut self, all: bool) -> usize {
+        let _ = all;
         0
     }
 
@@ -312,7 +314,12 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
     }
 
     fn demand(&self) -> usize {
-        let mut demand = 0;
+        // Enough events to fill the largest gap between a partition's credit and its
+        // queue, if keys spread evenly: `open × largest gap`. (The sum of the gaps makes
+        // a partition that just got credit wait for a run of ever smaller productions,
+        // each bringing it half of what it lacks when the others are full.) Other
+        // queues may go past their credit meanwhile; they stay bounded below.
+        let (mut open, mut gap) = (0, 0);
         for (outlet, queue) in self.outlets.iter().zip(&self.queues) {
             if !outlet.is_open() {
                 continue;
@@ -322,9 +329,10 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
             if queue.len() >= outlet.max_demand {
                 return 0;
             }
-            demand += outlet.credit().saturating_sub(queue.len());
+            open += 1;
+            gap = gap.max(outlet.credit().saturating_sub(queue.len()));
         }
-        demand
+        gap.saturating_mul(open)
     }
 
     fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError> {
@@ -352,7 +360,7 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
         self.queues.iter().map(Vec::len).sum()
     }
 
-    fn flush(&mut self) -> usize {
+    fn flush(&mut self, all: bool) -> usize {
         let mut dropped = 0;
         for (outlet, queue) in self.outlets.iter_mut().zip(&mut self.queues) {
             if queue.is_empty() {
@@ -363,21 +371,27 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 queue.clear();
                 continue;
             }
+            if !all && queue.len() < outlet.credit() {
+                // More events are being made: send when they fill the credit, in one
+                // batch rather than in the pieces each production brings.
+                continue;
+            }
             let permit = outlet.take(queue.len());
             if permit.len() == 0 {
                 continue;
             }
             // The queue keeps its capacity: it refills to about the same size, and growing
-            // it again from empty costs a dozen reallocations per batch.
+            // it again from empty costs a dozen reallocations per batch. Its new
+            // allocation is one the subscriber handed back when it can be.
             let capacity = queue.capacity();
             let batch = if permit.len() == queue.len() {
-                std::mem::replace(queue, Vec::with_capacity(capacity))
+                std::mem::replace(queue, outlet.buffer(capacity))
             } else if queue.len() - permit.len() <= permit.len() {
                 // The usual partial send: the producer made about the credit of every
                 // partition, and the hash gave this one a few more. The few move into a
                 // fresh queue and the front leaves in the old allocation: the copy is the
                 // shorter part, not the batch.
-                let mut rest = Vec::with_capacity(capacity);
+                let mut rest = outlet.buffer(capacity);
                 rest.extend(queue.drain(permit.len()..));
                 std::mem::replace(queue, rest)
             } else {

@@ -11,6 +11,7 @@ use crate::error::StageInfo;
 #[derive(Debug, Default)]
 pub(crate) struct StageMetrics {
     events_in: AtomicU64,
+    batches_in: AtomicU64,
     events_out: AtomicU64,
     demand: AtomicU64,
     buffered: AtomicU64,
@@ -19,8 +20,10 @@ pub(crate) struct StageMetrics {
 }
 
 impl StageMetrics {
+    /// A batch of `n` events arrived.
     pub(crate) fn add_in(&self, n: usize) {
         self.events_in.fetch_add(n as u64, Relaxed);
+        self.batches_in.fetch_add(1, Relaxed);
     }
 
     pub(crate) fn add_out(&self, n: usize) {
@@ -51,6 +54,7 @@ impl StageMetrics {
         StageSnapshot {
             stage: stage.clone(),
             events_in: self.events_in.load(Relaxed),
+            batches_in: self.batches_in.load(Relaxed),
             events_out: self.events_out.load(Relaxed),
             demand: self.demand.load(Relaxed),
             buffered: self.buffered.load(Relaxed),
@@ -71,6 +75,7 @@ impl StageMetrics {
 /// let report = pipeline.run()?;
 /// assert_eq!(report.stages[0].events_out, 10);
 /// assert_eq!(report.stages[1].events_in, 10);
+/// assert!(report.stages[1].batches_in >= 1);
 /// # Ok::<(), flowstage::FlowError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +84,10 @@ pub struct StageSnapshot {
     pub stage: StageInfo,
     /// Events received from upstream.
     pub events_in: u64,
+    /// Batches they came in: `events_in / batches_in` is the average batch, which says
+    /// how well the demand settings amortise the per-batch costs (a channel message, a
+    /// wake-up, a call of the stage).
+    pub batches_in: u64,
     /// Events sent downstream.
     pub events_out: u64,
     /// Outstanding demand: for a producer, credit it holds from its consumers; for a

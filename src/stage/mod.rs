@@ -252,6 +252,20 @@ pub trait ProducerConsumer: Send + 'static {
         context: &mut ConsumerContext,
     ) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send;
 
+    /// Handles a chunk of input as [`handle_events`](ProducerConsumer::handle_events)
+    /// does, taking the events out of `events` and leaving it empty: the runtime then
+    /// hands its allocation back to the producers for a later batch, instead of freeing
+    /// here what another thread allocated (which makes the system allocator return memory
+    /// to the OS and fault it in again, batch after batch). Override it when the stage can
+    /// use the events in place (`events.drain(..)`); the default takes the whole `Vec`.
+    fn handle_events_in_place(
+        &mut self,
+        events: &mut Vec<Self::In>,
+        context: &mut ConsumerContext,
+    ) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send {
+        self.handle_events(std::mem::take(events), context)
+    }
+
     /// Called once after all input was handled; returns the last events to emit.
     fn handle_done(&mut self) -> impl Future<Output = Result<Vec<Self::Out>, StageError>> + Send {
         async { Ok(Vec::new()) }

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use super::buffer::Buffer;
 use super::demand::{Cancel, DemandMode, Inflow};
 use super::dispatcher::Dispatch;
-use super::link::{Control, Msg};
+use super::link::{Control, Msg, Spares};
 use super::metrics::StageMetrics;
 use super::{Consumer, ConsumerContext, Produced, Producer, ProducerConsumer};
 use crate::error::{FlowError, Result, StageError, StageInfo};
@@ -200,6 +200,9 @@ pub(crate) struct ProducerSettings {
     pub(crate) shutdown: super::shutdown::ShutdownListener,
 }
 
+/// A producer flushes every partition queue at least once per this many productions.
+const FLUSH_EVERY: u32 = 16;
+
 pub(crate) async fn run_producer<P: Producer>(
     stage: StageInfo,
     mut producer: P,
@@ -212,6 +215,8 @@ pub(crate) async fn run_producer<P: Producer>(
     let mut finished = false;
     let mut retry_at: Option<Instant> = None;
     let mut shutdown = settings.shutdown;
+    // Productions since the last flush of every queue (see below).
+    let mut held_for = 0u32;
     loop {
         // A drain was asked: make nothing new, finish as if the input had ended. What is
         // already made (the buffer) still goes out below, under demand.
@@ -231,7 +236,20 @@ pub(crate) async fn run_producer<P: Producer>(
                 .map_err(|e| stage_error(&stage, e))?;
             buffer.extend(left);
         }
-        metrics.add_dropped(dispatch.flush());
+        // While the producer goes on making events, a partition's queue waits until it
+        // fills its subscriber's credit: one batch instead of a piece per production
+        // (productions shrink as the credit left gets uneven over partitions; sending
+        // each piece made the average batch a sixth of `max_demand`). Everything goes
+        // before the producer waits, and at least every `FLUSH_EVERY` productions, so a
+        // partition that rarely gets an event still gets it.
+        let producing = !finished
+            && dispatch.demand() > buffer.len()
+            && retry_at.is_none_or(|at| Instant::now() >= at);
+        let all = !producing || held_for >= FLUSH_EVERY;
+        if all {
+            held_for = 0;
+        }
+        metrics.add_dropped(dispatch.flush(all));
         metrics.set_demand(dispatch.credit());
         metrics.set_buffered(buffer.len() + dispatch.pending());
 
@@ -251,16 +269,24 @@ pub(crate) async fn run_producer<P: Producer>(
         };
         if want > 0 && retry_at.is_none_or(|at| Instant::now() >= at) {
             retry_at = None;
+            held_for += 1;
             // While the producer waits for data (an async source), demand keeps coming:
             // take it meanwhile and send what is already queued (another partition's
             // events, the buffer) — a producer waiting on one partition's behalf must not
             // hold back events another partition has credit for.
             let asked = producer.handle_demand(want);
             tokio::pin!(asked);
+            let mut flushed = false;
             let produced = loop {
                 tokio::select! {
                     biased;
                     produced = &mut asked => break produced,
+                    // The producer has to wait (it was not ready above): what the queues
+                    // hold goes now, not when the wait ends.
+                    () = std::future::ready(()), if !flushed => {
+                        flushed = true;
+                        metrics.add_dropped(dispatch.flush(true));
+                    }
                     msg = inbox.recv() => match msg {
                         Some(msg) => {
                             apply_control(dispatch.as_mut(), msg);
@@ -271,7 +297,7 @@ pub(crate) async fn run_producer<P: Producer>(
                                     .map_err(|e| stage_error(&stage, e))?;
                                 buffer.extend(left);
                             }
-                            metrics.add_dropped(dispatch.flush());
+                            metrics.add_dropped(dispatch.flush(true));
                             if dispatch.all_closed() {
                                 return Ok(());
                             }
@@ -370,6 +396,7 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
     mut inner: S,
     mut inbox: UnboundedReceiver<Msg<S::In>>,
     inflows: Vec<InflowSpec>,
+    spares: Arc<Spares<S::In>>,
     mut dispatch: Box<dyn Dispatch<S::Out>>,
     metrics: Arc<StageMetrics>,
 ) -> Result<()> {
@@ -408,7 +435,7 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
             }
         }
         // After dispatching: a partition dispatcher queues first, then sends under credit.
-        metrics.add_dropped(dispatch.flush());
+        metrics.add_dropped(dispatch.flush(true));
         metrics.set_demand(dispatch.credit());
         metrics.set_buffered(queued + output.len() + dispatch.pending());
         if dispatch.all_closed() {
@@ -433,14 +460,16 @@ pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
         }
         let demand = dispatch.demand();
         if output.is_empty() && demand > 0 && matches!(input.front(), Some(Input::Events(..))) {
-            let (from, chunk) = next_chunk(&mut input, inlets.chunk_size_for_front());
+            let (from, mut chunk) = next_chunk(&mut input, inlets.chunk_size_for_front(), &spares);
             let n = chunk.len();
             queued -= n;
             let mut context = ConsumerContext::new(from);
             let made = inner
-                .handle_events(chunk, &mut context)
+                .handle_events_in_place(&mut chunk, &mut context)
                 .await
                 .map_err(|e| stage_error(&stage, e))?;
+            // The chunk's allocation goes back to the producers for a later batch.
+            spares.put(chunk);
             metrics.add_late(context.take_late());
             inlets.handled(from, n, &mut context);
             output = dispatch
@@ -565,6 +594,7 @@ impl Inlets {
 fn next_chunk<I>(
     input: &mut VecDeque<Input<I>>,
     chunk_size: impl Fn(usize) -> usize,
+    spares: &Spares<I>,
 ) -> (usize, Vec<I>) {
     let Some(Input::Events(from, events)) = input.front_mut() else {
         return (0, Vec::new());
@@ -579,10 +609,16 @@ fn next_chunk<I>(
             _ => (from, Vec::new()),
         };
     }
+    // Copies go into spare buffers: allocating them fresh would bring back the churn
+    // that spares avoid.
     if remaining > 2 * limit {
-        return (from, events.by_ref().take(limit).collect());
+        let mut chunk = spares.take(limit);
+        chunk.extend(events.by_ref().take(limit));
+        return (from, chunk);
     }
     let mut front: Vec<I> = std::mem::take(events).collect();
-    *events = front.split_off(limit).into_iter();
+    let mut rest = spares.take(front.len() - limit);
+    rest.extend(front.drain(limit..));
+    *events = rest.into_iter();
     (from, front)
 }

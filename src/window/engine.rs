@@ -82,12 +82,12 @@ pub(crate) struct Windower<T> {
 /// plain counted loop for `fold`. (`Take<&mut vec::IntoIter>` folds through `try_fold`,
 /// where a large accumulator — a reduce's map, moved through each step — is copied to
 /// and from the stack on every event.)
-struct Run<'a, T> {
-    events: &'a mut vec::IntoIter<T>,
+struct Run<'a, 'b, T> {
+    events: &'a mut vec::Drain<'b, T>,
     left: usize,
 }
 
-impl<T> Iterator for Run<'_, T> {
+impl<T> Iterator for Run<'_, '_, T> {
     type Item = T;
 
     #[inline]
@@ -259,7 +259,7 @@ impl<T: Send + 'static> Windower<T> {
     fn feed<L: Logic<In = T>>(
         &mut self,
         id: i64,
-        events: &mut vec::IntoIter<T>,
+        events: &mut vec::Drain<'_, T>,
         len: usize,
         chain: &mut L,
         out: &mut Vec<L::Out>,
@@ -326,7 +326,7 @@ impl<T: Send + 'static> Windower<T> {
     pub(crate) fn batch<L: Logic<In = T>>(
         &mut self,
         from: usize,
-        events: Vec<T>,
+        events: &mut Vec<T>,
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
@@ -341,7 +341,8 @@ impl<T: Send + 'static> Windower<T> {
             }
             self.clock(now, chain, out);
         }
-        let mut events = events.into_iter();
+        // Drained, not consumed: the batch's allocation goes back to its producer.
+        let mut events = events.drain(..);
         match &self.spec.kind {
             Kind::Global => {
                 let len = events.len();
@@ -374,13 +375,13 @@ impl<T: Send + 'static> Windower<T> {
                 clone,
             } => {
                 let (size, slide, ts, clone) = (*size, *slide, ts.clone(), *clone);
-                for event in events {
+                for event in events.by_ref() {
                     self.sliding(from, size, slide, ts(&event), event, clone, chain, out);
                 }
             }
             Kind::Session { gap, ts } => {
                 let (gap, ts) = (*gap, ts.clone());
-                for event in events {
+                for event in events.by_ref() {
                     self.session(from, gap, ts(&event), event, chain, out);
                 }
             }
@@ -392,7 +393,7 @@ impl<T: Send + 'static> Windower<T> {
         from: usize,
         size: i64,
         stamps_of: &(dyn Fn(&[T], &mut Vec<i64>) + Send + Sync),
-        events: &mut vec::IntoIter<T>,
+        events: &mut vec::Drain<'_, T>,
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
@@ -470,11 +471,11 @@ impl<T: Send + 'static> Windower<T> {
             return;
         };
         for &start in earlier {
-            let mut one = vec![clone(&event)].into_iter();
-            self.feed(start, &mut one, 1, chain, out);
+            let mut one = vec![clone(&event)];
+            self.feed(start, &mut one.drain(..), 1, chain, out);
         }
-        let mut one = vec![event].into_iter();
-        self.feed(final_window, &mut one, 1, chain, out);
+        let mut one = vec![event];
+        self.feed(final_window, &mut one.drain(..), 1, chain, out);
     }
 
     fn session<L: Logic<In = T>>(
@@ -675,9 +676,9 @@ impl<T: Send + 'static> Windower<T> {
     ) {
         if let Some(session) = self.sessions.remove(&start) {
             self.closed_end = self.closed_end.max(session.end);
-            let len = session.events.len();
-            let mut events = session.events.into_iter();
-            self.feed(start, &mut events, len, chain, out);
+            let mut events = session.events;
+            let len = events.len();
+            self.feed(start, &mut events.drain(..), len, chain, out);
             self.fire(start, TriggerName::Done, chain, out);
         }
     }
