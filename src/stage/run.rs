@@ -242,9 +242,7 @@ pub(crate) async fn run_producer<P: Producer>(
         // each piece made the average batch a sixth of `max_demand`). Everything goes
         // before the producer waits, and at least every `FLUSH_EVERY` productions, so a
         // partition that rarely gets an event still gets it.
-        let producing = !finished
-            && dispatch.demand() > buffer.len()
-            && retry_at.is_none_or(|at| Instant::now() >= at);
+        let producing = wanted(finished, dispatch.as_ref(), &buffer, retry_at) > 0;
         let all = !producing || held_for >= FLUSH_EVERY;
         if all {
             held_for = 0;
@@ -262,12 +260,9 @@ pub(crate) async fn run_producer<P: Producer>(
             }
             return Ok(());
         }
-        let want = if finished {
-            0
-        } else {
-            dispatch.demand().saturating_sub(buffer.len())
-        };
-        if want > 0 && retry_at.is_none_or(|at| Instant::now() >= at) {
+        // (Again after the flush: sending a full queue can open demand up.)
+        let want = wanted(finished, dispatch.as_ref(), &buffer, retry_at);
+        if want > 0 {
             retry_at = None;
             held_for += 1;
             // While the producer waits for data (an async source), demand keeps coming:
@@ -332,6 +327,20 @@ pub(crate) async fn run_producer<P: Producer>(
             () = shutdown.requested(), if !finished => {}
         }
     }
+}
+
+/// How many events to ask a producer for now: the demand its buffer does not cover, or 0
+/// when it finished or waits out its retry interval.
+fn wanted<T>(
+    finished: bool,
+    dispatch: &dyn Dispatch<T>,
+    buffer: &Buffer<T>,
+    retry_at: Option<Instant>,
+) -> usize {
+    if finished || retry_at.is_some_and(|at| Instant::now() < at) {
+        return 0;
+    }
+    dispatch.demand().saturating_sub(buffer.len())
 }
 
 async fn sleep_until(at: Option<Instant>) {
