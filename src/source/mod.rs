@@ -22,6 +22,8 @@ mod poll;
 mod reader;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+pub(crate) mod redis_url;
 mod stages;
 mod stream;
 mod word;
