@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::chunk::{Chunk, Delimiter};
 use super::{BoxedProducer, Source};
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Produced, Producer};
 
 /// Default block size of a reader: small enough that the events one chunk turns into
@@ -134,9 +134,15 @@ impl FileSource {
     }
 }
 
-fn io_error(path: &Path, offset: Option<u64>, source: std::io::Error) -> FlowError {
+fn io_error(
+    operation: IoOperation,
+    path: &Path,
+    offset: Option<u64>,
+    source: std::io::Error,
+) -> FlowError {
     FlowError::Io {
-        path: path.to_path_buf(),
+        operation,
+        path: Some(path.to_path_buf()),
         offset,
         source,
     }
@@ -170,10 +176,13 @@ impl Source for FileSource {
             )));
         }
         let path: Arc<Path> = Arc::from(self.path.as_path());
-        let file = File::open(&path).map_err(|e| io_error(&path, None, e))?;
-        let metadata = file.metadata().map_err(|e| io_error(&path, None, e))?;
+        let file = File::open(&path).map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
         if metadata.is_dir() {
             return Err(io_error(
+                IoOperation::Open,
                 &path,
                 None,
                 std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
@@ -186,7 +195,8 @@ impl Source for FileSource {
             // file does not change while the flow runs. The crate's only `unsafe`: a
             // system call Miri cannot run, with nothing of ours inside it to check.
             #[allow(unsafe_code)]
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(&path, None, e))?;
+            let map = unsafe { memmap2::Mmap::map(&file) }
+                .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
             Some(Arc::new(map))
         } else {
             None
@@ -240,15 +250,16 @@ struct RangeReader {
 }
 
 impl RangeReader {
-    fn error(&self, offset: u64, source: std::io::Error) -> StageError {
-        Box::new(io_error(&self.path, Some(offset), source))
+    fn error(&self, operation: IoOperation, offset: u64, source: std::io::Error) -> StageError {
+        Box::new(io_error(operation, &self.path, Some(offset), source))
     }
 
     fn read_block(&mut self, at: u64, size: usize) -> std::result::Result<Vec<u8>, StageError> {
         if self.file.is_none() {
-            let mut file = File::open(&self.path).map_err(|e| self.error(at, e))?;
+            let mut file =
+                File::open(&self.path).map_err(|e| self.error(IoOperation::Open, at, e))?;
             file.seek(SeekFrom::Start(at))
-                .map_err(|e| self.error(at, e))?;
+                .map_err(|e| self.error(IoOperation::Read, at, e))?;
             self.file = Some(file);
         }
         let mut block = Vec::with_capacity(size);
@@ -256,7 +267,7 @@ impl RangeReader {
             Some(file) => file.take(size as u64).read_to_end(&mut block),
             None => Ok(0),
         };
-        taken.map_err(|e| self.error(at, e))?;
+        taken.map_err(|e| self.error(IoOperation::Read, at, e))?;
         // Only a total: no other memory is published through this counter.
         self.counters
             .bytes_read
@@ -266,6 +277,7 @@ impl RangeReader {
             // Stopping quietly here would lose every record after `at`.
             let end = at + block.len() as u64;
             return Err(self.error(
+                IoOperation::Read,
                 end,
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
