@@ -838,3 +838,106 @@ fn the_password_of_a_broker_address_never_shows() {
         assert!(at.contains(":***@127.0.0.1:"), "{case}: {at}");
     }
 }
+
+/// The fault matrix (`tests/faults.rs`) for the Redis source: its connection killed by the
+/// broker (`CLIENT KILL`) at a random entry ends the run with a `StageFailed` naming the
+/// source, carrying a `Broker` error — not a hang, not an `Ok` with entries missing.
+#[test]
+fn a_connection_killed_at_a_random_entry_fails_the_source() {
+    let server = Server::start();
+    const N: u64 = 2000;
+    // Positions spread over the stream, in different read batches (`max_count` 50).
+    for (run, at) in [0u64, 37, 512, 1499].into_iter().enumerate() {
+        let stream = format!("s{run}");
+        server.add(&stream, N);
+        let url = server.url.clone();
+        let killed = Arc::new(Mutex::new(None::<Instant>));
+        let fired = killed.clone();
+        let (result, ended) = common::guarded(move || {
+            let result = Flow::from_source(
+                RedisStreamSource::new(&url, &stream, "g", "c")
+                    .max_count(50)
+                    .timeout(Duration::from_secs(1)),
+            )
+            .map(move |entry: StreamEntry| {
+                if number(&entry) == at {
+                    let mut admin = redis::Client::open(url.as_str())
+                        .and_then(|c| c.get_connection())
+                        .expect("an admin connection");
+                    redis::cmd("CLIENT")
+                        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+                        .query::<u64>(&mut admin)
+                        .expect("CLIENT KILL");
+                    fired.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+                entry.id
+            })
+            .collect::<Vec<EntryId>>();
+            (result, Instant::now())
+        });
+        let error = result.expect_err("the run succeeded despite the killed connection");
+        let stage = error.stage().expect("the error names a stage");
+        assert!(stage.name.starts_with("source"), "at {at}: {error}");
+        let (broker, _) = broker_error(&error);
+        assert_eq!(broker, server.url);
+        let killed = killed.lock().unwrap().expect("the kill happened");
+        assert!(
+            ended.duration_since(killed) < Duration::from_secs(5),
+            "at {at}: the run hung for {:?} after the kill",
+            ended.duration_since(killed)
+        );
+    }
+}
+
+/// A panic while processing Redis entries ends the run naming the source stage (the
+/// processing is fused into it); what the run had read and not acknowledged — the
+/// panicking entry among them — stays pending, and the consumer run again processes it.
+#[test]
+fn a_panic_processing_redis_entries_fails_the_run_and_a_rerun_recovers_them() {
+    let server = Server::start();
+    const N: u64 = 1000;
+    const AT: u64 = 437;
+    server.add("jobs", N);
+    let (processed_1, record) = recorder();
+    let url = server.url.clone();
+    let error = common::guarded(move || {
+        Flow::from_source(RedisStreamSource::new(&url, "jobs", "g", "c").max_count(100))
+            .map(move |entry: StreamEntry| {
+                assert!(number(&entry) != AT, "injected fault at entry {AT}");
+                record(&entry);
+                entry.id
+            })
+            .run_into(RedisAck::new(&url))
+    })
+    .unwrap_err();
+    match &error {
+        FlowError::StagePanicked { stage, message } => {
+            assert!(stage.name.starts_with("source"), "{error}");
+            assert!(message.contains("injected fault at entry 437"), "{message}");
+        }
+        other => panic!("expected StagePanicked, got {other:?}"),
+    }
+    assert!(server.pending("jobs", "g") > 0);
+
+    let (processed_2, record) = recorder();
+    let source = RedisStreamSource::new(&server.url, "jobs", "g", "c")
+        .stop_when_idle(Duration::from_millis(200));
+    let counters = source.counters();
+    Flow::from_source(source)
+        .map(move |entry: StreamEntry| {
+            record(&entry);
+            entry.id
+        })
+        .run_into(RedisAck::new(&server.url))
+        .unwrap();
+    let first = processed_1.lock().unwrap().clone();
+    let second = processed_2.lock().unwrap().clone();
+    let all: BTreeSet<u64> = first.iter().chain(&second).copied().collect();
+    assert_eq!(all.len() as u64, N, "every entry processed at least once");
+    assert!(
+        second.contains(&AT),
+        "the entry that panicked was processed again"
+    );
+    assert!(counters.recovered() >= 1);
+    assert_eq!(server.pending("jobs", "g"), 0);
+}
