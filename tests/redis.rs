@@ -171,6 +171,34 @@ impl Server {
         pipe.query::<()>(&mut connection).unwrap();
     }
 
+    /// What a consumer that crashed leaves: the group (created if missing) has read
+    /// `count` new entries as `consumer`, acknowledged none. Their IDs.
+    fn read_and_crash(
+        &self,
+        stream: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Vec<String> {
+        let mut connection = self.connection();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg(&["CREATE", stream, group, "0"][..])
+            .query(&mut connection);
+        if let Err(error) = created {
+            assert_eq!(error.code(), Some("BUSYGROUP"), "{error}");
+        }
+        let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+            .arg(&["GROUP", group, consumer, "COUNT", &count.to_string()][..])
+            .arg(&["STREAMS", stream, ">"][..])
+            .query(&mut connection)
+            .unwrap();
+        read.keys
+            .into_iter()
+            .flat_map(|key| key.ids)
+            .map(|id| id.id)
+            .collect()
+    }
+
     fn pending(&self, stream: &str, group: &str) -> u64 {
         let reply: redis::Value = redis::cmd("XPENDING")
             .arg(stream)
@@ -496,6 +524,20 @@ fn recorder() -> (
     })
 }
 
+/// Runs `source` (which must stop when idle) into `RedisAck`; the entries it processed.
+fn process_until_idle(source: RedisStreamSource, url: &str) -> Vec<u64> {
+    let (processed, record) = recorder();
+    Flow::from_source(source)
+        .map(move |entry: StreamEntry| {
+            record(&entry);
+            entry.id
+        })
+        .run_into(RedisAck::new(url))
+        .unwrap();
+    let processed = processed.lock().unwrap().clone();
+    processed
+}
+
 /// Entries processed in both runs: the duplicates an at-least-once restart may cause.
 fn processed_twice(a: &[u64], b: &[u64]) -> u64 {
     let a: BTreeSet<u64> = a.iter().copied().collect();
@@ -545,20 +587,13 @@ fn a_consumer_restarted_after_a_broker_crash_recovers_its_own_pending_entries() 
         pending_after_restart > 0,
         "the crash should leave entries pending"
     );
-    let (processed_2, record) = recorder();
     let source = RedisStreamSource::new(&server.url, "orders", "group", "worker")
         .stop_when_idle(Duration::from_millis(300));
     let counters = source.counters();
-    Flow::from_source(source)
-        .map(move |entry: StreamEntry| {
-            record(&entry);
-            entry.id
-        })
-        .run_into(RedisAck::new(&server.url))
-        .unwrap();
+    let processed_2 = process_until_idle(source, &server.url);
 
     let first = processed_1.lock().unwrap().clone();
-    let second = processed_2.lock().unwrap().clone();
+    let second = processed_2;
     let all: BTreeSet<u64> = first.iter().chain(&second).copied().collect();
     let missing = (0..N).filter(|n| !all.contains(n)).count();
     assert_eq!(missing, 0, "entries never processed");
@@ -596,43 +631,20 @@ fn a_consumer_restarted_after_a_broker_crash_recovers_its_own_pending_entries() 
 fn own_pending_entries_deleted_from_the_stream_are_acknowledged_not_processed() {
     let server = Server::start();
     server.add("jobs", 10);
-    let mut connection = server.connection();
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("jobs")
-        .arg("group")
-        .arg("0")
-        .query::<()>(&mut connection)
-        .unwrap();
     // A crashed run of consumer `worker`: read everything, acknowledged nothing.
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("group")
-        .arg("worker")
-        .arg("STREAMS")
-        .arg("jobs")
-        .arg(">")
-        .query(&mut connection)
-        .unwrap();
-    let ids: Vec<String> = read.keys[0].ids.iter().map(|id| id.id.clone()).collect();
+    let ids = server.read_and_crash("jobs", "group", "worker", 10);
+    let mut connection = server.connection();
     redis::cmd("XDEL")
         .arg("jobs")
         .arg(&ids[..4])
         .query::<()>(&mut connection)
         .unwrap();
 
-    let (processed, record) = recorder();
     let source = RedisStreamSource::new(&server.url, "jobs", "group", "worker")
         .stop_when_idle(Duration::from_millis(100));
     let counters = source.counters();
-    Flow::from_source(source)
-        .map(move |entry: StreamEntry| {
-            record(&entry);
-            entry.id
-        })
-        .run_into(RedisAck::new(&server.url))
-        .unwrap();
-    let mut processed = processed.lock().unwrap().clone();
+    let processed = process_until_idle(source, &server.url);
+    let mut processed = processed;
     processed.sort_unstable();
     assert_eq!(processed, (4..10).collect::<Vec<u64>>());
     assert_eq!(counters.recovered(), 6);
@@ -686,40 +698,15 @@ fn a_short_claim_idle_never_duplicates_the_sources_own_in_flight_entries() {
 fn a_short_claim_idle_takes_over_another_consumers_pending_entries() {
     let server = Server::start();
     server.add("jobs", 50);
-    let mut connection = server.connection();
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg("jobs")
-        .arg("group")
-        .arg("0")
-        .query::<()>(&mut connection)
-        .unwrap();
     // Consumer `gone` read 20 entries and stopped.
-    redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg("group")
-        .arg("gone")
-        .arg("COUNT")
-        .arg(20)
-        .arg("STREAMS")
-        .arg("jobs")
-        .arg(">")
-        .query::<redis::Value>(&mut connection)
-        .unwrap();
+    server.read_and_crash("jobs", "group", "gone", 20);
     std::thread::sleep(Duration::from_millis(20));
-    let (processed, record) = recorder();
     let source = RedisStreamSource::new(&server.url, "jobs", "group", "worker")
         .claim_idle(Duration::from_millis(10))
         .stop_when_idle(Duration::from_millis(200));
     let counters = source.counters();
-    Flow::from_source(source)
-        .map(move |entry: StreamEntry| {
-            record(&entry);
-            entry.id
-        })
-        .run_into(RedisAck::new(&server.url))
-        .unwrap();
-    let mut processed = processed.lock().unwrap().clone();
+    let processed = process_until_idle(source, &server.url);
+    let mut processed = processed;
     processed.sort_unstable();
     assert_eq!(processed, (0..50).collect::<Vec<u64>>());
     assert_eq!(counters.reclaimed(), 20);
@@ -919,19 +906,12 @@ fn a_panic_processing_redis_entries_fails_the_run_and_a_rerun_recovers_them() {
     }
     assert!(server.pending("jobs", "g") > 0);
 
-    let (processed_2, record) = recorder();
     let source = RedisStreamSource::new(&server.url, "jobs", "g", "c")
         .stop_when_idle(Duration::from_millis(200));
     let counters = source.counters();
-    Flow::from_source(source)
-        .map(move |entry: StreamEntry| {
-            record(&entry);
-            entry.id
-        })
-        .run_into(RedisAck::new(&server.url))
-        .unwrap();
+    let processed_2 = process_until_idle(source, &server.url);
     let first = processed_1.lock().unwrap().clone();
-    let second = processed_2.lock().unwrap().clone();
+    let second = processed_2;
     let all: BTreeSet<u64> = first.iter().chain(&second).copied().collect();
     assert_eq!(all.len() as u64, N, "every entry processed at least once");
     assert!(

@@ -202,6 +202,24 @@ impl RedisStreamSource {
         self.counters.clone()
     }
 
+    /// `XREADGROUP GROUP g c COUNT n [BLOCK t] STREAMS s id`: `>` for new entries, an ID
+    /// for the consumer's own pending entries after it.
+    fn read_group(&self, count: usize, block: Option<Duration>, id: &str) -> redis::Cmd {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&*self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block) = block {
+            // At least 1 ms (checked at the start): never `BLOCK 0`, which waits forever.
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&*self.stream).arg(id);
+        command
+    }
+
     /// The settings Redis cannot honour, or would honour differently than written.
     fn check(&self) -> Result<()> {
         let invalid = |what: &str| Err(FlowError::Config(format!("RedisStreamSource: {what}")));
@@ -351,15 +369,8 @@ impl RedisReader {
         };
         let source = &self.source;
         // An ID instead of `>` reads the consumer's pending list; it never blocks.
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&*source.group)
-            .arg(&source.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("STREAMS")
-            .arg(&*source.stream)
-            .arg(after)
+        let reply: Option<StreamReadReply> = source
+            .read_group(count, None, after)
             .query_async(connection)
             .await
             .map_err(|e| broker_error(&source.url, "XREADGROUP (own pending entries)", e))?;
@@ -466,18 +477,8 @@ impl RedisReader {
         count: usize,
     ) -> std::result::Result<Vec<StreamEntry>, StageError> {
         let source = &self.source;
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&*source.group)
-            .arg(&source.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            // At least 1 ms (checked at the start): never `BLOCK 0`, which waits forever.
-            .arg(source.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&*source.stream)
-            .arg(">")
+        let reply: Option<StreamReadReply> = source
+            .read_group(count, Some(source.block), ">")
             .query_async(connection)
             .await
             .map_err(|e| broker_error(&source.url, "XREADGROUP", e))?;
