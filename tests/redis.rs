@@ -534,8 +534,7 @@ fn process_until_idle(source: RedisStreamSource, url: &str) -> Vec<u64> {
         })
         .run_into(RedisAck::new(url))
         .unwrap();
-    let processed = processed.lock().unwrap().clone();
-    processed
+    processed.lock().unwrap().clone()
 }
 
 /// Entries processed in both runs: the duplicates an at-least-once restart may cause.
