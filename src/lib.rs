@@ -89,6 +89,8 @@ pub mod error;
 #[forbid(unsafe_code)]
 pub mod flow;
 #[forbid(unsafe_code)]
+mod lingering;
+#[forbid(unsafe_code)]
 mod runtime;
 #[forbid(unsafe_code)]
 pub mod sink;
@@ -105,4 +107,5 @@ pub mod window;
 pub mod __loom;
 
 pub use error::{FlowError, IoOperation, Result, StageError, StageInfo, StageKind};
+pub use lingering::{Lingering, lingering};
 pub use runtime::{default_parallelism, runtime_metrics};

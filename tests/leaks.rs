@@ -45,7 +45,10 @@ const RUNS: usize = 10;
 /// Scenarios whose blocking entry point returns only once the run's threads are joined
 /// and its files closed (`collect`, `run_into`, and `FlowIter`, whose drop joins its
 /// thread): their thread and file counts must be back as soon as it returns, not
-/// eventually. (A file reader thread and async entry points stop after they return; and
+/// eventually. (A dropped `FlowIter` waits for its thread up to a grace of 200 ms, then
+/// leaves it to end in the background, counted in `flowstage::lingering`: these flows
+/// never block in user code, but a loaded machine may exceed the grace. Such a run is
+/// only checked to settle; most runs must be back at once.) (A file reader thread and async entry points stop after they return; and
 /// a tokio task counts as alive for a moment after its `JoinSet` has seen it end, so
 /// task counts are always waited for.)
 const AT_ONCE: &[&str] = &[
@@ -454,12 +457,17 @@ fn runs_leave_no_threads_tasks_or_files_behind() {
         guarded(|| Flow::from_par_iter((0..10u64).into_par_iter()).collect()).expect("warm-up");
     assert_eq!(warm.len(), 10);
     let baseline = counts(&own);
+    let (mut at_once, mut left_behind) = (0, 0);
     for (scenario, run) in scenarios(lines.0.clone(), bad_utf8.0.clone()) {
         for attempt in 0..RUNS {
+            let lingering = flowstage::lingering().total();
             if let Err(error) = run(&own) {
                 panic!("{scenario} (run {attempt}): {error}");
             }
-            if AT_ONCE.contains(&scenario) {
+            if flowstage::lingering().total() != lingering {
+                left_behind += 1;
+            } else if AT_ONCE.contains(&scenario) {
+                at_once += 1;
                 let now = counts(&own);
                 assert_eq!(
                     (now.threads, now.files),
@@ -470,4 +478,8 @@ fn runs_leave_no_threads_tasks_or_files_behind() {
             settles(scenario, baseline, &own);
         }
     }
+    assert!(
+        left_behind < at_once,
+        "{left_behind} runs left threads behind, only {at_once} were back at once"
+    );
 }

@@ -1,27 +1,40 @@
 //! Blocking iteration over a running flow.
 
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{FlowError, Result};
 use crate::flow::Output;
+use crate::lingering::Watch;
 use crate::stage::{Pipeline, ShutdownHandle};
 
 /// Batches in flight between the flow and the iterator: the consumer waits when the
 /// iterator is this far behind, and backpressure does the rest.
 const IN_FLIGHT: usize = 2;
 
+/// How long a dropped iterator waits for its run to stop. Aborted stages stop at their next
+/// await, well within this; only a stage blocked in user code (a sleep, a lock) takes longer,
+/// and the run is then left to end in the background rather than block the caller.
+const STOP_GRACE: Duration = Duration::from_millis(200);
+
 /// A blocking iterator over a running flow's events; see `Flow::into_iter`.
 ///
 /// The flow runs on a runtime of its own in a background thread. Dropping the iterator
-/// stops the flow and waits for that thread to end.
+/// stops the flow and waits for that thread to end — at most 200 ms: a stage blocked in
+/// user code (a closure that sleeps or waits on a lock) cannot be interrupted, so the
+/// thread is then left to end in the background as soon as that code returns, and counts
+/// in [`lingering`](crate::lingering) until it does.
 #[derive(Debug)]
 pub struct FlowIter<T> {
     batches: Option<mpsc::Receiver<Vec<T>>>,
     current: std::vec::IntoIter<T>,
     stop: Option<oneshot::Sender<()>>,
     runner: Option<JoinHandle<Result<()>>>,
+    /// Whether the runner is still running, for a drop that may not wait for it.
+    running: Option<Arc<Watch>>,
     failed: Option<FlowError>,
     shutdown: Option<ShutdownHandle>,
 }
@@ -33,6 +46,7 @@ impl<T> FlowIter<T> {
             current: Vec::new().into_iter(),
             stop: None,
             runner: None,
+            running: None,
             failed: Some(error),
             shutdown: None,
         }
@@ -46,18 +60,26 @@ pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>
     };
     let shutdown = pipeline.shutdown_handle();
     let (stop, stopped) = oneshot::channel::<()>();
+    let running = Arc::new(Watch::new(true));
+    let watch = running.clone();
     let runner = std::thread::Builder::new()
         .name("flowstage-iter".into())
         .spawn(move || {
-            let runtime = crate::runtime::build()?;
-            runtime.block_on(async move {
-                let running = pipeline.spawn()?;
-                tokio::select! {
-                    result = running.join() => result.map(|_| ()),
-                    // Dropping `running` here aborts every stage.
-                    _ = stopped => Ok(()),
-                }
-            })
+            let run = || {
+                let runtime = crate::runtime::build()?;
+                runtime.block_on(async move {
+                    let running = pipeline.spawn()?;
+                    tokio::select! {
+                        result = running.join() => result.map(|_| ()),
+                        // Dropping `running` here aborts every stage.
+                        _ = stopped => Ok(()),
+                    }
+                })
+                // Dropping the runtime waits for stages blocked in user code.
+            };
+            let result = run();
+            watch.leave();
+            result
         });
     match runner {
         Ok(runner) => FlowIter {
@@ -65,6 +87,7 @@ pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>
             current: Vec::new().into_iter(),
             stop: Some(stop),
             runner: Some(runner),
+            running: Some(running),
             failed: None,
             shutdown: Some(shutdown),
         },
@@ -143,7 +166,15 @@ impl<T> Drop for FlowIter<T> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        if let Some(runner) = self.runner.take() {
+        let Some(runner) = self.runner.take() else {
+            return;
+        };
+        let left_behind = self
+            .running
+            .as_ref()
+            .is_some_and(|running| running.abandon(STOP_GRACE));
+        if !left_behind {
+            // The runner has finished its work: joining only waits for its thread to exit.
             let _ = runner.join();
         }
     }

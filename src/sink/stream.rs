@@ -12,7 +12,10 @@ use crate::flow::Output;
 use crate::stage::{Pipeline, ShutdownHandle};
 
 /// An async stream over a running flow's events; see `Flow::into_stream`. Dropping it
-/// stops the flow.
+/// stops the flow without waiting: its stages are aborted at their next await. A stage
+/// blocked in user code (a closure that sleeps or waits on a lock) cannot be interrupted:
+/// it keeps its worker of the caller's runtime, and counts in that runtime's
+/// `RuntimeMetrics::num_alive_tasks`, until the code returns.
 #[derive(Debug)]
 pub struct FlowStream<T> {
     batches: mpsc::Receiver<Vec<T>>,

@@ -16,6 +16,8 @@ mod csv;
 #[forbid(unsafe_code)]
 mod file;
 #[forbid(unsafe_code)]
+mod input;
+#[forbid(unsafe_code)]
 mod iter;
 #[cfg(feature = "json")]
 #[forbid(unsafe_code)]

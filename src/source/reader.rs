@@ -2,22 +2,35 @@
 //!
 //! A reader thread fills blocks, cuts them at the last delimiter (the rest starts the next
 //! block), and hands them over a channel of two: memory stays at a few blocks however long
-//! the input is. The flow's one producer takes a chunk per call.
+//! the input is. The flow's one producer takes a chunk per call. When the flow is
+//! cancelled, the thread stops within 50 ms where it can poll its reader (see
+//! [`input`](super::input)); a user's `Read` that blocks can only be left to return.
 
 use std::cell::Cell;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use super::chunk::{Chunk, Delimiter};
 use super::file::DEFAULT_BLOCK_SIZE;
+use super::input::{DescriptorOf, Input, std_descriptor};
 use super::{BoxedProducer, Source};
 use crate::error::{FlowError, IoOperation, Result, StageError};
+use crate::lingering::Watch;
 use crate::stage::{Produced, Producer};
 
 /// A byte stream read in blocks on a thread of its own; emits [`Chunk`]s of whole records.
+///
+/// Cancelling the flow (dropping its output, or a failure elsewhere) stops the thread
+/// within 50 ms, and drops the reader, when the reader is a file, standard input, a child
+/// process's output, a TCP or Unix socket, or anything built with
+/// [`from_fd`](ReaderSource::from_fd): the thread waits for input in `poll(2)` and checks
+/// between polls. Any other reader cannot be interrupted: a thread blocked in its `read`
+/// when the flow is cancelled stays, counted in [`lingering`](crate::lingering), until
+/// that `read` returns; then it ends without reading more.
 ///
 /// ```
 /// use flowstage::flow::Flow;
@@ -37,6 +50,8 @@ pub struct ReaderSource<R> {
     name: Arc<Path>,
     delimiter: Delimiter,
     block_size: usize,
+    /// The descriptor to poll for input, if the reader has one.
+    descriptor: DescriptorOf<R>,
 }
 
 impl<R: Read + Send + 'static> ReaderSource<R> {
@@ -47,6 +62,7 @@ impl<R: Read + Send + 'static> ReaderSource<R> {
             name: Arc::from(name.as_ref()),
             delimiter: Delimiter::Whitespace,
             block_size: DEFAULT_BLOCK_SIZE,
+            descriptor: std_descriptor::<R>,
         }
     }
 
@@ -63,7 +79,60 @@ impl<R: Read + Send + 'static> ReaderSource<R> {
     }
 }
 
-/// Standard input as a streaming source (named `-` in errors).
+#[cfg(unix)]
+impl<R: Read + std::os::fd::AsFd + Send + 'static> ReaderSource<R> {
+    /// Reads `reader`, polling its file descriptor so that a cancelled flow stops the
+    /// reader thread within 50 ms even while no input comes (`new` does this by itself
+    /// for the standard library's readers). The reader must read straight from that
+    /// descriptor, with no buffer of its own: bytes waiting in such a buffer are invisible
+    /// to `poll(2)`, and would wait for the next input on the descriptor.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::source::{Delimiter, ReaderSource};
+    /// use std::process::{Command, Stdio};
+    /// // A child process's output, read as it comes; the child may outlive the flow.
+    /// let mut child = Command::new("sh")
+    ///     .args(["-c", "echo one; echo two; exec sleep 60"])
+    ///     .stdout(Stdio::piped())
+    ///     .spawn()?;
+    /// let output = child.stdout.take().expect("piped");
+    /// let source = ReaderSource::from_fd(output, "child").delimiter(Delimiter::Line);
+    /// let first = Flow::from_source(source.block_size(4))
+    ///     .into_iter()
+    ///     .next()
+    ///     .expect("a chunk")?;
+    /// assert_eq!(first.lines().next(), Some(&b"one"[..]));
+    /// // Dropping the iterator stopped the reader although the pipe is still open.
+    /// child.kill()?;
+    /// child.wait()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn from_fd(reader: R, name: impl AsRef<Path>) -> Self {
+        ReaderSource {
+            descriptor: super::input::own_descriptor::<R>,
+            ..ReaderSource::new(reader, name)
+        }
+    }
+}
+
+/// Standard input as a streaming source (named `-` in errors). A cancelled flow stops its
+/// reader within 50 ms, even while no input comes. (Bytes the program had already pulled
+/// into std's `Stdin` buffer without consuming them — the rest of a buffer after a
+/// `read_line`, say — cannot be seen by `poll(2)`: they come first once more input, or
+/// the end of the input, arrives.)
+///
+/// ```no_run
+/// use flowstage::flow::Flow;
+/// use flowstage::source::stdin;
+/// let words: usize = Flow::from_source(stdin())
+///     .map(|chunk| chunk.words().count())
+///     .collect::<Vec<_>>()?
+///     .into_iter()
+///     .sum();
+/// println!("{words}");
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
 pub fn stdin() -> ReaderSource<std::io::Stdin> {
     ReaderSource::new(std::io::stdin(), "-")
 }
@@ -84,15 +153,18 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
             name,
             delimiter,
             block_size,
+            descriptor,
         } = self;
         let thread_name = name.clone();
+        let watch = Arc::new(Watch::new(false));
+        let input = Input::new(reader, descriptor, watch.clone());
         let spawned = std::thread::Builder::new()
             .name("flowstage-reader".into())
             .spawn(move || {
                 // Bytes handed on so far, still readable after a panic.
                 let offset = Cell::new(0u64);
                 let read = std::panic::AssertUnwindSafe(|| {
-                    read_blocks(reader, &thread_name, delimiter, block_size, &tx, &offset)
+                    read_blocks(input, &thread_name, delimiter, block_size, &tx, &offset)
                 });
                 let last = match std::panic::catch_unwind(read) {
                     Ok(last) => last,
@@ -110,6 +182,7 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
             chunks: rx,
             name,
             ended: false,
+            watch,
         })])
     }
 }
@@ -131,26 +204,25 @@ enum Message {
 
 /// Reads `reader` to its end in blocks cut after their last delimiter, sending a chunk per
 /// block; returns the last message (`End`, or the read error). `offset` follows the bytes
-/// sent.
-fn read_blocks(
-    mut reader: impl Read,
+/// sent. Stops, returning `End`, once the flow is gone.
+fn read_blocks<R: Read + 'static>(
+    mut input: Input<R>,
     name: &Arc<Path>,
     delimiter: Delimiter,
     block_size: usize,
     tx: &mpsc::Sender<Message>,
     offset: &Cell<u64>,
 ) -> Message {
+    let cancelled = || tx.is_closed();
     let mut carry: Vec<u8> = Vec::new();
     loop {
         let at = offset.get();
         let mut block = std::mem::take(&mut carry);
         let kept = block.len();
-        block.reserve(block_size);
-        let read = match (&mut reader)
-            .take(block_size as u64)
-            .read_to_end(&mut block)
-        {
-            Ok(read) => read,
+        let read = match input.fill(&mut block, block_size, &cancelled) {
+            Ok(Some(read)) => read,
+            // The flow has stopped.
+            Ok(None) => return Message::End,
             Err(source) => {
                 return Message::Failed(FlowError::Io {
                     operation: IoOperation::Read,
@@ -196,6 +268,15 @@ struct ChannelReader {
     chunks: mpsc::Receiver<Message>,
     name: Arc<Path>,
     ended: bool,
+    /// The reader thread's passage through a user's `read`.
+    watch: Arc<Watch>,
+}
+
+impl Drop for ChannelReader {
+    fn drop(&mut self) {
+        // The flow no longer wants input: a thread inside a user's `read` is left to it.
+        self.watch.abandon(Duration::ZERO);
+    }
 }
 
 impl Producer for ChannelReader {
@@ -244,6 +325,7 @@ mod tests {
             chunks: rx,
             name: Arc::from(Path::new("pipe")),
             ended: false,
+            watch: Arc::new(Watch::new(false)),
         };
         let produced = runtime.block_on(reader.handle_demand(1));
         let error = produced.expect_err("a dead reader thread is an error");
