@@ -265,8 +265,15 @@ fn measure(shape: Shape, stages: usize, bound: usize) {
 fn a_slow_consumer_keeps_the_heap_bounded() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     guarded(|| {
-        // source (+ map, fused) → sink: 1 subscription, 1 consuming stage.
-        measure(Shape::Straight, 2, bound(1, 1, 1, 0, 0));
+        // One producer, read and mapped by one source stage per core (the map is worth
+        // spreading) → sink: a subscription and a source buffer per source stage, 1
+        // consuming stage.
+        let sources = flowstage::default_parallelism();
+        measure(
+            Shape::Straight,
+            sources + 1,
+            bound(sources, 1, sources, 0, 0),
+        );
     });
 }
 

@@ -133,6 +133,7 @@ fn fusion_keeps_operator_order() {
 fn single_producer_single_stage_keeps_order() {
     let out: Vec<u32> = guarded(|| {
         Flow::from_iter(0..10_000u32)
+            .stages(1)
             .map(|x| x * 3)
             .filter(|x| x % 2 == 0)
             .collect()
@@ -255,7 +256,10 @@ fn map_batch_sees_whole_batches_at_the_source() {
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let seen = sizes.clone();
     let out: Vec<u32> = guarded(move || {
+        // One stage: the batches are the reads of the iterator, in its order (stages
+        // sharing it split the tail, whose last read may hold a single event).
         Flow::from_iter(0..20_000u32)
+            .stages(1)
             .map_batch(move |batch: Vec<u32>| {
                 seen.lock().unwrap().push(batch.len());
                 batch
@@ -1490,7 +1494,8 @@ fn from_stream_reads_an_async_stream() {
             .collect()
     })
     .unwrap();
-    assert_eq!(out, (0..5000u32).map(|x| x * 2).collect::<Vec<_>>());
+    // Read by one reader, mapped on one stage per core: every event once, in any order.
+    assert_eq!(sorted(out), (0..5000u32).map(|x| x * 2).collect::<Vec<_>>());
 }
 
 #[test]
@@ -1803,7 +1808,11 @@ async fn dropping_the_stream_early_stops_the_flow() {
     for _ in 0..10 {
         first.push(watch(stream.next()).await.unwrap().unwrap());
     }
-    assert_eq!(first, (1..=10u64).collect::<Vec<_>>());
+    // (Mapped on one stage per core: ten distinct events, in any order.)
+    first.sort_unstable();
+    first.dedup();
+    assert_eq!(first.len(), 10, "{first:?}");
+    assert!(first.iter().all(|x| *x >= 1));
     drop(stream);
     wait_until("the source dropped", || dropped.load(SeqCst)).await;
     let now = produced.load(SeqCst);
@@ -1814,7 +1823,10 @@ async fn dropping_the_stream_early_stops_the_flow() {
 /// Starts `flow` as a stream, waits a little for an event that cannot come, drops the
 /// stream and waits for `dropped`. On its own runtime in a guarded thread: a stage that
 /// never yields would otherwise hang the test's runtime at shutdown instead of failing.
-fn drop_stream_of_filtered_flow(flow: Flow<impl Plan<Item = u64>>, dropped: Arc<AtomicBool>) {
+fn drop_stream_of_filtered_flow(
+    flow: Flow<impl Plan<Item = u64> + 'static>,
+    dropped: Arc<AtomicBool>,
+) {
     guarded(move || {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -1978,8 +1990,9 @@ fn panic_in_a_from_iter_map_names_from_iter() {
         matches!(&error, FlowError::StagePanicked { message, .. } if message.contains("bad event 10")),
         "{error:?}"
     );
+    // Any of the source's stages (the map runs on one per core) may have met event 10.
     assert!(
-        error.stage().unwrap().name.contains("from_iter[0]"),
+        error.stage().unwrap().name.starts_with("from_iter["),
         "{error}"
     );
     assert!(error.to_string().contains("bad event 10"), "{error}");

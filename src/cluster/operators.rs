@@ -87,7 +87,7 @@ pub(crate) fn sources<'s, T, L>(
 ) -> ClusterStream<'s, L::Out>
 where
     T: Send + 'static,
-    L: Logic<In = T> + Clone,
+    L: Logic<In = T> + Clone + 'static,
 {
     let count = shares.len();
     let mut streams: Vec<_> = shares
@@ -129,7 +129,7 @@ fn source_operator<'s, T, L>(
 ) -> ClusterStream<'s, L::Out>
 where
     T: Send + 'static,
-    L: Logic<In = T>,
+    L: Logic<In = T> + 'static,
 {
     let scope = compiler.scope;
     let probe = compiler.probe.clone();
@@ -207,8 +207,8 @@ pub(crate) fn layer<'s, T, R, L>(
 ) -> ClusterStream<'s, L::Out>
 where
     T: Wire,
-    R: Route<T>,
-    L: Logic<In = T>,
+    R: Route<T> + 'static,
+    L: Logic<In = T> + 'static,
 {
     let workers = compiler.scope.peers();
     let worker = compiler.scope.index();

@@ -87,7 +87,7 @@ pub trait ClusterPlan: Plan {
         stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
-        L: Logic<In = Self::Item> + Clone;
+        L: Logic<In = Self::Item> + Clone + 'static;
 }
 
 pub(crate) fn unsupported<T>(operator: impl Into<String>) -> Result<T> {
@@ -105,7 +105,7 @@ impl<S: Source> ClusterPlan for SourceNode<S> {
         stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
-        L: Logic<In = S::Item> + Clone,
+        L: Logic<In = S::Item> + Clone + 'static,
     {
         let (worker, workers) = (compiler.scope.index(), compiler.scope.peers());
         let shares =
@@ -131,7 +131,7 @@ impl<P, R, W> ClusterPlan for Exchange<P, R, W>
 where
     P: ClusterPlan,
     P::Item: Wire,
-    R: Route<P::Item>,
+    R: Route<P::Item> + 'static,
     W: LayerWindow<P::Item>,
 {
     fn timely<'s, L>(
@@ -141,7 +141,7 @@ where
         stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
-        L: Logic<In = P::Item> + Clone,
+        L: Logic<In = P::Item> + Clone + 'static,
     {
         if let Some(error) = self.error {
             return Err(error);
@@ -161,8 +161,8 @@ where
     P: ClusterPlan,
     Acc: Send + 'static,
     I: Fn() -> Acc + Send + Sync + 'static,
-    E: Emits<Acc> + Emit<Acc, <E as Emits<Acc>>::Item>,
-    S: Step<P::Item, Acc, <E as Emits<Acc>>::Item>,
+    E: Emits<Acc> + Emit<Acc, <E as Emits<Acc>>::Item> + 'static,
+    S: Step<P::Item, Acc, <E as Emits<Acc>>::Item> + 'static,
 {
     fn timely<'s, L>(
         self,
@@ -171,7 +171,7 @@ where
         stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
-        L: Logic<In = Self::Item> + Clone,
+        L: Logic<In = Self::Item> + Clone + 'static,
     {
         if logic.has_reducer() {
             return Err(FlowError::Config(
@@ -200,7 +200,7 @@ macro_rules! unsupported {
                     _stamp: Stamp<L::Out>,
                 ) -> Result<ClusterStream<'s, L::Out>>
                 where
-                    L: Logic<In = Self::Item> + Clone,
+                    L: Logic<In = Self::Item> + Clone + 'static,
                 {
                     unsupported($label)
                 }

@@ -15,10 +15,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::fused::OwnProducer;
 use super::logic::{Identity, Logic, PartitionInfo};
 use super::plan::StageHead;
 use crate::error::{FlowError, Result, StageError};
-use crate::source::BoxedProducer;
 use crate::stage::{Consumer, ConsumerContext, ConsumerOptions, Produced, Producer};
 
 /// The plan node of [`Flow::batch`](super::Flow::batch).
@@ -34,14 +34,15 @@ impl<P: Plan> StageHead for BatchNode<P> {}
 impl<P: Plan> Plan for BatchNode<P> {
     type Item = Vec<P::Item>;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Self::Item> + Clone,
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a,
     {
         if self.size == 0 {
             return Err(FlowError::Config("batch: size must be at least 1".into()));
@@ -51,7 +52,7 @@ impl<P: Plan> Plan for BatchNode<P> {
             .compile(compiler, Identity::new(), &DispatchSpec::demand())?;
         // Two chunks in flight: the batcher works on one while the next is on its way.
         let (tx, rx) = mpsc::channel(2);
-        let feeder = compiler.pipeline.consumer_with(
+        let feeder = compiler.pipeline.consumer(
             Feeder { tx: Some(tx) },
             ConsumerOptions::new().name("batch-in"),
         );
@@ -67,7 +68,7 @@ impl<P: Plan> Plan for BatchNode<P> {
         };
         let output = compiler.source(
             "batch",
-            BoxedProducer::new(batcher),
+            OwnProducer(batcher),
             logic,
             PartitionInfo { index: 0, count: 1 },
             dispatch,

@@ -98,7 +98,7 @@ impl<K, V, F, L> Combine<K, V, F, L>
 where
     K: Hash + Eq + Send + 'static,
     V: Send + 'static,
-    F: Fn(V, V) -> V + Send + Sync + 'static,
+    F: Fn(V, V) -> V + Send + Sync,
     L: Logic<In = (K, V)>,
 {
     fn flush(&mut self, out: &mut Vec<L::Out>) {
@@ -115,7 +115,7 @@ impl<K, V, F, L> Logic for Combine<K, V, F, L>
 where
     K: Hash + Eq + Send + 'static,
     V: Send + 'static,
-    F: Fn(V, V) -> V + Send + Sync + 'static,
+    F: Fn(V, V) -> V + Send + Sync,
     L: Logic<In = (K, V)>,
 {
     type In = (K, V);
@@ -179,18 +179,19 @@ where
     P: Plan<Item = (K, V)>,
     K: Hash + Eq + Send + 'static,
     V: Send + 'static,
-    F: Fn(V, V) -> V + Send + Sync + 'static,
+    F: Fn(V, V) -> V + Send + Sync,
 {
     type Item = (K, V);
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = (K, V)> + Clone,
+        Self: 'a,
+        L: Logic<In = (K, V)> + Clone + 'a,
     {
         let combine = Combine {
             combined: Combined::new(self.combine),
@@ -223,7 +224,7 @@ where
     /// ```
     pub fn reduce_by_key<F>(self, combine: F, options: Partition) -> Flow<ReduceByKeyNode<P, F>>
     where
-        F: Fn(V, V) -> V + Send + Sync + 'static,
+        F: Fn(V, V) -> V + Send + Sync,
     {
         Flow {
             plan: ReduceByKeyNode {
@@ -292,18 +293,19 @@ where
     P: Plan<Item = (K, V)>,
     K: Hash + Eq + Send + 'static,
     V: Send + 'static,
-    F: Fn(V, V) -> V + Send + Sync + 'static,
+    F: Fn(V, V) -> V + Send + Sync,
 {
     type Item = (K, V);
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = (K, V)> + Clone,
+        Self: 'a,
+        L: Logic<In = (K, V)> + Clone + 'a,
     {
         reduce_by_key_plan!(self).compile(compiler, logic, dispatch)
     }
@@ -329,7 +331,7 @@ mod cluster {
             stamp: Stamp<L::Out>,
         ) -> Result<ClusterStream<'s, L::Out>>
         where
-            L: Logic<In = (K, V)> + Clone,
+            L: Logic<In = (K, V)> + Clone + 'static,
         {
             let combine = Combine {
                 combined: Combined::new(self.combine),
@@ -355,7 +357,7 @@ mod cluster {
             stamp: Stamp<L::Out>,
         ) -> Result<ClusterStream<'s, L::Out>>
         where
-            L: Logic<In = (K, V)> + Clone,
+            L: Logic<In = (K, V)> + Clone + 'static,
         {
             reduce_by_key_plan!(self).timely(compiler, logic, stamp)
         }

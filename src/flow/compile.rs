@@ -9,32 +9,45 @@
 use std::sync::Arc;
 
 use super::explain::{Graph, Node};
+use super::fused::{FusedSource, SourceRead};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::{Result, StageError};
-use crate::source::BoxedProducer;
+use crate::stage::scoped::ScopedPipeline;
 use crate::stage::{
-    Consumer, ConsumerContext, Dispatcher, Pipeline, Produced, Producer, ProducerConsumer,
-    ProducerConsumerOptions, ProducerOptions, ProducerRef,
+    Consumer, ConsumerContext, Pipeline, ProducerConsumer, ProducerOptions, ProducerRef,
+    ScopedDispatcher,
 };
 use crate::window::Windower;
 
 /// A node of a flow's plan. Implemented by the crate's operators; users meet it as the
 /// type parameter of [`Flow`](super::Flow).
-pub trait Plan: Send + 'static {
+///
+/// A plan may borrow (its closures and iterators): the blocking terminals run it to the
+/// end before they return; the others (`into_iter`, `into_stream`, `spawn`, ...) need a
+/// `'static` plan.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a flow plan",
+    label = "not a plan",
+    note = "a plan is made by `Flow`'s sources and operators (`Flow::from_iter(..).map(..)`); \
+            a user's source is plugged in with `Flow::from_source`, a user's producer \
+            stages with `Flow::from_stages`"
+)]
+pub trait Plan: Send {
     /// The events this plan emits.
     type Item: Send + 'static;
 
     /// Builds the plan into `compiler`'s pipeline with `logic` running after it in the
     /// same stage, and the outputs dispatched by `dispatch`. Returns the outputs.
     #[doc(hidden)]
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Self::Item> + Clone;
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a;
 }
 
 /// One output of a compiled layer: a stage to subscribe to, and its graph node.
@@ -45,30 +58,31 @@ pub struct Output<T> {
     pub(crate) node: usize,
 }
 
-/// How a layer's outputs dispatch to the next layer: a fresh dispatcher per stage.
+/// How a layer's outputs dispatch to the next layer: a fresh dispatcher per stage, whose
+/// closures may borrow for `'a`.
 #[doc(hidden)]
-pub struct DispatchSpec<T> {
-    make: Arc<dyn Fn() -> Dispatcher<T> + Send + Sync>,
+pub struct DispatchSpec<'a, T> {
+    make: Arc<dyn Fn() -> ScopedDispatcher<'a, T> + Send + Sync + 'a>,
     pub(crate) label: String,
 }
 
-impl<T> std::fmt::Debug for DispatchSpec<T> {
+impl<T> std::fmt::Debug for DispatchSpec<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.label)
     }
 }
 
-impl<T: Send + 'static> DispatchSpec<T> {
+impl<'a, T: Send + 'static> DispatchSpec<'a, T> {
     pub(crate) fn demand() -> Self {
         DispatchSpec {
-            make: Arc::new(Dispatcher::demand),
+            make: Arc::new(ScopedDispatcher::demand),
             label: "demand".into(),
         }
     }
 
     pub(crate) fn new(
         label: impl Into<String>,
-        make: impl Fn() -> Dispatcher<T> + Send + Sync + 'static,
+        make: impl Fn() -> ScopedDispatcher<'a, T> + Send + Sync + 'a,
     ) -> Self {
         DispatchSpec {
             make: Arc::new(make),
@@ -76,43 +90,44 @@ impl<T: Send + 'static> DispatchSpec<T> {
         }
     }
 
-    pub(crate) fn make(&self) -> Dispatcher<T> {
+    pub(crate) fn make(&self) -> ScopedDispatcher<'a, T> {
         (self.make)()
     }
 }
 
-/// The state of one compilation: the pipeline being built and the graph to explain it.
+/// The state of one compilation: the pipeline being built, whose stages may borrow for
+/// `'a` (see `stage::scoped`), and the graph to explain it.
 #[doc(hidden)]
 #[derive(Debug)]
-pub struct Compiler {
-    pub(crate) pipeline: Pipeline,
+pub struct Compiler<'a> {
+    pub(crate) pipeline: ScopedPipeline<'a>,
     pub(crate) graph: Graph,
 }
 
-impl Compiler {
+impl<'a> Compiler<'a> {
     pub(crate) fn new(pipeline: Pipeline) -> Self {
         Compiler {
-            pipeline,
+            pipeline: ScopedPipeline::new(pipeline),
             graph: Graph::default(),
         }
     }
 
-    /// Adds one source producer with `logic` fused into it. `retry_interval`: how long
-    /// the runtime waits before asking a producer that had nothing again (the default
-    /// of [`ProducerOptions`] when `None`).
+    /// Adds one source stage reading through `reader`, with `logic` fused into it.
+    /// `retry_interval`: how long the runtime waits before asking a source that had
+    /// nothing again (the default of [`ProducerOptions`] when `None`).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn source<T, L>(
+    pub(crate) fn source<R, L>(
         &mut self,
         label: &str,
-        producer: BoxedProducer<T>,
+        reader: R,
         mut logic: L,
         partition: PartitionInfo,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
         retry_interval: Option<std::time::Duration>,
     ) -> Output<L::Out>
     where
-        T: Send + 'static,
-        L: Logic<In = T>,
+        R: SourceRead + 'a,
+        L: Logic<In = R::Item> + 'a,
     {
         logic.start(partition);
         let node = self.graph.add(Node::new(
@@ -126,32 +141,28 @@ impl Compiler {
         if let Some(retry_interval) = retry_interval {
             options = options.retry_interval(retry_interval);
         }
-        let producer = self.pipeline.producer_with(
-            FusedProducer {
-                producer,
-                logic,
-                finished: false,
-                expansion: Expansion::default(),
-            },
+        let shutdown = self.pipeline.inner().shutdown_handle();
+        let producer = self.pipeline.producer(
+            FusedSource::new(reader, logic, shutdown),
             options
                 .name(name)
-                .dispatcher(dispatch.make())
                 // Fused operators may make more events than asked (flat_map); they wait here
                 // and nothing more is asked until they are gone, so the buffer is bounded by
                 // one batch's expansion — and a flow never drops events.
                 .buffer_size(usize::MAX),
+            dispatch.make(),
         );
         Output { producer, node }
     }
 
     /// Adds one stage of a layer, running `logic`, windowed by `windower` if any.
-    pub(crate) fn stage<L: Logic>(
+    pub(crate) fn stage<L: Logic + 'a>(
         &mut self,
         label: &str,
         mut logic: L,
         windower: Option<Windower<L::In>>,
         partition: PartitionInfo,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> (crate::stage::ConsumerRef<L::In>, Output<L::Out>) {
         logic.start(partition);
         let node = self.graph.add(Node::new(
@@ -161,119 +172,19 @@ impl Compiler {
             &dispatch.label,
         ));
         let name = self.graph.nodes[node].name.clone();
-        let options = ProducerConsumerOptions::new()
-            .name(name)
-            .dispatcher(dispatch.make());
         let (input, producer) = match windower {
-            None => self
-                .pipeline
-                .producer_consumer_with(LogicStage { logic, out_hint: 0 }, options),
-            Some(windower) => self
-                .pipeline
-                .producer_consumer_with(WindowedStage { logic, windower }, options),
+            None => self.pipeline.producer_consumer(
+                LogicStage { logic, out_hint: 0 },
+                name,
+                dispatch.make(),
+            ),
+            Some(windower) => self.pipeline.producer_consumer(
+                WindowedStage { logic, windower },
+                name,
+                dispatch.make(),
+            ),
         };
         (input, Output { producer, node })
-    }
-}
-
-/// What a source stage's chain made of what it read so far, to size its next read.
-#[derive(Debug, Default)]
-struct Expansion {
-    read: u64,
-    made: u64,
-    /// The size of the last output, to allocate the next one at once.
-    out_hint: usize,
-}
-
-impl Expansion {
-    /// How many events to read for `demand` events out: as many when nothing came out
-    /// yet (or the chain filters), fewer when the chain expands (`flat_map`), so that the
-    /// output stays near the demand instead of waiting in dispatcher queues.
-    fn ask(&self, demand: usize) -> usize {
-        if demand == 0 || self.made <= self.read {
-            return demand;
-        }
-        let scaled = (demand as u128 * self.read as u128).div_ceil(self.made as u128);
-        (scaled as usize).clamp(1, demand)
-    }
-
-    /// The capacity of the next output: what the last one held, and at least the demand
-    /// unless the chain ends in a reducer (which emits at its triggers).
-    fn capacity<L: Logic>(&self, demand: usize, logic: &L) -> usize {
-        if logic.has_reducer() {
-            self.out_hint
-        } else {
-            self.out_hint.max(demand)
-        }
-    }
-
-    fn record(&mut self, read: usize, made: usize, out_len: usize) {
-        self.read += read as u64;
-        self.made += made as u64;
-        self.out_hint = out_len;
-    }
-}
-
-/// A source producer with the layer's logic fused into it.
-struct FusedProducer<T, L> {
-    producer: BoxedProducer<T>,
-    logic: L,
-    finished: bool,
-    expansion: Expansion,
-}
-
-impl<T, L> Producer for FusedProducer<T, L>
-where
-    T: Send + 'static,
-    L: Logic<In = T>,
-{
-    type Item = L::Out;
-
-    async fn handle_demand(
-        &mut self,
-        demand: usize,
-    ) -> std::result::Result<Produced<L::Out>, StageError> {
-        if self.finished {
-            return Ok(Produced::Finished(Vec::new()));
-        }
-        // (An empty chain hands the read batch itself on: nothing to allocate.)
-        let mut out = if self.logic.passes_batches() {
-            Vec::new()
-        } else {
-            Vec::with_capacity(self.expansion.capacity(demand, &self.logic))
-        };
-        // Keep reading while the chain filters everything out, so a selective filter
-        // does not look like an idle source (which would wait for the retry interval).
-        loop {
-            let ask = self.expansion.ask(demand);
-            let (mut events, last) = match self.producer.handle_demand(ask).await? {
-                Produced::Events(events) => (events, false),
-                Produced::Finished(events) => (events, true),
-            };
-            let read = events.len();
-            let before = out.len();
-            self.logic.batch(&mut events, &mut out);
-            if let Some(error) = self.logic.failure() {
-                return Err(error);
-            }
-            self.expansion.record(read, out.len() - before, out.len());
-            if last {
-                self.finished = true;
-                self.logic.done(&mut out);
-                if let Some(error) = self.logic.failure() {
-                    return Err(error);
-                }
-                return Ok(Produced::Finished(out));
-            }
-            if !out.is_empty() || read == 0 {
-                return Ok(Produced::Events(out));
-            }
-            // All filtered out: yield before reading on, so that an endless source behind a
-            // filter can neither hold a worker forever nor ignore the flow being stopped.
-            // Through tokio's task budget: it yields once per 128 reads, not after each
-            // (`yield_now` after each batch costs ~20 % on a cheap chain into a reducer).
-            tokio::task::consume_budget().await;
-        }
     }
 }
 
@@ -396,7 +307,7 @@ pub(crate) struct SinkConsumer<T, F> {
 impl<T, F> Consumer for SinkConsumer<T, F>
 where
     T: Send + 'static,
-    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send + 'static,
+    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send,
 {
     type Item = T;
 

@@ -198,10 +198,10 @@ where
 impl<T, Acc, U, I, M, D, L> Logic for Departition<T, Acc, I, M, D, L>
 where
     T: Send + 'static,
-    Acc: Send + 'static,
-    I: Fn() -> Acc + Send + Sync + 'static,
-    M: Fn(T, Acc) -> Acc + Send + Sync + 'static,
-    D: Fn(Acc) -> U + Send + Sync + 'static,
+    Acc: Send,
+    I: Fn() -> Acc + Send + Sync,
+    M: Fn(T, Acc) -> Acc + Send + Sync,
+    D: Fn(Acc) -> U + Send + Sync,
     L: Logic<In = U>,
 {
     type In = Tagged<T>;
@@ -271,20 +271,21 @@ where
     P: Plan,
     Acc: Send + 'static,
     U: Send + 'static,
-    I: Fn() -> Acc + Send + Sync + 'static,
-    M: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
-    D: Fn(Acc) -> U + Send + Sync + 'static,
+    I: Fn() -> Acc + Send + Sync,
+    M: Fn(P::Item, Acc) -> Acc + Send + Sync,
+    D: Fn(Acc) -> U + Send + Sync,
 {
     type Item = U;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = U> + Clone,
+        Self: 'a,
+        L: Logic<In = U> + Clone + 'a,
     {
         let upstream = self
             .inner
@@ -302,16 +303,16 @@ where
     }
 }
 
-fn one_stage<T, L>(
-    compiler: &mut Compiler,
+fn one_stage<'a, T, L>(
+    compiler: &mut Compiler<'a>,
     label: &str,
     upstream: Vec<Output<T>>,
     logic: L,
-    dispatch: &DispatchSpec<L::Out>,
+    dispatch: &DispatchSpec<'a, L::Out>,
 ) -> Result<Vec<Output<L::Out>>>
 where
     T: Send + 'static,
-    L: Logic<In = T> + Clone,
+    L: Logic<In = T> + Clone + 'a,
 {
     layer(
         compiler,
@@ -406,7 +407,7 @@ where
 impl<T, C, L> Logic for TopN<T, C, L>
 where
     T: Send + 'static,
-    C: Fn(&T, &T) -> Ordering + Send + Sync + 'static,
+    C: Fn(&T, &T) -> Ordering + Send + Sync,
     L: Logic<In = Vec<T>>,
 {
     type In = T;
@@ -481,18 +482,19 @@ impl<P, C> std::fmt::Debug for TakeSortNode<P, C> {
 impl<P, C> Plan for TakeSortNode<P, C>
 where
     P: Plan,
-    C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync + 'static,
+    C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync,
 {
     type Item = Vec<P::Item>;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Vec<P::Item>> + Clone,
+        Self: 'a,
+        L: Logic<In = Vec<P::Item>> + Clone + 'a,
     {
         let smallest = Smallest {
             n: self.n,
@@ -553,7 +555,7 @@ where
 impl<T, C, L> Logic for MergeTopN<T, C, L>
 where
     T: Send + 'static,
-    C: Fn(&T, &T) -> Ordering + Send + Sync + 'static,
+    C: Fn(&T, &T) -> Ordering + Send + Sync,
     L: Logic<In = Vec<T>>,
 {
     type In = Tagged<Vec<T>>;

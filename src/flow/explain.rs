@@ -9,6 +9,8 @@ use super::logic::Logic;
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) kind: &'static str,
+    /// How the stage reads, when it shares its source with other stages.
+    pub(crate) note: Option<String>,
     pub(crate) ops: Vec<String>,
     pub(crate) dispatcher: String,
 }
@@ -25,8 +27,19 @@ impl Node {
         Node {
             name,
             kind,
+            note: None,
             ops,
             dispatcher: dispatcher.to_string(),
+        }
+    }
+}
+
+impl Node {
+    /// The stage's kind, and how it reads when it shares its source.
+    fn describe_kind(&self) -> String {
+        match &self.note {
+            Some(note) => format!("{}, {note}", self.kind),
+            None => self.kind.to_string(),
         }
     }
 }
@@ -86,7 +99,7 @@ impl Explain {
                 dot,
                 "  s{index} [label=\"{} ({}){ops}\\ndispatch: {}\"];",
                 escape(&node.name),
-                node.kind,
+                escape(&node.describe_kind()),
                 escape(&node.dispatcher)
             );
         }
@@ -126,7 +139,7 @@ impl fmt::Display for Explain {
                 f,
                 "stage {index} {} ({}): {ops}; dispatch {}{}",
                 node.name,
-                node.kind,
+                node.describe_kind(),
                 node.dispatcher,
                 if into.is_empty() {
                     String::new()

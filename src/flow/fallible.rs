@@ -296,7 +296,7 @@ macro_rules! fallible {
         where
             A: Send + 'static,
             E: Into<StageError>,
-            F: Fn(&A) -> std::result::Result<U, E> + Send + Sync + 'static,
+            F: Fn(&A) -> std::result::Result<U, E> + Send + Sync,
             L: Logic,
             $($bounds)*
         {
@@ -408,16 +408,17 @@ macro_rules! fallible_node {
         {
             type Item = $item;
 
-            fn compile<L>(
+            fn compile<'a, L>(
                 self,
-                compiler: &mut Compiler,
+                compiler: &mut Compiler<'a>,
                 logic: L,
-                dispatch: &DispatchSpec<L::Out>,
+                dispatch: &DispatchSpec<'a, L::Out>,
             ) -> Result<Vec<Output<L::Out>>>
             where
-                L: Logic<In = Self::Item> + Clone,
+                Self: 'a,
+                L: Logic<In = Self::Item> + Clone + 'a,
             {
-                compiler.pipeline.error_counters($label, self.policy.counters());
+                compiler.pipeline.inner().error_counters($label, self.policy.counters());
                 let logic = $logic {
                     f: self.f,
                     errors: self.policy.handler($label),
@@ -433,7 +434,7 @@ macro_rules! fallible_node {
 fallible_node! {
     /// `try_map`.
     TryMapNode => TryMap, "try_map", [U], Item = U,
-    where { U: Send + 'static, F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync + 'static, }
+    where { U: Send + 'static, F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync, }
 }
 
 fallible_node! {
@@ -442,6 +443,6 @@ fallible_node! {
     where {
         I: IntoIterator,
         I::Item: Send + 'static,
-        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync + 'static,
+        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync,
     }
 }

@@ -31,7 +31,7 @@ use super::logic::{Identity, Logic, Map, PartitionInfo};
 use super::partition::Shuffle;
 use super::plan::layer_deferring;
 use crate::error::{FlowError, Result};
-use crate::stage::{Dispatcher, partition_hash, partition_of};
+use crate::stage::{ScopedDispatcher, partition_hash, partition_of};
 use crate::window::{Slots, Trigger, Window, WindowSignal};
 
 /// Which unmatched events a join emits.
@@ -314,9 +314,9 @@ where
     A: Send + 'static,
     B: Send + 'static,
     K: Hash + Eq + Send + 'static,
-    KA: Fn(&A) -> K + Send + Sync + 'static,
-    KB: Fn(&B) -> K + Send + Sync + 'static,
-    F: Fn(Option<&A>, Option<&B>) -> O + Send + Sync + 'static,
+    KA: Fn(&A) -> K + Send + Sync,
+    KB: Fn(&B) -> K + Send + Sync,
+    F: Fn(Option<&A>, Option<&B>) -> O + Send + Sync,
     O: Send + 'static,
     L: Logic<In = O>,
 {
@@ -415,21 +415,22 @@ where
     PL: Plan,
     PR: Plan,
     K: Hash + Eq + Send + 'static,
-    KA: Fn(&PL::Item) -> K + Send + Sync + 'static,
-    KB: Fn(&PR::Item) -> K + Send + Sync + 'static,
-    F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync + 'static,
+    KA: Fn(&PL::Item) -> K + Send + Sync,
+    KB: Fn(&PR::Item) -> K + Send + Sync,
+    F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync,
     O: Send + 'static,
 {
     type Item = O;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = O> + Clone,
+        Self: 'a,
+        L: Logic<In = O> + Clone + 'a,
     {
         if let Some(error) = self.options.validate() {
             return Err(error);
@@ -451,7 +452,7 @@ where
         let upstream_dispatch = if stages >= 2 {
             DispatchSpec::new(format!("partition({stages})"), move || {
                 let route = route.clone();
-                Dispatcher::partition_with(move |event, partitions| route(event, partitions))
+                ScopedDispatcher::partition_with(move |event, partitions| route(event, partitions))
             })
         } else {
             DispatchSpec::demand()

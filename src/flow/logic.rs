@@ -22,7 +22,7 @@ pub struct PartitionInfo {
 
 /// The work a flow does inside one stage. Implemented by the operators; users meet it only
 /// as a bound.
-pub trait Logic: Send + 'static {
+pub trait Logic: Send {
     /// Events in.
     type In: Send + 'static;
     /// Events out.
@@ -82,6 +82,14 @@ pub trait Logic: Send + 'static {
     /// then gives the batch itself downstream and allocates no output of its own.
     fn passes_batches(&self) -> bool {
         false
+    }
+
+    /// Whether the chain does enough per event to be worth spreading over more stages
+    /// than its source has readers: not the empty chain, nor one that only gathers its
+    /// events into a terminal's state (`collect`, `sum`, `count`), whose per-event cost
+    /// is below the cost of handing events to another stage.
+    fn worth_spreading(&self) -> bool {
+        !self.passes_batches()
     }
 
     /// An error an operator of the chain hit (a fallible operator whose policy is to
@@ -187,7 +195,7 @@ macro_rules! stateless {
         impl<$in, F, L> Logic for $name<$in, F, L>
         where
             $in: Send + 'static,
-            F: $bound + Send + Sync + 'static,
+            F: $bound + Send + Sync,
             L: Logic $(<In = $lin>)?,
         {
             type In = $in;
@@ -317,7 +325,7 @@ impl<A, I, F, L> Logic for FlatMap<A, F, L>
 where
     A: Send + 'static,
     I: IntoIterator<Item = L::In>,
-    F: Fn(A) -> I + Send + Sync + 'static,
+    F: Fn(A) -> I + Send + Sync,
     L: Logic,
 {
     type In = A;
@@ -398,7 +406,7 @@ impl<A, I, F, L> Logic for MapBatch<A, F, L>
 where
     A: Send + 'static,
     I: IntoIterator<Item = L::In>,
-    F: Fn(Vec<A>) -> I + Send + Sync + 'static,
+    F: Fn(Vec<A>) -> I + Send + Sync,
     L: Logic,
 {
     type In = A;

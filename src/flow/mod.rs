@@ -32,11 +32,16 @@ mod compile;
 mod departition;
 mod explain;
 pub(crate) mod fallible;
+mod fused;
+mod gather;
+mod iter;
 pub mod join;
 mod logic;
+mod par_iter;
 mod partition;
 pub(crate) mod plan;
 mod reduce;
+mod terminals;
 mod uniq;
 
 use std::cmp::Ordering;
@@ -49,8 +54,10 @@ pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use explain::Explain;
 pub use fallible::{DeadLetter, ErrorPolicy, OperatorError};
+pub use iter::IterNode;
 pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
+pub use par_iter::ParIterNode;
 pub use partition::{ByHash, ByKey, HashEvent, NoRoute, Partition, Route, Shuffle};
 pub use reduce::{
     Emit, EmitEvents, EmitNothing, EmitState, Emits, Fold, FoldEmit, FoldMut, OnTrigger, Step,
@@ -73,6 +80,7 @@ pub mod nodes {
         Merge, RejectNode, SourceNode, StageHead,
     };
     pub use super::reduce::ReduceNode;
+    pub use super::terminals::FoldNode;
     pub use super::uniq::UniqNode;
 }
 
@@ -80,7 +88,7 @@ use nodes::*;
 
 use crate::error::Result;
 use crate::sink::{self, FlowIter, FlowStream};
-use crate::source::{IterSource, ItersSource, ParIterSource, Source, StagesSource, StreamSource};
+use crate::source::{Source, StagesSource, StreamSource};
 use crate::stage::{Pipeline, ProducerRef, Report, Running};
 use crate::window::{LayerWindow, Window};
 
@@ -114,34 +122,50 @@ impl Flow<()> {
             plan: SourceNode {
                 source,
                 label: "source",
+                stages: None,
             },
         }
     }
 
-    /// A flow over one iterator, read by one producer.
+    /// A flow over one iterator. The stateless chain after it runs on the source's layer
+    /// of [`stages`](Flow::stages) stages (one per core by default), which share the
+    /// iterator, taking a batch at a time — as Flow's `from_enumerable` feeds its mapper
+    /// stages. Output order across stages is not defined; one stage keeps the iterator's.
+    /// The iterator (and the closures) may borrow when the flow ends in a blocking
+    /// terminal; the events themselves are owned (`'static`) values, as they cross
+    /// stages.
     ///
     /// ```
     /// use flowstage::flow::Flow;
-    /// let doubled: Vec<u32> = Flow::from_iter(1..=3u32).map(|x| x * 2).collect()?;
+    /// let mut doubled: Vec<u32> = Flow::from_iter(1..=3u32).map(|x| x * 2).collect()?;
+    /// doubled.sort();
     /// assert_eq!(doubled, [2, 4, 6]);
+    /// // Borrowed: the words and the map live on the caller's stack.
+    /// let words = vec!["a", "rose", "is", "a", "rose"];
+    /// let lengths: std::collections::HashMap<&str, usize> =
+    ///     words.iter().map(|w| (*w, w.len())).collect();
+    /// let total: usize = Flow::from_iter(words.iter().copied()).map(|w| lengths[w]).sum()?;
+    /// assert_eq!(total, 12);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     #[allow(clippy::should_implement_trait)]
-    pub fn from_iter<I>(iter: I) -> Flow<SourceNode<IterSource<I::IntoIter>>>
+    pub fn from_iter<I>(iter: I) -> Flow<IterNode<I::IntoIter>>
     where
         I: IntoIterator,
-        I::IntoIter: Send + 'static,
+        I::IntoIter: Send,
         I::Item: Send + 'static,
     {
         Flow {
-            plan: SourceNode {
-                source: IterSource(iter.into_iter()),
+            plan: IterNode {
+                iters: vec![iter.into_iter()],
                 label: "from_iter",
+                stages: None,
             },
         }
     }
 
-    /// A flow over several iterators, one producer each: the way to read in parallel. An
+    /// A flow over several iterators, one stage each (the way to read in parallel), or,
+    /// with fewer iterators than [`stages`](Flow::stages), shared by the stages. An
     /// empty list is an error when the flow runs.
     ///
     /// ```
@@ -154,45 +178,48 @@ impl Flow<()> {
     /// assert!(Flow::from_iters(Vec::<std::ops::Range<u32>>::new()).collect::<Vec<_>>().is_err());
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn from_iters<I>(
-        iters: impl IntoIterator<Item = I>,
-    ) -> Flow<SourceNode<ItersSource<I::IntoIter>>>
+    pub fn from_iters<I>(iters: impl IntoIterator<Item = I>) -> Flow<IterNode<I::IntoIter>>
     where
         I: IntoIterator,
-        I::IntoIter: Send + 'static,
+        I::IntoIter: Send,
         I::Item: Send + 'static,
     {
         Flow {
-            plan: SourceNode {
-                source: ItersSource(iters.into_iter().map(IntoIterator::into_iter).collect()),
+            plan: IterNode {
+                iters: iters.into_iter().map(IntoIterator::into_iter).collect(),
                 label: "from_iters",
+                stages: None,
             },
         }
     }
 
-    /// A flow over a rayon parallel iterator, read by one producer per core.
+    /// A flow over a rayon parallel iterator: rayon's splits are the source layer's
+    /// producers. Each split runs the stateless chain after the source (and the
+    /// terminal's per-stage part: for `sum`, its partial sum) on rayon's threads and sends
+    /// what it made to the flow's next layer in batches, under backpressure; the items
+    /// are read and mapped once, on one pool. The iterator (and the closures) may borrow
+    /// when the flow ends in a blocking terminal. A panic in a split ends the run with
+    /// `FlowError::StagePanicked`; when the flow ends early, the splits stop.
     ///
     /// ```
     /// use flowstage::flow::Flow;
     /// use rayon::prelude::*;
-    /// let total: u64 = Flow::from_par_iter((1..=100u64).into_par_iter())
-    ///     .collect::<Vec<_>>()?
-    ///     .into_iter()
-    ///     .sum();
+    /// let total: u64 = Flow::from_par_iter((1..=100u64).into_par_iter()).sum()?;
     /// assert_eq!(total, 5050);
+    /// let words = vec!["flow", "stage", "rayon"];
+    /// let letters: usize = Flow::from_par_iter(words.par_iter().map(|w| w.len())).sum()?;
+    /// assert_eq!(letters, 14);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn from_par_iter<I>(iter: I) -> Flow<SourceNode<ParIterSource<I>>>
+    pub fn from_par_iter<I>(iter: I) -> Flow<ParIterNode<I::Iter>>
     where
-        I: rayon::iter::ParallelIterator + 'static,
+        I: rayon::iter::IntoParallelIterator,
+        I::Item: 'static,
     {
         Flow {
-            plan: SourceNode {
-                source: ParIterSource {
-                    iter,
-                    readers: crate::runtime::default_parallelism(),
-                },
-                label: "from_par_iter",
+            plan: ParIterNode {
+                iter: iter.into_par_iter(),
+                stages: None,
             },
         }
     }
@@ -214,6 +241,7 @@ impl Flow<()> {
             plan: SourceNode {
                 source: StreamSource(stream),
                 label: "from_stream",
+                stages: None,
             },
         }
     }
@@ -229,8 +257,9 @@ impl Flow<()> {
     ///         tx.blocking_send(i).unwrap(); // waits while the flow is behind
     ///     }
     /// });
-    /// let items: Vec<u32> = Flow::from_channel(rx).map(|x| x * 2).collect()?;
+    /// let mut items: Vec<u32> = Flow::from_channel(rx).map(|x| x * 2).collect()?;
     /// feeder.join().unwrap();
+    /// items.sort(); // (mapped on one stage per core)
     /// assert_eq!(items, (0..100).map(|x| x * 2).collect::<Vec<_>>());
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
@@ -241,6 +270,7 @@ impl Flow<()> {
             plan: SourceNode {
                 source: crate::source::ChannelSource(rx),
                 label: "from_channel",
+                stages: None,
             },
         }
     }
@@ -282,6 +312,7 @@ impl Flow<()> {
             plan: SourceNode {
                 source: crate::source::PollSource { poll, interval },
                 label: "from_poll",
+                stages: None,
             },
         }
     }
@@ -303,6 +334,7 @@ impl Flow<()> {
             plan: SourceNode {
                 source: StagesSource(producers),
                 label: "from_stages",
+                stages: None,
             },
         }
     }
@@ -351,9 +383,9 @@ impl Flow<()> {
         PL: Plan,
         PR: Plan,
         K: Hash + Eq + Send + 'static,
-        KA: Fn(&PL::Item) -> K + Send + Sync + 'static,
-        KB: Fn(&PR::Item) -> K + Send + Sync + 'static,
-        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync + 'static,
+        KA: Fn(&PL::Item) -> K + Send + Sync,
+        KB: Fn(&PR::Item) -> K + Send + Sync,
+        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync,
         O: Send + 'static,
     {
         Flow {
@@ -410,9 +442,9 @@ impl Flow<()> {
         PL: Plan,
         PR: Plan,
         K: Hash + Eq + Send + 'static,
-        KA: Fn(&PL::Item) -> K + Send + Sync + 'static,
-        KB: Fn(&PR::Item) -> K + Send + Sync + 'static,
-        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync + 'static,
+        KA: Fn(&PL::Item) -> K + Send + Sync,
+        KB: Fn(&PR::Item) -> K + Send + Sync,
+        F: Fn(Option<&PL::Item>, Option<&PR::Item>) -> O + Send + Sync,
         O: Send + 'static,
     {
         let mut flow = Flow::bounded_join(mode, left, right, left_key, right_key, join, options);
@@ -432,7 +464,7 @@ impl Flow<()> {
     /// assert_eq!(all, [0, 1, 2, 3, 4, 5]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn merge<P: Plan>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P::Item>> {
+    pub fn merge<P: Plan + 'static>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P::Item>> {
         Flow {
             plan: Merge::new(flows.into_iter().map(|flow| flow.plan).collect(), &options),
         }
@@ -444,7 +476,7 @@ impl<P: Plan> Flow<P> {
     pub fn map<U, F>(self, f: F) -> Flow<MapNode<P, F>>
     where
         U: Send + 'static,
-        F: Fn(P::Item) -> U + Send + Sync + 'static,
+        F: Fn(P::Item) -> U + Send + Sync,
     {
         Flow {
             plan: MapNode::new(self.plan, f),
@@ -456,7 +488,7 @@ impl<P: Plan> Flow<P> {
     where
         I: IntoIterator,
         I::Item: Send + 'static,
-        F: Fn(P::Item) -> I + Send + Sync + 'static,
+        F: Fn(P::Item) -> I + Send + Sync,
     {
         Flow {
             plan: FlatMapNode::new(self.plan, f),
@@ -466,7 +498,7 @@ impl<P: Plan> Flow<P> {
     /// Keeps the events for which `predicate` is true (fused).
     pub fn filter<F>(self, predicate: F) -> Flow<FilterNode<P, F>>
     where
-        F: Fn(&P::Item) -> bool + Send + Sync + 'static,
+        F: Fn(&P::Item) -> bool + Send + Sync,
     {
         Flow {
             plan: FilterNode::new(self.plan, predicate),
@@ -476,7 +508,7 @@ impl<P: Plan> Flow<P> {
     /// Drops the events for which `predicate` is true (fused).
     pub fn reject<F>(self, predicate: F) -> Flow<RejectNode<P, F>>
     where
-        F: Fn(&P::Item) -> bool + Send + Sync + 'static,
+        F: Fn(&P::Item) -> bool + Send + Sync,
     {
         Flow {
             plan: RejectNode::new(self.plan, predicate),
@@ -487,7 +519,7 @@ impl<P: Plan> Flow<P> {
     pub fn filter_map<U, F>(self, f: F) -> Flow<FilterMapNode<P, F>>
     where
         U: Send + 'static,
-        F: Fn(P::Item) -> Option<U> + Send + Sync + 'static,
+        F: Fn(P::Item) -> Option<U> + Send + Sync,
     {
         Flow {
             plan: FilterMapNode::new(self.plan, f),
@@ -497,7 +529,7 @@ impl<P: Plan> Flow<P> {
     /// Calls `f` on each event and passes it on (fused).
     pub fn inspect<F>(self, f: F) -> Flow<InspectNode<P, F>>
     where
-        F: Fn(&P::Item) + Send + Sync + 'static,
+        F: Fn(&P::Item) + Send + Sync,
     {
         Flow {
             plan: InspectNode::new(self.plan, f),
@@ -516,12 +548,12 @@ impl<P: Plan> Flow<P> {
     pub fn map_values<K, V, W, F>(
         self,
         f: F,
-    ) -> Flow<MapNode<P, impl Fn((K, V)) -> (K, W) + Send + Sync + 'static>>
+    ) -> Flow<MapNode<P, impl Fn((K, V)) -> (K, W) + Send + Sync>>
     where
         P: Plan<Item = (K, V)>,
         K: Send + 'static,
         W: Send + 'static,
-        F: Fn(V) -> W + Send + Sync + 'static,
+        F: Fn(V) -> W + Send + Sync,
     {
         self.map(move |(key, value)| (key, f(value)))
     }
@@ -530,7 +562,7 @@ impl<P: Plan> Flow<P> {
     pub fn uniq_by<K, F>(self, key: F) -> Flow<UniqNode<P, F>>
     where
         K: Hash + Eq + Send + 'static,
-        F: Fn(&P::Item) -> K + Send + Sync + 'static,
+        F: Fn(&P::Item) -> K + Send + Sync,
     {
         Flow {
             plan: UniqNode {
@@ -549,7 +581,7 @@ impl<P: Plan> Flow<P> {
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     #[allow(clippy::type_complexity)]
-    pub fn uniq(self) -> Flow<UniqNode<P, impl Fn(&P::Item) -> P::Item + Send + Sync + 'static>>
+    pub fn uniq(self) -> Flow<UniqNode<P, impl Fn(&P::Item) -> P::Item + Send + Sync>>
     where
         P::Item: Hash + Eq + Clone,
     {
@@ -618,9 +650,9 @@ impl<P: Plan> Flow<P> {
         f: F,
     ) -> Flow<ReduceNode<P, Acc, I, Fold<F>, EmitEvents>>
     where
-        Acc: Send + 'static,
-        I: Fn() -> Acc + Send + Sync + 'static,
-        F: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
+        Acc: Send,
+        I: Fn() -> Acc + Send + Sync,
+        F: Fn(P::Item, Acc) -> Acc + Send + Sync,
     {
         Flow {
             plan: ReduceNode {
@@ -660,9 +692,9 @@ impl<P: Plan> Flow<P> {
         f: F,
     ) -> Flow<ReduceNode<P, Acc, I, FoldMut<F>, EmitEvents>>
     where
-        Acc: Send + 'static,
-        I: Fn() -> Acc + Send + Sync + 'static,
-        F: Fn(P::Item, &mut Acc) + Send + Sync + 'static,
+        Acc: Send,
+        I: Fn() -> Acc + Send + Sync,
+        F: Fn(P::Item, &mut Acc) + Send + Sync,
     {
         Flow {
             plan: ReduceNode {
@@ -696,11 +728,11 @@ impl<P: Plan> Flow<P> {
         f: F,
     ) -> Flow<ReduceNode<P, Acc, I, FoldEmit<F>, EmitNothing<U>>>
     where
-        Acc: Send + 'static,
+        Acc: Send,
         U: Send + 'static,
         E: IntoIterator<Item = U>,
-        I: Fn() -> Acc + Send + Sync + 'static,
-        F: Fn(P::Item, Acc) -> (E, Acc) + Send + Sync + 'static,
+        I: Fn() -> Acc + Send + Sync,
+        F: Fn(P::Item, Acc) -> (E, Acc) + Send + Sync,
     {
         Flow {
             plan: ReduceNode {
@@ -737,15 +769,15 @@ impl<P: Plan> Flow<P> {
             P,
             HashMap<K, Vec<V>>,
             fn() -> HashMap<K, Vec<V>>,
-            FoldMut<impl Fn(P::Item, &mut HashMap<K, Vec<V>>) + Send + Sync + 'static>,
+            FoldMut<impl Fn(P::Item, &mut HashMap<K, Vec<V>>) + Send + Sync>,
             EmitEvents,
         >,
     >
     where
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
-        KF: Fn(&P::Item) -> K + Send + Sync + 'static,
-        VF: Fn(P::Item) -> V + Send + Sync + 'static,
+        KF: Fn(&P::Item) -> K + Send + Sync,
+        VF: Fn(P::Item) -> V + Send + Sync,
     {
         let fold = move |event: P::Item, groups: &mut HashMap<K, Vec<V>>| {
             let key = key(&event);
@@ -785,7 +817,7 @@ impl<P: Plan> Flow<P> {
             P,
             HashMap<K, Vec<V>>,
             fn() -> HashMap<K, Vec<V>>,
-            FoldMut<impl Fn((K, V), &mut HashMap<K, Vec<V>>) + Send + Sync + 'static>,
+            FoldMut<impl Fn((K, V), &mut HashMap<K, Vec<V>>) + Send + Sync>,
             EmitEvents,
         >,
     >
@@ -832,11 +864,11 @@ impl<P: Plan> Flow<P> {
         done: D,
     ) -> Flow<DepartitionNode<P, I, M, D>>
     where
-        Acc: Send + 'static,
+        Acc: Send,
         U: Send + 'static,
-        I: Fn() -> Acc + Send + Sync + 'static,
-        M: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
-        D: Fn(Acc) -> U + Send + Sync + 'static,
+        I: Fn() -> Acc + Send + Sync,
+        M: Fn(P::Item, Acc) -> Acc + Send + Sync,
+        D: Fn(Acc) -> U + Send + Sync,
     {
         Flow {
             plan: DepartitionNode {
@@ -862,7 +894,7 @@ impl<P: Plan> Flow<P> {
     /// ```
     pub fn take_sort<C>(self, n: usize, cmp: C) -> Flow<TakeSortNode<P, C>>
     where
-        C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync + 'static,
+        C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync,
     {
         Flow {
             plan: TakeSortNode {
@@ -873,7 +905,13 @@ impl<P: Plan> Flow<P> {
         }
     }
 
-    fn compile(self, pipeline: Pipeline) -> Result<(Compiler, Vec<compile::Output<P::Item>>)> {
+    fn compile<'a>(
+        self,
+        pipeline: Pipeline,
+    ) -> Result<(Compiler<'a>, Vec<compile::Output<P::Item>>)>
+    where
+        P: 'a,
+    {
         let mut compiler = Compiler::new(pipeline);
         let outputs = self
             .plan
@@ -909,18 +947,14 @@ impl<P: Plan> Flow<P> {
     /// assert_eq!(*seen.lock().unwrap(), 30);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn into_stages(self, pipeline: &mut Pipeline) -> Result<Vec<ProducerRef<P::Item>>> {
+    pub fn into_stages(self, pipeline: &mut Pipeline) -> Result<Vec<ProducerRef<P::Item>>>
+    where
+        P: 'static,
+    {
         let taken = std::mem::take(pipeline);
         let (compiler, outputs) = self.compile(taken)?;
-        *pipeline = compiler.pipeline;
+        *pipeline = compiler.pipeline.into_pipeline();
         Ok(outputs.into_iter().map(|output| output.producer).collect())
-    }
-
-    /// Runs the flow and collects every event (order across stages is not defined).
-    /// Blocks; works from plain `main`.
-    pub fn collect<B: FromIterator<P::Item>>(self) -> Result<B> {
-        let (compiler, outputs) = self.compile(Pipeline::new())?;
-        sink::collect(compiler.pipeline, outputs)
     }
 
     /// Runs the flow for its side effects, discarding its events; returns the run's
@@ -929,7 +963,14 @@ impl<P: Plan> Flow<P> {
     /// ```
     /// use flowstage::flow::Flow;
     /// let report = Flow::from_iter(0..100u32).filter(|x| x % 2 == 0).run()?;
-    /// assert_eq!(report.stages[0].events_out, 50);
+    /// // The filter ran on the source's stages (one per core).
+    /// let kept: u64 = report
+    ///     .stages
+    ///     .iter()
+    ///     .filter(|stage| stage.stage.name.starts_with("from_iter"))
+    ///     .map(|stage| stage.events_out)
+    ///     .sum();
+    /// assert_eq!(kept, 50);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn run(self) -> Result<Report> {
@@ -938,21 +979,35 @@ impl<P: Plan> Flow<P> {
     }
 
     /// Runs the flow on the caller's tokio runtime, discarding its events.
-    pub async fn run_async(self) -> Result<Report> {
+    pub async fn run_async(self) -> Result<Report>
+    where
+        P: 'static,
+    {
         let (compiler, outputs) = self.compile(Pipeline::new())?;
-        sink::discard(compiler.pipeline, outputs)?.run_async().await
+        sink::discard(compiler.pipeline, outputs)?
+            .into_pipeline()
+            .run_async()
+            .await
     }
 
     /// Starts the flow on the caller's tokio runtime, discarding its events, and returns
     /// the running handle: read [`Running::metrics`] while it runs.
-    pub fn spawn(self) -> Result<Running> {
+    pub fn spawn(self) -> Result<Running>
+    where
+        P: 'static,
+    {
         let (compiler, outputs) = self.compile(Pipeline::new())?;
-        sink::discard(compiler.pipeline, outputs)?.spawn()
+        sink::discard(compiler.pipeline, outputs)?
+            .into_pipeline()
+            .spawn()
     }
 
     /// Runs the flow as an async stream of its events on the caller's tokio runtime. A
     /// failed run ends the stream with one `Err`. Dropping the stream stops the flow.
-    pub fn into_stream(self) -> Result<FlowStream<P::Item>> {
+    pub fn into_stream(self) -> Result<FlowStream<P::Item>>
+    where
+        P: 'static,
+    {
         let (compiler, outputs) = self.compile(Pipeline::new())?;
         sink::stream(compiler.pipeline, outputs)
     }
@@ -980,7 +1035,7 @@ impl<P: StageHead> Flow<P> {
     where
         I: IntoIterator,
         I::Item: Send + 'static,
-        F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
+        F: Fn(Vec<P::Item>) -> I + Send + Sync,
     {
         Flow {
             plan: MapBatchNode::new(self.plan, f),
@@ -1027,7 +1082,7 @@ impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
     pub fn on_trigger<U, Es, F>(self, f: F) -> Flow<ReduceNode<P, Acc, I, S, OnTrigger<F>>>
     where
         Es: IntoIterator<Item = U>,
-        F: Fn(Acc, PartitionInfo, &Trigger) -> (Es, Acc) + Send + Sync + 'static,
+        F: Fn(Acc, PartitionInfo, &Trigger) -> (Es, Acc) + Send + Sync,
     {
         Flow {
             plan: self.plan.with_emit(OnTrigger(f)),
@@ -1035,7 +1090,7 @@ impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
     }
 }
 
-impl<P: Plan> IntoIterator for Flow<P> {
+impl<P: Plan + 'static> IntoIterator for Flow<P> {
     type Item = Result<P::Item>;
     type IntoIter = FlowIter<P::Item>;
 
@@ -1080,7 +1135,7 @@ impl<P: Plan> Flow<P> {
     where
         U: Send + 'static,
         E: Into<crate::StageError> + 'static,
-        F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync + 'static,
+        F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync,
     {
         Flow {
             plan: TryMapNode::new(self.plan, f),
@@ -1103,7 +1158,7 @@ impl<P: Plan> Flow<P> {
         I: IntoIterator,
         I::Item: Send + 'static,
         E: Into<crate::StageError> + 'static,
-        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync + 'static,
+        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync,
     {
         Flow {
             plan: TryFlatMapNode::new(self.plan, f),
@@ -1172,10 +1227,12 @@ impl<P: Plan> Flow<P> {
     /// [`run_into`](Flow::run_into) on the caller's tokio runtime.
     pub async fn run_into_async<C>(self, sink: C) -> Result<Report>
     where
-        C: crate::stage::Consumer<Item = P::Item>,
+        P: 'static,
+        C: crate::stage::Consumer<Item = P::Item> + 'static,
     {
         let (compiler, outputs) = self.compile(Pipeline::new())?;
         sink::consumer(compiler.pipeline, outputs, sink)?
+            .into_pipeline()
             .run_async()
             .await
     }

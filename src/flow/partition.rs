@@ -8,7 +8,7 @@ use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash, partition_of};
 use crate::window::{NoWindow, Window};
 
 /// How an event picks its partition. Implemented for the crate's routing options.
-pub trait Route<T>: Send + Sync + 'static {
+pub trait Route<T>: Send + Sync {
     /// The partition of `event` among `partitions`, or `None` to drop it.
     fn route(&self, event: &T, partitions: usize) -> Option<usize>;
 
@@ -34,7 +34,7 @@ impl<T: Hash> Route<T> for HashEvent {
 #[derive(Debug, Clone, Copy)]
 pub struct ByKey<F>(F);
 
-impl<T, K: Hash, F: Fn(&T) -> K + Send + Sync + 'static> Route<T> for ByKey<F> {
+impl<T, K: Hash, F: Fn(&T) -> K + Send + Sync> Route<T> for ByKey<F> {
     #[inline]
     fn route(&self, event: &T, partitions: usize) -> Option<usize> {
         Some(partition_of(partition_hash(&(self.0)(event)), partitions))
@@ -45,7 +45,7 @@ impl<T, K: Hash, F: Fn(&T) -> K + Send + Sync + 'static> Route<T> for ByKey<F> {
 #[derive(Debug, Clone, Copy)]
 pub struct ByHash<F>(F);
 
-impl<T, F: Fn(&T, usize) -> Option<usize> + Send + Sync + 'static> Route<T> for ByHash<F> {
+impl<T, F: Fn(&T, usize) -> Option<usize> + Send + Sync> Route<T> for ByHash<F> {
     #[inline]
     fn route(&self, event: &T, partitions: usize) -> Option<usize> {
         (self.0)(event, partitions)
@@ -112,7 +112,7 @@ impl Partition<HashEvent> {
     /// Partitions by the hash of `key(event)`.
     pub fn by_key<T, K: Hash, F>(key: F) -> Partition<ByKey<F>>
     where
-        F: Fn(&T) -> K + Send + Sync + 'static,
+        F: Fn(&T) -> K + Send + Sync,
     {
         Partition::new().with_route(ByKey(key))
     }
@@ -121,7 +121,7 @@ impl Partition<HashEvent> {
     /// event. An index out of range fails the run.
     pub fn by_hash<T, F>(hash: F) -> Partition<ByHash<F>>
     where
-        F: Fn(&T, usize) -> Option<usize> + Send + Sync + 'static,
+        F: Fn(&T, usize) -> Option<usize> + Send + Sync,
     {
         Partition::new().with_route(ByHash(hash))
     }

@@ -5,13 +5,15 @@
 //! the logic they were given.
 
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::fused::{OwnProducer, SharedProducer, SourceRead};
 use super::logic::{self, Identity, Logic, PartitionInfo};
 use super::partition::{Route, Shuffle};
 use crate::error::{FlowError, Result};
 use crate::source::Source;
-use crate::stage::{Dispatcher, SubscribeOptions};
+use crate::stage::{ScopedDispatcher, SubscribeOptions};
 use crate::window::{LayerWindow, NoWindow, Window, Windower};
 
 /// A flow's sources; see [`Flow::from_source`](super::Flow::from_source).
@@ -19,43 +21,160 @@ use crate::window::{LayerWindow, NoWindow, Window, Windower};
 pub struct SourceNode<S> {
     pub(crate) source: S,
     pub(crate) label: &'static str,
+    /// The stages of the source's layer (`None`: one per core).
+    pub(crate) stages: Option<usize>,
 }
 
 impl<S: Source> Plan for SourceNode<S> {
     type Item = S::Item;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = S::Item> + Clone,
+        Self: 'a,
+        L: Logic<In = S::Item> + Clone + 'a,
     {
         if let Some((operator, counters)) = self.source.error_counters() {
-            compiler.pipeline.error_counters(operator, counters);
+            compiler.pipeline.inner().error_counters(operator, counters);
         }
         let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {
             return Err(no_producers(self.label));
         }
-        let count = producers.len();
-        Ok(producers
-            .into_iter()
-            .enumerate()
-            .map(|(index, producer)| {
-                compiler.source(
-                    self.label,
-                    producer,
+        let shape = SourceShape::new(producers.len(), self.stages, &logic)?;
+        if !shape.shared {
+            return Ok(shape.build(compiler, self.label, producers, |producer| {
+                (
+                    OwnProducer(producer),
                     logic.clone(),
-                    PartitionInfo { index, count },
                     dispatch,
                     retry_interval,
                 )
+            }));
+        }
+        let shared: Vec<_> = producers
+            .into_iter()
+            .map(|producer| Arc::new(tokio::sync::Mutex::new((producer, false))))
+            .collect();
+        Ok(
+            shape.build_shared(compiler, self.label, "producer", &shared, |shared| {
+                (
+                    SharedProducer {
+                        shared: shared.clone(),
+                    },
+                    logic.clone(),
+                    dispatch,
+                    retry_interval,
+                )
+            }),
+        )
+    }
+}
+
+/// How a source layer runs: one stage per reader (the chain fused into each), or, when
+/// the source has fewer readers than the layer has stages and there is a chain to run,
+/// `stages` stages sharing the readers (stage `k` reads reader `k % readers`), as Flow's
+/// `from_enumerable` feeds `stages` mapper stages.
+pub(crate) struct SourceShape {
+    pub(crate) readers: usize,
+    pub(crate) stages: usize,
+    pub(crate) shared: bool,
+}
+
+impl SourceShape {
+    /// The shape for `readers` readers and a `stages` setting, with `logic` fused in.
+    pub(crate) fn new<L: Logic>(readers: usize, stages: Option<usize>, logic: &L) -> Result<Self> {
+        if stages == Some(0) {
+            return Err(FlowError::Config(
+                "a source's layer needs at least 1 stage".into(),
+            ));
+        }
+        let stages = stages.unwrap_or_else(crate::runtime::default_parallelism);
+        // A chain that does nothing per event has nothing to run in parallel: more stages
+        // would only split the source's order and pay for the hand-over.
+        let shared = readers < stages && logic.worth_spreading();
+        Ok(SourceShape {
+            readers,
+            stages: if shared { stages } else { readers },
+            shared,
+        })
+    }
+
+    /// One stage per reader; `parts` makes each stage's reader, logic, dispatch and retry
+    /// interval.
+    pub(crate) fn build<'a, 'd, T, R, L>(
+        &self,
+        compiler: &mut Compiler<'a>,
+        label: &str,
+        readers: Vec<T>,
+        mut parts: impl FnMut(T) -> (R, L, &'d DispatchSpec<'a, L::Out>, Option<Duration>),
+    ) -> Vec<Output<L::Out>>
+    where
+        'a: 'd,
+        R: SourceRead + 'a,
+        L: Logic<In = R::Item> + 'a,
+    {
+        let count = readers.len();
+        readers
+            .into_iter()
+            .enumerate()
+            .map(|(index, reader)| {
+                let (reader, logic, dispatch, retry) = parts(reader);
+                compiler.source(
+                    label,
+                    reader,
+                    logic,
+                    PartitionInfo { index, count },
+                    dispatch,
+                    retry,
+                )
             })
-            .collect())
+            .collect()
+    }
+
+    /// `stages` stages sharing `shared` (one per reader); `parts` makes each stage's
+    /// reader of its shared one.
+    pub(crate) fn build_shared<'a, 'd, T, R, L>(
+        &self,
+        compiler: &mut Compiler<'a>,
+        label: &str,
+        what: &str,
+        shared: &[T],
+        mut parts: impl FnMut(&T) -> (R, L, &'d DispatchSpec<'a, L::Out>, Option<Duration>),
+    ) -> Vec<Output<L::Out>>
+    where
+        'a: 'd,
+        R: SourceRead + 'a,
+        L: Logic<In = R::Item> + 'a,
+    {
+        (0..self.stages)
+            .map(|index| {
+                let which = index % shared.len();
+                let (reader, logic, dispatch, retry) = parts(&shared[which]);
+                let output = compiler.source(
+                    label,
+                    reader,
+                    logic,
+                    PartitionInfo {
+                        index,
+                        count: self.stages,
+                    },
+                    dispatch,
+                    retry,
+                );
+                let sharing = (self.stages - which).div_ceil(shared.len());
+                compiler.graph.nodes[output.node].note = Some(format!(
+                    "reads {what} {which} of {}, shared by {sharing} stages",
+                    self.readers
+                ));
+                output
+            })
+            .collect()
     }
 }
 
@@ -96,14 +215,15 @@ macro_rules! op_node {
         {
             type Item = $item;
 
-            fn compile<L>(
+            fn compile<'a, L>(
                 self,
-                compiler: &mut Compiler,
+                compiler: &mut Compiler<'a>,
                 logic: L,
-                dispatch: &DispatchSpec<L::Out>,
+                dispatch: &DispatchSpec<'a, L::Out>,
             ) -> Result<Vec<Output<L::Out>>>
             where
-                L: Logic<In = Self::Item> + Clone,
+                Self: 'a,
+                L: Logic<In = Self::Item> + Clone + 'a,
             {
                 self.inner.compile(compiler, logic::$logic::new(self.f, logic), dispatch)
             }
@@ -113,6 +233,7 @@ macro_rules! op_node {
         impl<P, F, $($extra),*> crate::cluster::ClusterPlan for $node<P, F>
         where
             P: crate::cluster::ClusterPlan,
+            F: 'static,
             $($bounds)*
         {
             fn timely<'s, L>(
@@ -122,7 +243,7 @@ macro_rules! op_node {
                 stamp: crate::cluster::Stamp<L::Out>,
             ) -> Result<crate::cluster::ClusterStream<'s, L::Out>>
             where
-                L: Logic<In = Self::Item> + Clone,
+                L: Logic<In = Self::Item> + Clone + 'static,
             {
                 self.inner.timely(compiler, logic::$logic::new(self.f, logic), stamp)
             }
@@ -133,27 +254,27 @@ macro_rules! op_node {
 op_node! {
     /// `map`.
     MapNode => Map, [U], Item = U,
-    where { U: Send + 'static, F: Fn(P::Item) -> U + Send + Sync + 'static, }
+    where { U: Send + 'static, F: Fn(P::Item) -> U + Send + Sync, }
 }
 op_node! {
     /// `filter`.
     FilterNode => Filter, [], Item = P::Item,
-    where { F: Fn(&P::Item) -> bool + Send + Sync + 'static, }
+    where { F: Fn(&P::Item) -> bool + Send + Sync, }
 }
 op_node! {
     /// `reject`.
     RejectNode => Reject, [], Item = P::Item,
-    where { F: Fn(&P::Item) -> bool + Send + Sync + 'static, }
+    where { F: Fn(&P::Item) -> bool + Send + Sync, }
 }
 op_node! {
     /// `filter_map`.
     FilterMapNode => FilterMap, [U], Item = U,
-    where { U: Send + 'static, F: Fn(P::Item) -> Option<U> + Send + Sync + 'static, }
+    where { U: Send + 'static, F: Fn(P::Item) -> Option<U> + Send + Sync, }
 }
 op_node! {
     /// `inspect`.
     InspectNode => Inspect, [], Item = P::Item,
-    where { F: Fn(&P::Item) + Send + Sync + 'static, }
+    where { F: Fn(&P::Item) + Send + Sync, }
 }
 op_node! {
     /// `flat_map`.
@@ -161,7 +282,7 @@ op_node! {
     where {
         I: IntoIterator,
         I::Item: Send + 'static,
-        F: Fn(P::Item) -> I + Send + Sync + 'static,
+        F: Fn(P::Item) -> I + Send + Sync,
     }
 }
 op_node! {
@@ -170,13 +291,19 @@ op_node! {
     where {
         I: IntoIterator,
         I::Item: Send + 'static,
-        F: Fn(Vec<P::Item>) -> I + Send + Sync + 'static,
+        F: Fn(Vec<P::Item>) -> I + Send + Sync,
     }
 }
 
 /// Marks plans whose logic starts a stage, the only places `map_batch` may go.
 pub trait StageHead: Plan {}
 impl<S: Source> StageHead for SourceNode<S> {}
+impl<I> StageHead for super::iter::IterNode<I>
+where
+    I: Iterator + Send,
+    I::Item: Send + 'static,
+{
+}
 impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> StageHead for Exchange<P, R, W> {}
 impl<T: Send + 'static> StageHead for Merge<T> {}
 
@@ -205,14 +332,15 @@ impl<P, R, W> std::fmt::Debug for Exchange<P, R, W> {
 impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> Plan for Exchange<P, R, W> {
     type Item = P::Item;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Self::Item> + Clone,
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a,
     {
         if let Some(error) = self.error {
             return Err(error);
@@ -229,7 +357,7 @@ impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> Plan for Exchange<P, R
                 let route = route.clone();
                 DispatchSpec::new(format!("partition({stages})"), move || {
                     let route = route.clone();
-                    Dispatcher::partition_with(move |event, partitions| {
+                    ScopedDispatcher::partition_with(move |event, partitions| {
                         route.route(event, partitions)
                     })
                 })
@@ -256,8 +384,8 @@ impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> Plan for Exchange<P, R
 /// Adds a layer of `stages` stages running `logic`, each subscribed to every upstream
 /// output (stage `i` takes partition `i`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer<T, L>(
-    compiler: &mut Compiler,
+pub(crate) fn layer<'a, T, L>(
+    compiler: &mut Compiler<'a>,
     label: &str,
     upstream: Vec<Output<T>>,
     stages: usize,
@@ -265,11 +393,11 @@ pub(crate) fn layer<T, L>(
     min_demand: usize,
     window: Option<Window<T>>,
     logic: L,
-    dispatch: &DispatchSpec<L::Out>,
+    dispatch: &DispatchSpec<'a, L::Out>,
 ) -> Result<Vec<Output<L::Out>>>
 where
     T: Send + 'static,
-    L: Logic<In = T> + Clone,
+    L: Logic<In = T> + Clone + 'a,
 {
     let first = upstream.len();
     layer_deferring(
@@ -281,8 +409,8 @@ where
 /// [`deferred`](crate::stage::SubscribeOptions::deferred): each stage reads them only
 /// after all the others ended (a bounded join's probe side).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn layer_deferring<T, L>(
-    compiler: &mut Compiler,
+pub(crate) fn layer_deferring<'a, T, L>(
+    compiler: &mut Compiler<'a>,
     label: &str,
     upstream: Vec<Output<T>>,
     deferred: usize,
@@ -291,11 +419,11 @@ pub(crate) fn layer_deferring<T, L>(
     min_demand: usize,
     window: Option<Window<T>>,
     logic: L,
-    dispatch: &DispatchSpec<L::Out>,
+    dispatch: &DispatchSpec<'a, L::Out>,
 ) -> Result<Vec<Output<L::Out>>>
 where
     T: Send + 'static,
-    L: Logic<In = T> + Clone,
+    L: Logic<In = T> + Clone + 'a,
 {
     let mut outputs = Vec::with_capacity(stages);
     // The layer's stages share one processing-time origin, so periodic windows and
@@ -328,20 +456,21 @@ where
     Ok(outputs)
 }
 
-/// The object-safe form of a plan compiled without further logic, for `merge`.
+/// The object-safe form of a plan compiled without further logic, for `merge` (of
+/// `'static` plans: a merged flow borrows nothing).
 trait DynPlan<T>: Send {
-    fn compile_boxed(
+    fn compile_boxed<'a>(
         self: Box<Self>,
-        compiler: &mut Compiler,
-        dispatch: &DispatchSpec<T>,
+        compiler: &mut Compiler<'a>,
+        dispatch: &DispatchSpec<'a, T>,
     ) -> Result<Vec<Output<T>>>;
 }
 
-impl<P: Plan> DynPlan<P::Item> for P {
-    fn compile_boxed(
+impl<P: Plan + 'static> DynPlan<P::Item> for P {
+    fn compile_boxed<'a>(
         self: Box<Self>,
-        compiler: &mut Compiler,
-        dispatch: &DispatchSpec<P::Item>,
+        compiler: &mut Compiler<'a>,
+        dispatch: &DispatchSpec<'a, P::Item>,
     ) -> Result<Vec<Output<P::Item>>> {
         (*self).compile(compiler, Identity::new(), dispatch)
     }
@@ -366,7 +495,7 @@ impl<T> std::fmt::Debug for Merge<T> {
 }
 
 impl<T: Send + 'static> Merge<T> {
-    pub(crate) fn new<P: Plan<Item = T>>(inputs: Vec<P>, options: &Shuffle) -> Self {
+    pub(crate) fn new<P: Plan<Item = T> + 'static>(inputs: Vec<P>, options: &Shuffle) -> Self {
         Merge {
             inputs: inputs
                 .into_iter()
@@ -383,14 +512,15 @@ impl<T: Send + 'static> Merge<T> {
 impl<T: Send + 'static> Plan for Merge<T> {
     type Item = T;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = T> + Clone,
+        Self: 'a,
+        L: Logic<In = T> + Clone + 'a,
     {
         if let Some(error) = self.error {
             return Err(error);

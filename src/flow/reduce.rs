@@ -16,7 +16,7 @@ use crate::window::{Slots, WindowSignal};
 pub use crate::window::{Trigger, TriggerName, WindowInfo};
 
 /// Folds one event into the accumulator, possibly emitting events at once.
-pub trait Step<T, Acc, U>: Send + Sync + 'static {
+pub trait Step<T, Acc, U>: Send + Sync {
     /// Folds `event` into `acc`; pushes immediate output to `emit`.
     fn step(&self, event: T, acc: Acc, emit: &mut dyn FnMut(U)) -> Acc;
 
@@ -37,7 +37,7 @@ pub trait Step<T, Acc, U>: Send + Sync + 'static {
 #[derive(Debug)]
 pub struct Fold<F>(pub(crate) F);
 
-impl<T, Acc, U, F: Fn(T, Acc) -> Acc + Send + Sync + 'static> Step<T, Acc, U> for Fold<F> {
+impl<T, Acc, U, F: Fn(T, Acc) -> Acc + Send + Sync> Step<T, Acc, U> for Fold<F> {
     #[inline]
     fn step(&self, event: T, acc: Acc, _emit: &mut dyn FnMut(U)) -> Acc {
         (self.0)(event, acc)
@@ -48,7 +48,7 @@ impl<T, Acc, U, F: Fn(T, Acc) -> Acc + Send + Sync + 'static> Step<T, Acc, U> fo
 #[derive(Debug)]
 pub struct FoldMut<F>(pub(crate) F);
 
-impl<T, Acc, U, F: Fn(T, &mut Acc) + Send + Sync + 'static> Step<T, Acc, U> for FoldMut<F> {
+impl<T, Acc, U, F: Fn(T, &mut Acc) + Send + Sync> Step<T, Acc, U> for FoldMut<F> {
     #[inline]
     fn step(&self, event: T, mut acc: Acc, _emit: &mut dyn FnMut(U)) -> Acc {
         (self.0)(event, &mut acc);
@@ -72,7 +72,7 @@ pub struct FoldEmit<F>(pub(crate) F);
 impl<T, Acc, U, I, F> Step<T, Acc, U> for FoldEmit<F>
 where
     I: IntoIterator<Item = U>,
-    F: Fn(T, Acc) -> (I, Acc) + Send + Sync + 'static,
+    F: Fn(T, Acc) -> (I, Acc) + Send + Sync,
 {
     #[inline]
     fn step(&self, event: T, acc: Acc, emit: &mut dyn FnMut(U)) -> Acc {
@@ -85,7 +85,7 @@ where
 }
 
 /// What a trigger emits from the accumulator.
-pub trait Emit<Acc, U>: Send + Sync + 'static {
+pub trait Emit<Acc, U>: Send + Sync {
     /// Emits from `acc` for `trigger`; returns the accumulator to keep, or `None` to start
     /// afresh from `init` (ignored on `Done`, after which the window is gone).
     fn emit(
@@ -173,7 +173,7 @@ pub struct OnTrigger<F>(pub(crate) F);
 impl<Acc, U, I, F> Emit<Acc, U> for OnTrigger<F>
 where
     I: IntoIterator<Item = U>,
-    F: Fn(Acc, PartitionInfo, &Trigger) -> (I, Acc) + Send + Sync + 'static,
+    F: Fn(Acc, PartitionInfo, &Trigger) -> (I, Acc) + Send + Sync,
 {
     fn emit(&self, acc: Acc, p: PartitionInfo, t: &Trigger, out: &mut dyn FnMut(U)) -> Option<Acc> {
         let (events, acc) = (self.0)(acc, p, t);
@@ -227,8 +227,8 @@ impl<T, Acc, I, S, E, L: Clone> Clone for Reduce<T, Acc, I, S, E, L> {
 impl<T, Acc, I, S, E, L> Reduce<T, Acc, I, S, E, L>
 where
     T: Send + 'static,
-    Acc: Send + 'static,
-    I: Fn() -> Acc + Send + Sync + 'static,
+    Acc: Send,
+    I: Fn() -> Acc + Send + Sync,
     S: Step<T, Acc, L::In>,
     E: Emit<Acc, L::In>,
     L: Logic,
@@ -266,8 +266,8 @@ where
 impl<T, Acc, I, S, E, L> Logic for Reduce<T, Acc, I, S, E, L>
 where
     T: Send + 'static,
-    Acc: Send + 'static,
-    I: Fn() -> Acc + Send + Sync + 'static,
+    Acc: Send,
+    I: Fn() -> Acc + Send + Sync,
     S: Step<T, Acc, L::In>,
     E: Emit<Acc, L::In>,
     L: Logic,
@@ -382,11 +382,39 @@ impl<P, Acc, I, S, E> ReduceNode<P, Acc, I, S, E> {
 }
 
 /// The item type a reduce node emits, fixed by its emitter. Lets `Plan` know `Item`.
-pub trait Emits<Acc>: Send + Sync + 'static {
+///
+/// By default a `reduce` emits the items of its state, as Flow's does: a state that is
+/// not a collection (a number) has none, and the compiler says what to write instead.
+///
+/// ```compile_fail
+/// # use flowstage::flow::Flow;
+/// // error: a `reduce` emits the items of its state, and `u64` has none
+/// let sums: Vec<u64> = Flow::from_iter(0..10u64).reduce(|| 0, |x, sum| sum + x).collect()?;
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+///
+/// ```
+/// # use flowstage::flow::Flow;
+/// let sums: Vec<u64> = Flow::from_iter(0..10u64).reduce(|| 0, |x, sum| sum + x).emit_state().collect()?;
+/// assert_eq!(sums.iter().sum::<u64>(), 45);
+/// assert_eq!(Flow::from_iter(0..10u64).sum::<u64>()?, 45);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "a `reduce` emits the items of its state, and `{Acc}` has none",
+    label = "`{Acc}` is not a collection to emit the items of",
+    note = "to emit each stage's state itself, add `.emit_state()` after the `reduce`; to \
+            reduce the whole flow to one value, end it with `.sum()`, `.fold(..)`, \
+            `.reduce_with(..)` or `.count()` instead"
+)]
+pub trait Emits<Acc>: Send + Sync {
     /// The events emitted.
     type Item: Send + 'static;
 }
 
+// (Not recommended: the unmet bound is the state's `IntoIterator`, which the compiler
+// would otherwise report as "`u64` is not an iterator" and nothing more.)
+#[diagnostic::do_not_recommend]
 impl<Acc: IntoIterator> Emits<Acc> for EmitEvents
 where
     Acc::Item: Send + 'static,
@@ -406,7 +434,7 @@ impl<Acc, U, I, F> Emits<Acc> for OnTrigger<F>
 where
     U: Send + 'static,
     I: IntoIterator<Item = U>,
-    F: Fn(Acc, PartitionInfo, &Trigger) -> (I, Acc) + Send + Sync + 'static,
+    F: Fn(Acc, PartitionInfo, &Trigger) -> (I, Acc) + Send + Sync,
 {
     type Item = U;
 }
@@ -414,21 +442,22 @@ where
 impl<P, Acc, I, S, E> Plan for ReduceNode<P, Acc, I, S, E>
 where
     P: Plan,
-    Acc: Send + 'static,
-    I: Fn() -> Acc + Send + Sync + 'static,
+    Acc: Send,
+    I: Fn() -> Acc + Send + Sync,
     E: Emits<Acc> + Emit<Acc, <E as Emits<Acc>>::Item>,
     S: Step<P::Item, Acc, <E as Emits<Acc>>::Item>,
 {
     type Item = <E as Emits<Acc>>::Item;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Self::Item> + Clone,
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a,
     {
         if logic.has_reducer() {
             return Err(FlowError::Config(format!(

@@ -34,7 +34,7 @@ impl<A, K, F, L> Logic for UniqBy<A, K, F, L>
 where
     A: Send + 'static,
     K: Hash + Eq + Send + 'static,
-    F: Fn(&A) -> K + Send + Sync + 'static,
+    F: Fn(&A) -> K + Send + Sync,
     L: Logic<In = A>,
 {
     type In = A;
@@ -104,18 +104,19 @@ impl<P, K, F> Plan for UniqNode<P, F>
 where
     P: Plan,
     K: Hash + Eq + Send + 'static,
-    F: Fn(&P::Item) -> K + Send + Sync + 'static,
+    F: Fn(&P::Item) -> K + Send + Sync,
 {
     type Item = P::Item;
 
-    fn compile<L>(
+    fn compile<'a, L>(
         self,
-        compiler: &mut Compiler,
+        compiler: &mut Compiler<'a>,
         logic: L,
-        dispatch: &DispatchSpec<L::Out>,
+        dispatch: &DispatchSpec<'a, L::Out>,
     ) -> Result<Vec<Output<L::Out>>>
     where
-        L: Logic<In = Self::Item> + Clone,
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a,
     {
         let uniq = UniqBy {
             key: self.key,

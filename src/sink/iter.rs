@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{FlowError, Result};
 use crate::flow::Output;
 use crate::lingering::Watch;
-use crate::stage::{Pipeline, ShutdownHandle};
+use crate::stage::ShutdownHandle;
+use crate::stage::scoped::ScopedPipeline;
 
 /// Batches in flight between the flow and the iterator: the consumer waits when the
 /// iterator is this far behind, and backpressure does the rest.
@@ -53,7 +54,10 @@ impl<T> FlowIter<T> {
     }
 }
 
-pub(crate) fn iter<T: Send + 'static>(pipeline: Pipeline, outputs: Vec<Output<T>>) -> FlowIter<T> {
+pub(crate) fn iter<T: Send + 'static>(
+    pipeline: ScopedPipeline<'static>,
+    outputs: Vec<Output<T>>,
+) -> FlowIter<T> {
     let (pipeline, rx) = match super::channel(pipeline, outputs, IN_FLIGHT) {
         Ok(wired) => wired,
         Err(error) => return FlowIter::failed(error),

@@ -30,11 +30,12 @@ pub(crate) use stream::stream;
 
 use crate::error::{Result, StageError};
 use crate::flow::Output;
+use crate::stage::scoped::ScopedPipeline;
 use crate::stage::{ConsumerRef, Pipeline, SubscribeOptions};
 
 /// Subscribes `consumer` to every output.
 pub(crate) fn subscribe_all<T>(
-    pipeline: &mut Pipeline,
+    pipeline: &mut ScopedPipeline<'_>,
     consumer: &ConsumerRef<T>,
     outputs: &[Output<T>],
 ) -> Result<()> {
@@ -44,12 +45,16 @@ pub(crate) fn subscribe_all<T>(
     Ok(())
 }
 
-fn sink<T, F>(mut pipeline: Pipeline, outputs: Vec<Output<T>>, handle: F) -> Result<Pipeline>
+fn sink<'a, T, F>(
+    mut pipeline: ScopedPipeline<'a>,
+    outputs: Vec<Output<T>>,
+    handle: F,
+) -> Result<ScopedPipeline<'a>>
 where
     T: Send + 'static,
-    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send + 'static,
+    F: FnMut(Vec<T>) -> std::result::Result<(), StageError> + Send + 'a,
 {
-    let consumer = pipeline.consumer_with(
+    let consumer = pipeline.consumer(
         crate::flow::SinkConsumer {
             handle,
             _events: std::marker::PhantomData,
@@ -61,7 +66,7 @@ where
 }
 
 /// Runs the pipeline, collecting every event.
-pub(crate) fn collect<T, B>(pipeline: Pipeline, outputs: Vec<Output<T>>) -> Result<B>
+pub(crate) fn collect<T, B>(pipeline: ScopedPipeline<'_>, outputs: Vec<Output<T>>) -> Result<B>
 where
     T: Send + 'static,
     B: FromIterator<T>,
@@ -101,35 +106,34 @@ impl<T: Send + 'static> crate::stage::Consumer for ChannelSink<T> {
 
 /// A pipeline whose flow output goes into a bounded channel of batches.
 pub(crate) fn channel<T: Send + 'static>(
-    mut pipeline: Pipeline,
+    mut pipeline: ScopedPipeline<'static>,
     outputs: Vec<Output<T>>,
     in_flight: usize,
 ) -> Result<(Pipeline, tokio::sync::mpsc::Receiver<Vec<T>>)> {
     let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
-    let consumer = pipeline.consumer_with(
+    let consumer = pipeline.consumer(
         ChannelSink { tx },
         crate::stage::ConsumerOptions::new().name("sink"),
     );
     subscribe_all(&mut pipeline, &consumer, &outputs)?;
-    Ok((pipeline, rx))
+    Ok((pipeline.into_pipeline(), rx))
 }
 
 /// A pipeline whose flow output goes to `consumer`.
-pub(crate) fn consumer<C: crate::stage::Consumer>(
-    mut pipeline: Pipeline,
+pub(crate) fn consumer<'a, C: crate::stage::Consumer + 'a>(
+    mut pipeline: ScopedPipeline<'a>,
     outputs: Vec<Output<C::Item>>,
     consumer: C,
-) -> Result<Pipeline> {
-    let consumer =
-        pipeline.consumer_with(consumer, crate::stage::ConsumerOptions::new().name("sink"));
+) -> Result<ScopedPipeline<'a>> {
+    let consumer = pipeline.consumer(consumer, crate::stage::ConsumerOptions::new().name("sink"));
     subscribe_all(&mut pipeline, &consumer, &outputs)?;
     Ok(pipeline)
 }
 
 /// A pipeline whose flow output is dropped.
 pub(crate) fn discard<T: Send + 'static>(
-    pipeline: Pipeline,
+    pipeline: ScopedPipeline<'_>,
     outputs: Vec<Output<T>>,
-) -> Result<Pipeline> {
+) -> Result<ScopedPipeline<'_>> {
     sink(pipeline, outputs, |_batch: Vec<T>| Ok(()))
 }

@@ -9,7 +9,8 @@ use tokio::task::JoinHandle;
 
 use crate::error::{FlowError, Result};
 use crate::flow::Output;
-use crate::stage::{Pipeline, ShutdownHandle};
+use crate::stage::ShutdownHandle;
+use crate::stage::scoped::ScopedPipeline;
 
 /// An async stream over a running flow's events; see `Flow::into_stream`. Dropping it
 /// stops the flow without waiting: its stages are aborted at their next await. A stage
@@ -25,7 +26,7 @@ pub struct FlowStream<T> {
 }
 
 pub(crate) fn stream<T: Send + 'static>(
-    pipeline: Pipeline,
+    pipeline: ScopedPipeline<'static>,
     outputs: Vec<Output<T>>,
 ) -> Result<FlowStream<T>> {
     let (pipeline, rx) = super::channel(pipeline, outputs, 2)?;

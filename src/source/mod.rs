@@ -96,6 +96,13 @@ use crate::stage::{Produced, Producer};
 /// assert_eq!(all, (0..10).collect::<Vec<_>>());
 /// # Ok::<(), flowstage::FlowError>(())
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a flow source",
+    label = "not a `Source`",
+    note = "`Flow::from_source` takes a `flowstage::source::Source`; for an iterator write \
+            `Flow::from_iter`, for a stream `Flow::from_stream`, for producer stages \
+            `Flow::from_stages`"
+)]
 pub trait Source: Send + 'static {
     /// The events the source emits.
     type Item: Send + 'static;
@@ -218,7 +225,7 @@ impl<T> std::fmt::Debug for BoxedProducer<T> {
 
 impl<T: Send + 'static> BoxedProducer<T> {
     /// Boxes `producer`.
-    pub fn new(producer: impl Producer<Item = T>) -> Self {
+    pub fn new(producer: impl Producer<Item = T> + 'static) -> Self {
         BoxedProducer(Box::new(producer))
     }
 }

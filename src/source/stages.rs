@@ -8,7 +8,7 @@ use crate::stage::Producer;
 #[derive(Debug)]
 pub struct StagesSource<P>(pub(crate) Vec<P>);
 
-impl<P: Producer> Source for StagesSource<P> {
+impl<P: Producer + 'static> Source for StagesSource<P> {
     type Item = P::Item;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<P::Item>>> {

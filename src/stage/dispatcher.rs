@@ -60,7 +60,45 @@ pub fn partition_of(hash: u64, partitions: usize) -> usize {
     ((u128::from(hash) * partitions as u128) >> 64) as usize
 }
 
-type BuildDispatch<T> = Box<dyn FnOnce(Vec<Outlet<T>>) -> Box<dyn Dispatch<T>> + Send>;
+/// Makes a stage's dispatcher from its outlets, once they are all known. `'a`: what its
+/// closures borrow (`'static` but for the flow layer's scoped runs).
+pub(crate) type BuildDispatch<'a, T> =
+    Box<dyn FnOnce(Vec<Outlet<T>>) -> Box<dyn Dispatch<T> + 'a> + Send + 'a>;
+
+/// A dispatcher whose closures may borrow for `'a`: what [`Dispatcher`] is for `'static`,
+/// and what the flow layer builds for a run that borrows (see `stage::scoped`).
+pub(crate) struct ScopedDispatcher<'a, T> {
+    pub(crate) kind: &'static str,
+    pub(crate) build: BuildDispatch<'a, T>,
+}
+
+impl<'a, T: Send + 'static> ScopedDispatcher<'a, T> {
+    pub(crate) fn demand() -> Self {
+        ScopedDispatcher {
+            kind: "demand",
+            build: Box::new(|outlets| Box::new(DemandDispatch { outlets })),
+        }
+    }
+
+    pub(crate) fn broadcast() -> Self
+    where
+        T: Clone,
+    {
+        ScopedDispatcher {
+            kind: "broadcast",
+            build: Box::new(|outlets| Box::new(BroadcastDispatch { outlets })),
+        }
+    }
+
+    pub(crate) fn partition_with(
+        route: impl Fn(&T, usize) -> Option<usize> + Send + Sync + 'a,
+    ) -> Self {
+        ScopedDispatcher {
+            kind: "partition",
+            build: Box::new(move |outlets| Box::new(PartitionDispatch::new(outlets, route))),
+        }
+    }
+}
 
 /// The dispatcher of a producer or producer-consumer, chosen in its options.
 ///
@@ -72,14 +110,13 @@ type BuildDispatch<T> = Box<dyn FnOnce(Vec<Outlet<T>>) -> Box<dyn Dispatch<T>> +
 /// # let _ = (by_parity, by_key, everyone);
 /// ```
 pub struct Dispatcher<T> {
-    pub(crate) kind: &'static str,
-    pub(crate) build: BuildDispatch<T>,
+    pub(crate) scoped: ScopedDispatcher<'static, T>,
 }
 
 impl<T> std::fmt::Debug for Dispatcher<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dispatcher")
-            .field("kind", &self.kind)
+            .field("kind", &self.scoped.kind)
             .finish()
     }
 }
@@ -94,8 +131,7 @@ impl<T: Send + 'static> Dispatcher<T> {
     /// Each batch to the subscriber with the most outstanding demand.
     pub fn demand() -> Self {
         Dispatcher {
-            kind: "demand",
-            build: Box::new(|outlets| Box::new(DemandDispatch { outlets })),
+            scoped: ScopedDispatcher::demand(),
         }
     }
 
@@ -105,8 +141,7 @@ impl<T: Send + 'static> Dispatcher<T> {
         T: Clone,
     {
         Dispatcher {
-            kind: "broadcast",
-            build: Box::new(|outlets| Box::new(BroadcastDispatch { outlets })),
+            scoped: ScopedDispatcher::broadcast(),
         }
     }
 
@@ -125,8 +160,7 @@ impl<T: Send + 'static> Dispatcher<T> {
         route: impl Fn(&T, usize) -> Option<usize> + Send + Sync + 'static,
     ) -> Self {
         Dispatcher {
-            kind: "partition",
-            build: Box::new(move |outlets| Box::new(PartitionDispatch::new(outlets, route))),
+            scoped: ScopedDispatcher::partition_with(route),
         }
     }
 }

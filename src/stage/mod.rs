@@ -38,15 +38,27 @@
 //! - Ending a run that would go on forever, without losing what is in flight:
 //!   [`ShutdownHandle`].
 
+// `unsafe` is forbidden in every module here but `scoped` (stages that borrow).
+#[forbid(unsafe_code)]
 mod adapters;
+#[forbid(unsafe_code)]
 mod buffer;
+#[forbid(unsafe_code)]
 pub(crate) mod demand;
+#[forbid(unsafe_code)]
 mod dispatcher;
+#[forbid(unsafe_code)]
 mod link;
+#[forbid(unsafe_code)]
 mod metrics;
+#[forbid(unsafe_code)]
 mod pipeline;
+#[forbid(unsafe_code)]
 mod run;
+pub(crate) mod scoped;
+#[forbid(unsafe_code)]
 mod shutdown;
+#[forbid(unsafe_code)]
 mod supervisor;
 
 use std::future::Future;
@@ -57,6 +69,7 @@ pub use adapters::{
 };
 pub use buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 pub use demand::{Cancel, DEFAULT_MAX_DEMAND, DemandMode, SubscribeOptions};
+pub(crate) use dispatcher::ScopedDispatcher;
 pub use dispatcher::{Dispatcher, partition_hash, partition_of};
 pub use metrics::{ErrorCounters, ErrorSnapshot, StageSnapshot};
 pub use pipeline::{
@@ -101,7 +114,13 @@ pub enum Produced<T> {
 ///     }
 /// }
 /// ```
-pub trait Producer: Send + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a producer stage",
+    label = "not a `Producer`",
+    note = "implement `flowstage::stage::Producer` for it (`handle_demand` returns at most \
+            `demand` events), or wrap an iterator with `flowstage::stage::from_iter`"
+)]
+pub trait Producer: Send {
     /// The events this producer emits.
     type Item: Send + 'static;
 
@@ -181,7 +200,13 @@ impl ConsumerContext {
 ///     }
 /// }
 /// ```
-pub trait Consumer: Send + 'static {
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a consumer stage",
+    label = "not a `Consumer`",
+    note = "implement `flowstage::stage::Consumer` for it; to run a closure on each event \
+            write `.for_each(..)`, to gather the events `.collect()`"
+)]
+pub trait Consumer: Send {
     /// The events this consumer takes.
     type Item: Send + 'static;
 
@@ -234,7 +259,7 @@ pub trait Consumer: Send + 'static {
 ///     }
 /// }
 /// ```
-pub trait ProducerConsumer: Send + 'static {
+pub trait ProducerConsumer: Send {
     /// The events this stage takes.
     type In: Send + 'static;
     /// The events this stage emits.

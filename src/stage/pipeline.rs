@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 use super::demand::{Cancel, SubscribeOptions};
-use super::dispatcher::Dispatcher;
+use super::dispatcher::{Dispatcher, ScopedDispatcher};
 use super::link::{Control, Msg, OutletSpec, Spares};
 use super::metrics::{ErrorCounters, ErrorSnapshot, StageMetrics, StageSnapshot};
 use super::run::{self, InflowSpec, ProducerSettings};
@@ -25,11 +25,12 @@ use super::shutdown::ShutdownHandle;
 use super::{Consumer, Producer, ProducerConsumer};
 use crate::error::{FlowError, Result, StageInfo, StageKind};
 
-type StageFuture = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+/// A stage's task. `'a`: what it borrows (`'static` but for the flow layer's scoped runs).
+pub(super) type StageFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + Send + 'a>>;
 
 /// What a stage needs at start, after all subscriptions are known.
-struct Prepared {
-    body: StageFuture,
+pub(super) struct Prepared<'a> {
+    pub(super) body: StageFuture<'a>,
     /// Sends `Failed` to each consumer, should the stage fail.
     notify_failure: Vec<Box<dyn FnOnce() + Send>>,
     /// Producers to tell that this stage is gone, when it ends.
@@ -38,12 +39,14 @@ struct Prepared {
     tolerated: bool,
 }
 
-type Prepare = Box<dyn FnOnce(StageInfo, Arc<StageMetrics>) -> Result<Prepared> + Send>;
+/// Builds a stage's task once every subscription is known.
+pub(super) type Prepare<'a> =
+    Box<dyn FnOnce(StageInfo, Arc<StageMetrics>) -> Result<Prepared<'a>> + Send + 'a>;
 
 struct StageEntry {
     info: StageInfo,
     metrics: Arc<StageMetrics>,
-    prepare: Prepare,
+    prepare: Prepare<'static>,
 }
 
 static NEXT_PIPELINE: AtomicU64 = AtomicU64::new(0);
@@ -345,29 +348,42 @@ impl Pipeline {
     }
 
     /// Adds a producer with default options.
-    pub fn producer<P: Producer>(&mut self, producer: P) -> ProducerRef<P::Item> {
+    pub fn producer<P: Producer + 'static>(&mut self, producer: P) -> ProducerRef<P::Item> {
         self.producer_with(producer, ProducerOptions::new())
     }
 
     /// Adds a producer.
-    pub fn producer_with<P: Producer>(
+    pub fn producer_with<P: Producer + 'static>(
+        &mut self,
+        producer: P,
+        mut options: ProducerOptions<P::Item>,
+    ) -> ProducerRef<P::Item> {
+        let dispatcher = std::mem::take(&mut options.dispatcher).scoped;
+        let (info, prepare, producer) = self.producer_parts(producer, options, dispatcher);
+        self.push(info, prepare);
+        producer
+    }
+
+    /// What adding a producer takes, for any lifetime `'a` its code borrows for; the
+    /// caller pushes the stage (`'static`) or erases `'a` first (`stage::scoped`).
+    pub(super) fn producer_parts<'a, P: Producer + 'a>(
         &mut self,
         producer: P,
         options: ProducerOptions<P::Item>,
-    ) -> ProducerRef<P::Item> {
+        dispatcher: ScopedDispatcher<'a, P::Item>,
+    ) -> (StageInfo, Prepare<'a>, ProducerRef<P::Item>) {
         let info = self.info(options.name.clone(), StageKind::Producer);
         let (tx, inbox) = unbounded_channel::<Msg<Infallible>>();
         let outlets = Arc::new(Mutex::new(Vec::new()));
         let wiring = outlets.clone();
         let ProducerOptions {
-            dispatcher,
             buffer_size,
             buffer_keep,
             retry_interval,
             ..
         } = options;
         let shutdown = self.shutdown.listener();
-        let prepare: Prepare = Box::new(move |stage, metrics| {
+        let prepare: Prepare<'a> = Box::new(move |stage, metrics| {
             let specs = std::mem::take(&mut *lock(&wiring));
             let wired = wire_outlets(specs, dispatcher.kind, &stage, &metrics)?;
             let dispatch = (dispatcher.build)(wired.outlets);
@@ -386,17 +402,17 @@ impl Pipeline {
                 tolerated: wired.tolerated,
             })
         });
-        self.push(info, prepare);
-        ProducerRef {
+        let producer = ProducerRef {
             pipeline: self.id,
-            index: self.stages.len() - 1,
+            index: self.stages.len(),
             outlets,
             control: Arc::new(tx),
-        }
+        };
+        (info, prepare, producer)
     }
 
     /// Adds a producer-consumer with default options.
-    pub fn producer_consumer<S: ProducerConsumer>(
+    pub fn producer_consumer<S: ProducerConsumer + 'static>(
         &mut self,
         stage: S,
     ) -> (ConsumerRef<S::In>, ProducerRef<S::Out>) {
@@ -404,20 +420,37 @@ impl Pipeline {
     }
 
     /// Adds a producer-consumer.
-    pub fn producer_consumer_with<S: ProducerConsumer>(
+    pub fn producer_consumer_with<S: ProducerConsumer + 'static>(
         &mut self,
         inner: S,
         options: ProducerConsumerOptions<S::Out>,
     ) -> (ConsumerRef<S::In>, ProducerRef<S::Out>) {
-        let info = self.info(options.name, StageKind::ProducerConsumer);
+        let (info, prepare, refs) =
+            self.producer_consumer_parts(inner, options.name, options.dispatcher.scoped);
+        self.push(info, prepare);
+        refs
+    }
+
+    /// What adding a producer-consumer takes (see [`producer_parts`](Self::producer_parts)).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn producer_consumer_parts<'a, S: ProducerConsumer + 'a>(
+        &mut self,
+        inner: S,
+        name: Option<String>,
+        dispatcher: ScopedDispatcher<'a, S::Out>,
+    ) -> (
+        StageInfo,
+        Prepare<'a>,
+        (ConsumerRef<S::In>, ProducerRef<S::Out>),
+    ) {
+        let info = self.info(name, StageKind::ProducerConsumer);
         let (tx, inbox) = unbounded_channel::<Msg<S::In>>();
         let spares = Spares::new();
         let stage_spares = spares.clone();
         let outlets = Arc::new(Mutex::new(Vec::new()));
         let inflows = Arc::new(Mutex::new(Vec::new()));
         let (out_wiring, in_wiring) = (outlets.clone(), inflows.clone());
-        let dispatcher = options.dispatcher;
-        let prepare: Prepare = Box::new(move |stage, metrics| {
+        let prepare: Prepare<'a> = Box::new(move |stage, metrics| {
             let specs = std::mem::take(&mut *lock(&out_wiring));
             let wired = wire_outlets(specs, dispatcher.kind, &stage, &metrics)?;
             let dispatch = (dispatcher.build)(wired.outlets);
@@ -438,9 +471,8 @@ impl Pipeline {
                 tolerated: wired.tolerated,
             })
         });
-        self.push(info, prepare);
-        let index = self.stages.len() - 1;
-        (
+        let index = self.stages.len();
+        let refs = (
             ConsumerRef {
                 pipeline: self.id,
                 index,
@@ -454,11 +486,12 @@ impl Pipeline {
                 outlets,
                 control: Arc::new(tx),
             },
-        )
+        );
+        (info, prepare, refs)
     }
 
     /// Adds a consumer with default options.
-    pub fn consumer<C: Consumer>(&mut self, consumer: C) -> ConsumerRef<C::Item> {
+    pub fn consumer<C: Consumer + 'static>(&mut self, consumer: C) -> ConsumerRef<C::Item> {
         self.consumer_with(consumer, ConsumerOptions::new())
     }
 
@@ -469,16 +502,27 @@ impl Pipeline {
     }
 
     /// Adds a consumer.
-    pub fn consumer_with<C: Consumer>(
+    pub fn consumer_with<C: Consumer + 'static>(
         &mut self,
         consumer: C,
         options: ConsumerOptions,
     ) -> ConsumerRef<C::Item> {
+        let (info, prepare, consumer) = self.consumer_parts(consumer, options);
+        self.push(info, prepare);
+        consumer
+    }
+
+    /// What adding a consumer takes (see [`producer_parts`](Self::producer_parts)).
+    pub(super) fn consumer_parts<'a, C: Consumer + 'a>(
+        &mut self,
+        consumer: C,
+        options: ConsumerOptions,
+    ) -> (StageInfo, Prepare<'a>, ConsumerRef<C::Item>) {
         let info = self.info(options.name, StageKind::Consumer);
         let (tx, inbox) = unbounded_channel::<Msg<C::Item>>();
         let inflows = Arc::new(Mutex::new(Vec::new()));
         let in_wiring = inflows.clone();
-        let prepare: Prepare = Box::new(move |stage, metrics| {
+        let prepare: Prepare<'a> = Box::new(move |stage, metrics| {
             let inflows: Vec<InflowSpec> = std::mem::take(&mut *lock(&in_wiring));
             let upstream = inflows.iter().map(|i| (i.control.clone(), i.sub)).collect();
             Ok(Prepared {
@@ -488,18 +532,19 @@ impl Pipeline {
                 tolerated: false,
             })
         });
-        self.push(info, prepare);
-        ConsumerRef {
+        let consumer = ConsumerRef {
             pipeline: self.id,
-            index: self.stages.len() - 1,
+            index: self.stages.len(),
             tx,
             inflows,
             // A consumer hands its batches to user code: none come back.
             spares: Spares::new(),
-        }
+        };
+        (info, prepare, consumer)
     }
 
-    fn push(&mut self, info: StageInfo, prepare: Prepare) {
+    /// Adds a stage; its index is the number of stages before it.
+    pub(super) fn push(&mut self, info: StageInfo, prepare: Prepare<'static>) {
         self.stages.push(StageEntry {
             info,
             metrics: Arc::new(StageMetrics::default()),
@@ -612,7 +657,7 @@ impl Pipeline {
 }
 
 /// Runs one stage: catches its panics, and on its end tells its neighbours.
-async fn supervise(index: usize, info: StageInfo, stage: Prepared) -> (usize, Result<()>) {
+async fn supervise(index: usize, info: StageInfo, stage: Prepared<'static>) -> (usize, Result<()>) {
     let result = match AssertUnwindSafe(stage.body).catch_unwind().await {
         Ok(result) => result,
         Err(panic) => Err(FlowError::from_panic(&info, panic)),

@@ -203,11 +203,11 @@ pub(crate) struct ProducerSettings {
 /// A producer flushes every partition queue at least once per this many productions.
 const FLUSH_EVERY: u32 = 16;
 
-pub(crate) async fn run_producer<P: Producer>(
+pub(crate) async fn run_producer<'a, P: Producer + 'a>(
     stage: StageInfo,
     mut producer: P,
     mut inbox: UnboundedReceiver<Msg<Infallible>>,
-    mut dispatch: Box<dyn Dispatch<P::Item>>,
+    mut dispatch: Box<dyn Dispatch<P::Item> + 'a>,
     settings: ProducerSettings,
     metrics: Arc<StageMetrics>,
 ) -> Result<()> {
@@ -400,13 +400,13 @@ pub(crate) async fn run_consumer<C: Consumer>(
         .map_err(|e| stage_error(&stage, e))
 }
 
-pub(crate) async fn run_producer_consumer<S: ProducerConsumer>(
+pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
     stage: StageInfo,
     mut inner: S,
     mut inbox: UnboundedReceiver<Msg<S::In>>,
     inflows: Vec<InflowSpec>,
     spares: Arc<Spares<S::In>>,
-    mut dispatch: Box<dyn Dispatch<S::Out>>,
+    mut dispatch: Box<dyn Dispatch<S::Out> + 'a>,
     metrics: Arc<StageMetrics>,
 ) -> Result<()> {
     let mut inlets = Inlets::new(inflows);

@@ -717,7 +717,7 @@ impl<T> Window<T> {
 /// The window setting of a layer: none (the global window, no triggers), or a
 /// [`Window`]. Lets [`Partition`](crate::flow::Partition) options without a window serve
 /// any event type.
-pub trait LayerWindow<T>: Send + 'static {
+pub trait LayerWindow<T>: Send {
     /// The window, if any.
     #[doc(hidden)]
     fn into_window(self) -> Option<Window<T>>;

@@ -1,0 +1,381 @@
+//! A rayon parallel iterator as a flow's source
+//! ([`Flow::from_par_iter`](super::Flow::from_par_iter)): rayon's splits are the source
+//! layer's producers.
+//!
+//! The iterator is driven by rayon as any of its own, with a consumer of the flow's: each
+//! split folds its items straight through the source layer's stateless chain — and the
+//! terminal's per-stage part, if the flow ends there — on rayon's threads, then sends
+//! what the chain made, in batches, to the flow's next layer (or to the terminal, one
+//! result per split). So the items are read and mapped once, on one pool: the flow's own
+//! workers only take the chain's output (nothing, for `sum` or `count`). A bounded
+//! channel between the two is the backpressure: a split whose batch does not fit waits.
+//!
+//! rayon starts on the first demand, from a thread of the flow's that waits for it to end
+//! (and is joined when the run ends, so the iterator and the closures may borrow). A
+//! panic in a split ends the run with `FlowError::StagePanicked` naming a source stage;
+//! when the flow ends or is drained, the splits stop at their next item.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use rayon::iter::ParallelIterator;
+use rayon::iter::plumbing::{Consumer, Folder, Reducer, UnindexedConsumer};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use super::Flow;
+use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::fused::{Read, SourceRead};
+use super::logic::{Identity, Logic, PartitionInfo};
+use super::plan::SourceShape;
+use crate::error::{FlowError, IoOperation, Result, StageError};
+use crate::stage::ShutdownHandle;
+
+/// Events per batch sent from a split.
+const BATCH: usize = 4096;
+
+/// A rayon parallel iterator as a flow's source; see
+/// [`Flow::from_par_iter`](super::Flow::from_par_iter).
+#[derive(Debug)]
+pub struct ParIterNode<I> {
+    pub(crate) iter: I,
+    pub(crate) stages: Option<usize>,
+}
+
+/// What the splits send to the source stages.
+enum Message<T> {
+    Batch(Vec<T>),
+    /// A fallible operator of the chain failed the run.
+    Failed(StageError),
+    /// A split panicked.
+    Panicked(Box<dyn std::any::Any + Send>),
+    /// The iterator was read to its end.
+    End,
+}
+
+impl<I> Plan for ParIterNode<I>
+where
+    I: ParallelIterator,
+    I::Item: 'static,
+{
+    type Item = I::Item;
+
+    fn compile<'a, L>(
+        self,
+        compiler: &mut Compiler<'a>,
+        logic: L,
+        dispatch: &DispatchSpec<'a, L::Out>,
+    ) -> Result<Vec<Output<L::Out>>>
+    where
+        Self: 'a,
+        L: Logic<In = Self::Item> + Clone + 'a,
+    {
+        let stages = match self.stages {
+            Some(0) => {
+                return Err(FlowError::Config(
+                    "from_par_iter: a source's layer needs at least 1 stage".into(),
+                ));
+            }
+            Some(stages) => stages,
+            None => crate::runtime::default_parallelism(),
+        };
+        let (tx, rx) = mpsc::channel::<Message<L::Out>>(stages * 2);
+        let (go, started) = oneshot::channel::<()>();
+        // Set when the flow is gone (a send failed): the splits stop.
+        let gone = Arc::new(AtomicBool::new(false));
+        let consumer = FlowConsumer {
+            logic,
+            tx: tx.clone(),
+            gone: gone.clone(),
+            shutdown: compiler.pipeline.inner().shutdown_handle(),
+            splits: Arc::new(AtomicUsize::new(0)),
+        };
+        let iter = self.iter;
+        compiler
+            .pipeline
+            .spawn_lender("flowstage-par-iter", move || {
+                // Nothing runs before the flow does: a flow compiled and dropped unrun
+                // drops `go`.
+                if started.blocking_recv().is_err() {
+                    return;
+                }
+                let drive = std::panic::AssertUnwindSafe(|| iter.drive_unindexed(consumer));
+                let last = match std::panic::catch_unwind(drive) {
+                    Ok(()) => Message::End,
+                    Err(panic) => Message::Panicked(panic),
+                };
+                let _ = tx.blocking_send(last);
+            })
+            .map_err(|source| FlowError::Io {
+                operation: IoOperation::Spawn,
+                path: None,
+                offset: None,
+                source,
+            })?;
+        let shared = Arc::new(Shared {
+            rx: Mutex::new(rx),
+            go: std::sync::Mutex::new(Some(go)),
+            ended: AtomicBool::new(false),
+        });
+        let shape = SourceShape {
+            readers: stages,
+            stages,
+            shared: false,
+        };
+        let readers = (0..stages).map(|_| shared.clone()).collect();
+        Ok(shape.build(compiler, "from_par_iter", readers, |shared| {
+            (Splits { shared }, Identity::new(), dispatch, None)
+        }))
+    }
+}
+
+/// The source stages' side: the channel from the splits, read by one stage at a time.
+struct Shared<T> {
+    rx: Mutex<mpsc::Receiver<Message<T>>>,
+    /// Starts rayon, on the first read.
+    go: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    /// `End` (or the failure that ends the run) came: a closed channel is then no error.
+    ended: AtomicBool,
+}
+
+/// A source stage's reader of what the splits sent.
+struct Splits<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + 'static> SourceRead for Splits<T> {
+    type Item = T;
+
+    async fn read<L: Logic<In = T>>(
+        &mut self,
+        _n: usize,
+        logic: &mut L,
+        out: &mut Vec<L::Out>,
+    ) -> std::result::Result<Read, StageError> {
+        let go = self
+            .shared
+            .go
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(go) = go {
+            let _ = go.send(());
+        }
+        let message = {
+            let mut rx = self.shared.rx.lock().await;
+            let message = rx.recv().await;
+            if matches!(
+                message,
+                Some(Message::End | Message::Failed(_) | Message::Panicked(_))
+            ) {
+                // (Set under the lock: a stage that reads after sees it with the close.)
+                // After a failure the other stages end as at the end: the run's error is
+                // the one this stage is about to return, not a closed channel.
+                self.shared.ended.store(true, Ordering::Release);
+            }
+            message
+        };
+        match message {
+            // A batch may exceed the demand by less than one batch; the surplus waits in
+            // the stage's buffer.
+            Some(Message::Batch(mut events)) => {
+                let read = events.len();
+                logic.batch(&mut events, out);
+                Ok(Read { read, ended: false })
+            }
+            Some(Message::End) => Ok(Read {
+                read: 0,
+                ended: true,
+            }),
+            Some(Message::Failed(error)) => Err(error),
+            // The user's closure panicked in a split: panic here, in this stage, so that
+            // the run ends naming it.
+            Some(Message::Panicked(payload)) => std::panic::resume_unwind(payload),
+            None if self.shared.ended.load(Ordering::Acquire) => Ok(Read {
+                read: 0,
+                ended: true,
+            }),
+            None => Err("the parallel iterator's thread ended before the iterator did".into()),
+        }
+    }
+}
+
+/// The flow's consumer of a parallel iterator: each split gets a clone of the source
+/// layer's chain.
+struct FlowConsumer<L: Logic> {
+    logic: L,
+    tx: mpsc::Sender<Message<L::Out>>,
+    gone: Arc<AtomicBool>,
+    shutdown: ShutdownHandle,
+    /// Splits so far: a split's index for its chain's `start`.
+    splits: Arc<AtomicUsize>,
+}
+
+impl<L: Logic + Clone> FlowConsumer<L> {
+    fn split(&self) -> Self {
+        FlowConsumer {
+            logic: self.logic.clone(),
+            tx: self.tx.clone(),
+            gone: self.gone.clone(),
+            shutdown: self.shutdown.clone(),
+            splits: self.splits.clone(),
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        // Either flag is only ever set; a stale read costs a few more items.
+        self.gone.load(Ordering::Relaxed) || self.shutdown.is_draining()
+    }
+}
+
+impl<L> Consumer<L::In> for FlowConsumer<L>
+where
+    L: Logic + Clone,
+{
+    type Folder = SplitFolder<L>;
+    type Reducer = NoReduce;
+    type Result = ();
+
+    fn split_at(self, _index: usize) -> (Self, Self, NoReduce) {
+        (self.split(), self, NoReduce)
+    }
+
+    fn into_folder(mut self) -> SplitFolder<L> {
+        let index = self.splits.fetch_add(1, Ordering::Relaxed);
+        self.logic.start(PartitionInfo {
+            index,
+            count: rayon::current_num_threads(),
+        });
+        SplitFolder {
+            consumer: self,
+            out: Vec::new(),
+        }
+    }
+
+    fn full(&self) -> bool {
+        self.stopped()
+    }
+}
+
+impl<L> UnindexedConsumer<L::In> for FlowConsumer<L>
+where
+    L: Logic + Clone,
+{
+    fn split_off_left(&self) -> Self {
+        self.split()
+    }
+
+    fn to_reducer(&self) -> NoReduce {
+        NoReduce
+    }
+}
+
+/// The splits' results are what they sent: nothing to reduce.
+struct NoReduce;
+
+impl Reducer<()> for NoReduce {
+    fn reduce(self, _left: (), _right: ()) {}
+}
+
+/// One split: its items through the chain, its output sent in batches.
+struct SplitFolder<L: Logic> {
+    consumer: FlowConsumer<L>,
+    out: Vec<L::Out>,
+}
+
+impl<L: Logic> SplitFolder<L> {
+    /// Sends the output so far, or what failed; stops the splits if the flow is gone.
+    fn send(&mut self) {
+        if let Some(error) = self.consumer.logic.failure() {
+            self.fail(error);
+            return;
+        }
+        if self.out.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.out);
+        if self
+            .consumer
+            .tx
+            .blocking_send(Message::Batch(batch))
+            .is_err()
+        {
+            self.consumer.gone.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<L: Logic> SplitFolder<L> {
+    /// Ends the run with the chain's error (`failure` hands it over once) and stops the
+    /// splits.
+    fn fail(&mut self, error: StageError) {
+        let _ = self.consumer.tx.blocking_send(Message::Failed(error));
+        self.consumer.gone.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<L> Folder<L::In> for SplitFolder<L>
+where
+    L: Logic + Clone,
+{
+    type Result = ();
+
+    fn consume(mut self, item: L::In) -> Self {
+        self.consumer.logic.push(item, &mut self.out);
+        if self.out.len() >= BATCH {
+            self.send();
+        }
+        self
+    }
+
+    fn consume_iter<It: IntoIterator<Item = L::In>>(mut self, iter: It) -> Self {
+        let mut iter = iter.into_iter();
+        // A batch of items at a time through the chain, so that what it makes goes out
+        // in bounded batches and a stopped flow is seen between them.
+        while !self.consumer.stopped() {
+            let mut taken = 0;
+            self.consumer.logic.feed(
+                iter.by_ref().take(BATCH).inspect(|_| taken += 1),
+                &mut self.out,
+            );
+            if let Some(error) = self.consumer.logic.failure() {
+                self.fail(error);
+                break;
+            }
+            if self.out.len() >= BATCH {
+                self.send();
+            }
+            if taken < BATCH {
+                break;
+            }
+        }
+        self
+    }
+
+    fn complete(mut self) {
+        if !self.consumer.stopped() {
+            self.consumer.logic.done(&mut self.out);
+        }
+        self.send();
+    }
+
+    fn full(&self) -> bool {
+        self.consumer.stopped()
+    }
+}
+
+impl<I> Flow<ParIterNode<I>> {
+    /// The number of source stages taking what rayon's splits made (default: one per
+    /// core).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use rayon::prelude::*;
+    /// let total: u64 = Flow::from_par_iter((1..=1000u64).into_par_iter()).stages(3).sum()?;
+    /// assert_eq!(total, 500_500);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn stages(mut self, stages: usize) -> Self {
+        self.plan.stages = Some(stages);
+        self
+    }
+}
