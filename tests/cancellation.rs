@@ -95,6 +95,17 @@ fn bound(events: u64, event_bytes: u64, block: u64) -> u64 {
         + READERS * (2 * block + LINE + 1)
 }
 
+/// The bound for the blocking iterator, whose sink asks for larger batches: `events`
+/// taken, its batches in flight (and one being handed over), each reader's outstanding
+/// demand, and each reader's blocks.
+fn iter_bound(events: u64, event_bytes: u64, block: u64) -> u64 {
+    use flowstage::sink::FlowIter;
+    let batch = FlowIter::<String>::batch_size() as u64;
+    let in_flight = FlowIter::<String>::IN_FLIGHT as u64;
+    (events + (in_flight + 1) * batch + READERS * batch) * event_bytes
+        + READERS * (2 * block + LINE + 1)
+}
+
 fn check(what: &str, counters: &FileCounters, read_before: u64, bound: u64) {
     let read = counters.bytes_read();
     let witnessed = rchar() - read_before;
@@ -133,7 +144,12 @@ fn dropping_the_output_stops_the_file_readers_within_the_demand_bound() {
         assert_eq!(taken, TAKEN);
         drop(lines); // joins the flow's thread: nothing can read after this
         assert_eq!(open_handles(&path), 0, "a reader outlived the iterator");
-        check("iterator", &counters, before, bound(TAKEN, LINE, block));
+        check(
+            "iterator",
+            &counters,
+            before,
+            iter_bound(TAKEN, LINE, block),
+        );
         let witnessed = rchar() - before;
         assert!(
             witnessed < FILE_SIZE / 100,

@@ -24,7 +24,11 @@
 //! ```
 //!
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
-//! name a flow as `Flow<impl Plan<Item = T>>`.
+//! name a flow as `Flow<impl Plan<Item = T>>` — or `Flow<impl Plan<Item = T> + 'static>`
+//! for one that borrows nothing, which the terminals that outlive the call (`into_iter`,
+//! `into_stream`, `spawn`, `run_async`, `into_stages`) need. The blocking terminals
+//! (`collect`, `sum`, `for_each`, `run`, ...) return when every stage has ended, so a flow
+//! they run may borrow local data.
 
 mod batch;
 mod combine;

@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Flow;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
-use super::fused::{Read, SourceRead};
+use super::fused::{Read, SourceRead, Upto};
 use super::logic::{Identity, Logic, PartitionInfo};
 use super::plan::SourceShape;
 use crate::error::{FlowError, IoOperation, Result, StageError};
@@ -332,9 +332,14 @@ where
         // A batch of items at a time through the chain, so that what it makes goes out
         // in bounded batches and a stopped flow is seen between them.
         while !self.consumer.stopped() {
-            let mut taken = 0;
+            // (`Upto`, not `take(..).inspect(..)`: those fold through `try_fold` and a
+            // closure, which made this loop 3x slower than rayon's own.)
+            let mut left = BATCH;
             self.consumer.logic.feed(
-                iter.by_ref().take(BATCH).inspect(|_| taken += 1),
+                Upto {
+                    iter: &mut iter,
+                    left: &mut left,
+                },
                 &mut self.out,
             );
             if let Some(error) = self.consumer.logic.failure() {
@@ -344,7 +349,7 @@ where
             if self.out.len() >= BATCH {
                 self.send();
             }
-            if taken < BATCH {
+            if left > 0 {
                 break;
             }
         }

@@ -60,43 +60,21 @@ where
     }
 }
 
-/// The events of `parts`, one after the other, with their exact count (so that
-/// `collect` allocates its collection once).
-struct Concat<T> {
-    parts: std::vec::IntoIter<Vec<T>>,
-    current: std::vec::IntoIter<T>,
-    left: usize,
-}
-
-impl<T> Concat<T> {
-    fn new(parts: Vec<Vec<T>>) -> Self {
-        Concat {
-            left: parts.iter().map(Vec::len).sum(),
-            parts: parts.into_iter(),
-            current: Vec::new().into_iter(),
-        }
+/// The events of `parts` in one `Vec`, moving as few as possible: the others are
+/// appended to the largest (reallocated in place when it can be), and a `Vec` collected
+/// from the result's `IntoIter` takes its buffer as it is (std's in-place collect), so
+/// `collect::<Vec<_>>()` copies only the smaller parts.
+fn concat<T>(mut parts: Vec<Vec<T>>) -> Vec<T> {
+    let Some(largest) = (0..parts.len()).max_by_key(|&i| parts[i].len()) else {
+        return Vec::new();
+    };
+    let mut all = parts.swap_remove(largest);
+    all.reserve_exact(parts.iter().map(Vec::len).sum());
+    for mut part in parts {
+        all.append(&mut part);
     }
+    all
 }
-
-impl<T> Iterator for Concat<T> {
-    type Item = T;
-
-    fn next(&mut self) -> Option<T> {
-        loop {
-            if let Some(event) = self.current.next() {
-                self.left -= 1;
-                return Some(event);
-            }
-            self.current = self.parts.next()?.into_iter();
-        }
-    }
-
-    fn size_hint(&self) -> (usize, Option<usize>) {
-        (self.left, Some(self.left))
-    }
-}
-
-impl<T> ExactSizeIterator for Concat<T> {}
 
 impl<P: Plan> Flow<P> {
     /// Runs the flow with `gatherer` at the end of every last-layer stage; returns what
@@ -135,7 +113,7 @@ impl<P: Plan> Flow<P> {
     /// ```
     pub fn collect<B: FromIterator<P::Item>>(self) -> Result<B> {
         let parts = self.gather(Collect)?;
-        Ok(B::from_iter(Concat::new(parts)))
+        Ok(B::from_iter(concat(parts)))
     }
 
     /// Sums the events (as `Iterator::sum`: `S` is the sum's type).
@@ -452,7 +430,7 @@ impl<P: Plan> Flow<P> {
     {
         let parts = self.gather(Collect)?;
         let mut unzipped = (FromA::default(), FromB::default());
-        unzipped.extend(Concat::new(parts));
+        unzipped.extend(concat(parts));
         Ok(unzipped)
     }
 

@@ -14,7 +14,14 @@ use crate::stage::scoped::ScopedPipeline;
 
 /// Batches in flight between the flow and the iterator: the consumer waits when the
 /// iterator is this far behind, and backpressure does the rest.
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 4;
+
+/// The bytes (of events' inline size) a batch of the iterator aims at; see
+/// [`FlowIter::batch_size`].
+const BATCH_BYTES: usize = 256 << 10;
+
+/// The most events in a batch of the iterator.
+const MAX_BATCH: usize = 32 << 10;
 
 /// How long a dropped iterator waits for its run to stop. Aborted stages stop at their next
 /// await, well within this; only a stage blocked in user code (a sleep, a lock) takes longer,
@@ -41,6 +48,27 @@ pub struct FlowIter<T> {
 }
 
 impl<T> FlowIter<T> {
+    /// The most events the iterator's sink asks of each of the flow's outputs at a time:
+    /// the size of the batches the iterator takes. A blocking reader is a thread handed
+    /// batches by another, paying a wake-up per batch, so they are larger than the
+    /// stages' default demand (1000): about 256 KiB of events, between 1000 and 32 768
+    /// of them. What the flow runs ahead of the reader is bounded by the batches in
+    /// flight (4, and one being handed over) and the outputs' demand, both counted in
+    /// this size.
+    ///
+    /// ```
+    /// use flowstage::sink::FlowIter;
+    /// assert_eq!(FlowIter::<u64>::batch_size(), 32_768);
+    /// assert_eq!(FlowIter::<[u8; 1024]>::batch_size(), 1_000);
+    /// ```
+    pub fn batch_size() -> usize {
+        (BATCH_BYTES / std::mem::size_of::<T>().max(1))
+            .clamp(crate::stage::DEFAULT_MAX_DEMAND, MAX_BATCH)
+    }
+
+    /// Batches handed over but not yet taken by the reader, at most.
+    pub const IN_FLIGHT: usize = IN_FLIGHT;
+
     pub(crate) fn failed(error: FlowError) -> Self {
         FlowIter {
             batches: None,
@@ -58,10 +86,11 @@ pub(crate) fn iter<T: Send + 'static>(
     pipeline: ScopedPipeline<'static>,
     outputs: Vec<Output<T>>,
 ) -> FlowIter<T> {
-    let (pipeline, rx) = match super::channel(pipeline, outputs, IN_FLIGHT) {
-        Ok(wired) => wired,
-        Err(error) => return FlowIter::failed(error),
-    };
+    let (pipeline, rx) =
+        match super::channel(pipeline, outputs, IN_FLIGHT, FlowIter::<T>::batch_size()) {
+            Ok(wired) => wired,
+            Err(error) => return FlowIter::failed(error),
+        };
     let shutdown = pipeline.shutdown_handle();
     let (stop, stopped) = oneshot::channel::<()>();
     let running = Arc::new(Watch::new(true));

@@ -39,8 +39,17 @@ pub(crate) fn subscribe_all<T>(
     consumer: &ConsumerRef<T>,
     outputs: &[Output<T>],
 ) -> Result<()> {
+    subscribe_all_with(pipeline, consumer, outputs, SubscribeOptions::new)
+}
+
+fn subscribe_all_with<T>(
+    pipeline: &mut ScopedPipeline<'_>,
+    consumer: &ConsumerRef<T>,
+    outputs: &[Output<T>],
+    options: impl Fn() -> SubscribeOptions<T>,
+) -> Result<()> {
     for output in outputs {
-        pipeline.subscribe(consumer, &output.producer, SubscribeOptions::new())?;
+        pipeline.subscribe(consumer, &output.producer, options())?;
     }
     Ok(())
 }
@@ -104,18 +113,22 @@ impl<T: Send + 'static> crate::stage::Consumer for ChannelSink<T> {
     }
 }
 
-/// A pipeline whose flow output goes into a bounded channel of batches.
+/// A pipeline whose flow output goes into a bounded channel of `in_flight` batches, each
+/// of at most `max_demand` events per output: what the reader holds is bounded by both.
 pub(crate) fn channel<T: Send + 'static>(
     mut pipeline: ScopedPipeline<'static>,
     outputs: Vec<Output<T>>,
     in_flight: usize,
+    max_demand: usize,
 ) -> Result<(Pipeline, tokio::sync::mpsc::Receiver<Vec<T>>)> {
     let (tx, rx) = tokio::sync::mpsc::channel(in_flight);
     let consumer = pipeline.consumer(
         ChannelSink { tx },
         crate::stage::ConsumerOptions::new().name("sink"),
     );
-    subscribe_all(&mut pipeline, &consumer, &outputs)?;
+    subscribe_all_with(&mut pipeline, &consumer, &outputs, || {
+        SubscribeOptions::new().max_demand(max_demand)
+    })?;
     Ok((pipeline.into_pipeline(), rx))
 }
 

@@ -29,7 +29,7 @@ pub(crate) fn stream<T: Send + 'static>(
     pipeline: ScopedPipeline<'static>,
     outputs: Vec<Output<T>>,
 ) -> Result<FlowStream<T>> {
-    let (pipeline, rx) = super::channel(pipeline, outputs, 2)?;
+    let (pipeline, rx) = super::channel(pipeline, outputs, 2, crate::stage::DEFAULT_MAX_DEMAND)?;
     let running = pipeline.spawn()?;
     let shutdown = running.shutdown_handle();
     let run = tokio::spawn(async move { running.join().await.map(|_| ()) });
