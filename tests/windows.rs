@@ -481,3 +481,101 @@ fn a_failing_try_map_after_a_join_ends_the_run() {
         Ok(pairs) => panic!("the failure was lost: {pairs:?}"),
     }
 }
+
+// Every window ends with exactly one `Done`, whatever layer sits before the reduce
+// (issue 18 item 1).
+
+#[test]
+fn a_reduce_after_departition_fires_done_once() {
+    for max_demand in DEMANDS {
+        let sums: Vec<u64> = guarded(move || {
+            Flow::from_iter(1..=10u64)
+                .partition(
+                    Partition::new()
+                        .stages(4)
+                        .max_demand(max_demand)
+                        .min_demand(0)
+                        .window(Window::global().trigger_every(2)),
+                )
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .on_trigger(|sum, _, _| (vec![sum], 0))
+                .departition(
+                    Vec::new,
+                    |sum, mut sums: Vec<u64>| {
+                        sums.push(sum);
+                        sums
+                    },
+                    |sums| sums,
+                )
+                .reduce(
+                    || 0u64,
+                    |sums: Vec<u64>, total| total + sums.iter().sum::<u64>(),
+                )
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        assert_eq!(sums, [55], "max_demand {max_demand}");
+    }
+}
+
+#[test]
+fn a_reduce_after_take_sort_fires_done_once() {
+    let lengths: Vec<usize> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(4))
+            .take_sort(3, |a, b| b.cmp(a))
+            .reduce(|| 0usize, |top: Vec<u64>, total| total + top.len())
+            .emit_state()
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(lengths, [3]);
+}
+
+#[test]
+fn a_take_sort_after_departition_emits_once() {
+    let tops: Vec<Vec<u64>> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(4))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(|| 0u64, |sum, total| total + sum, |total| total)
+            .take_sort(1, |a, b| a.cmp(b))
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(tops, [vec![55]], "{tops:?}");
+}
+
+#[test]
+fn a_reduce_after_a_count_windowed_departition_fires_done_per_window_only() {
+    type Fired = (i64, &'static str, TriggerName, u64);
+    let fired: Vec<Fired> = guarded(|| {
+        Flow::from_iter(1..=20u64)
+            .partition(Partition::new().stages(1).window(Window::count(5)))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(|| 0u64, |sum, total| total + sum, |total| total)
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .on_trigger(|sum, _, trigger| {
+                let fired = (trigger.window.id, trigger.window.kind, trigger.name.clone());
+                (vec![(fired.0, fired.1, fired.2, sum)], sum)
+            })
+            .collect()
+            .unwrap()
+    });
+    // Four full windows of 5, then the empty open window: each ends once, and nothing
+    // follows for the global window.
+    let expected: Vec<Fired> = (0..5u64)
+        .map(|k| {
+            let sum = if k < 4 {
+                (5 * k + 1..=5 * k + 5).sum()
+            } else {
+                0
+            };
+            (k as i64, "count", TriggerName::Done, sum)
+        })
+        .collect();
+    assert_eq!(fired, expected);
+}

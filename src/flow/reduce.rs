@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::{FlowError, Result};
-use crate::window::{Slots, WindowSignal};
+use crate::window::{Ends, Slots, WindowSignal};
 pub use crate::window::{Trigger, TriggerName, WindowInfo};
 
 /// Folds one event into the accumulator, possibly emitting events at once.
@@ -198,7 +198,7 @@ pub(crate) struct Reduce<T, Acc, I, S, E, L> {
     /// One accumulator per window (only window 0 when the stage is not windowed).
     accs: Slots<Acc>,
     current: i64,
-    windowed: bool,
+    ends: Ends,
     partition: PartitionInfo,
     rest: L,
     label: &'static str,
@@ -215,7 +215,7 @@ impl<T, Acc, I, S, E, L: Clone> Clone for Reduce<T, Acc, I, S, E, L> {
             // Each stage starts its own accumulators.
             accs: Slots::default(),
             current: 0,
-            windowed: false,
+            ends: Ends::default(),
             partition: self.partition,
             rest: self.rest.clone(),
             label: self.label,
@@ -306,28 +306,18 @@ where
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        if self.windowed {
-            // The stage's windowing fired `Done` for every window it opened; anything left
-            // (there should be nothing) still gets its `Done`, oldest first.
-            for id in self.accs.ids() {
-                let trigger = Trigger {
-                    window: WindowInfo { kind: "window", id },
-                    name: TriggerName::Done,
-                };
-                self.fire(&trigger, out);
-            }
-        } else {
-            self.fire(&Trigger::done_global(), out);
+        // Windows ended upstream (by the stage's windowing or a merging stage before this
+        // one) are gone; the rest end here, each once.
+        for trigger in self.ends.leftover(self.accs.ids()) {
+            self.fire(&trigger, out);
         }
         self.rest.done(out);
     }
 
     fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.ends.observe(&signal);
         match signal {
-            WindowSignal::Start => {
-                self.windowed = true;
-                self.rest.window(signal, out);
-            }
+            WindowSignal::Start => self.rest.window(signal, out),
             WindowSignal::Enter(window) => {
                 self.current = window.id;
                 self.accs.enter(window.id);
@@ -453,7 +443,7 @@ impl<P, Acc, I, S, E> ReduceNode<P, Acc, I, S, E> {
             finish: self.finish,
             accs: Slots::default(),
             current: 0,
-            windowed: false,
+            ends: Ends::default(),
             partition: PartitionInfo { index: 0, count: 1 },
             rest,
             label: self.label,

@@ -41,6 +41,7 @@
 //! # Ok::<(), flowstage::FlowError>(())
 //! ```
 
+mod ends;
 mod engine;
 mod slots;
 
@@ -52,6 +53,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{FlowError, Result};
 
+pub(crate) use ends::Ends;
 pub(crate) use engine::Windower;
 pub(crate) use slots::Slots;
 
