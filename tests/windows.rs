@@ -579,3 +579,117 @@ fn a_reduce_after_a_count_windowed_departition_fires_done_per_window_only() {
         .collect();
     assert_eq!(fired, expected);
 }
+
+// The emit shorthands keep the accumulator, as Flow's `emit/2` does (issue 18 item 2).
+
+#[test]
+fn emit_state_keeps_the_accumulator_across_triggers() {
+    // The reference: the keeping `on_trigger` of `every_ten`.
+    let expected: Vec<u64> = every_ten(1000, false).into_iter().map(|e| e.0).collect();
+    for max_demand in DEMANDS {
+        let sums: Vec<u64> = guarded(move || {
+            Flow::from_iter(1..=100u64)
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .max_demand(max_demand)
+                        .min_demand(0)
+                        .window(Window::global().trigger_every(10)),
+                )
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        assert_eq!(sums, expected, "max_demand {max_demand}");
+    }
+    assert_eq!(expected[..3], [55, 210, 465]);
+    assert_eq!(expected[9..], [5050, 5050]);
+}
+
+#[test]
+fn emit_events_and_nothing_keep_the_accumulator_too() {
+    let run = |emit: &'static str| -> Vec<(u64, u64)> {
+        guarded(move || {
+            let counts = Flow::from_iter((1..=9u64).map(|x| (x % 2, 1u64)))
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .window(Window::global().trigger_every(3)),
+                )
+                .reduce_mut(std::collections::BTreeMap::new, |(k, one), counts| {
+                    *counts.entry(k).or_insert(0) += one;
+                });
+            match emit {
+                "events" => counts.emit_events().collect().unwrap(),
+                _ => counts
+                    .emit_nothing::<(u64, u64)>()
+                    .collect::<Vec<(u64, u64)>>()
+                    .unwrap(),
+            }
+        })
+    };
+    // Running counts of odd (1) and even (0) numbers after 3, 6, 9 events, then at Done.
+    assert_eq!(
+        run("events"),
+        [(0, 1), (1, 2), (0, 3), (1, 3), (0, 4), (1, 5), (0, 4), (1, 5)]
+    );
+    assert_eq!(run("nothing"), []);
+}
+
+#[test]
+fn group_by_keeps_newest_first_across_triggers() {
+    type Groups = std::collections::HashMap<&'static str, Vec<i32>>;
+    let states: Vec<Groups> = guarded(|| {
+        Flow::from_iter([("foo", 1), ("foo", 2), ("bar", 3), ("foo", 4), ("bar", 5)])
+            .partition(
+                Partition::new()
+                    .stages(1)
+                    .window(Window::global().trigger_every(2)),
+            )
+            .group_by_key()
+            .emit_state()
+            .collect()
+            .unwrap()
+    });
+    let expected: Vec<Groups> = vec![
+        [("foo", vec![2, 1])].into(),
+        [("foo", vec![4, 2, 1]), ("bar", vec![3])].into(),
+        [("foo", vec![4, 2, 1]), ("bar", vec![5, 3])].into(),
+    ];
+    assert_eq!(states, expected);
+}
+
+#[test]
+fn emit_state_with_lateness_keeps_the_accepted_late_events() {
+    for max_demand in DEMANDS {
+        let ts = vec![1i64, 12, 3, 25, 14, 9, 31];
+        let sums: Vec<i64> = guarded(move || {
+            Flow::from_iter(ts)
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .max_demand(max_demand)
+                        .min_demand(0)
+                        .window(
+                            Window::fixed(Duration::from_millis(10), |t: &i64| *t)
+                                .allowed_lateness(Duration::from_secs(3600)),
+                        ),
+                )
+                .reduce(|| 0i64, |t, sum| sum + t)
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        // The same as the keeping `on_trigger` of
+        // `fixed_windows_out_of_order_with_lateness_fire_watermark_then_done_oldest_first`.
+        let (fired, _) = fixed_sums(
+            vec![1, 12, 3, 25, 14, 9, 31],
+            Some(Duration::from_secs(3600)),
+            max_demand,
+        );
+        let expected: Vec<i64> = fired.into_iter().map(|(_, _, sum)| sum).collect();
+        assert_eq!(sums, expected, "max_demand {max_demand}");
+        assert_eq!(sums[3..], [13, 26, 25, 31]);
+    }
+}

@@ -283,6 +283,12 @@ macro_rules! reduce_by_key_plan {
                     combined
                 },
             )
+            // The layer is not windowed: its one trigger, `Done`, hands the map over (the
+            // keeping shorthands would need `Combined: Clone`).
+            .on_trigger(|combined: Combined<K, V, F>, _, _| {
+                let fresh = Combined::new(combined.combine.clone());
+                (combined, fresh)
+            })
             .plan
     }};
 }

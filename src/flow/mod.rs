@@ -598,9 +598,12 @@ impl<P: Plan> Flow<P> {
     }
 
     /// Folds the events of each stage (and window) into an accumulator started by `init`;
-    /// emits at each trigger — by default the accumulator's items (for a map: its pairs).
-    /// Change what is emitted with [`emit_state`](Flow::emit_state),
-    /// [`emit_nothing`](Flow::emit_nothing) or [`on_trigger`](Flow::on_trigger).
+    /// emits at each trigger — by default the accumulator's items (for a map: its pairs),
+    /// keeping the accumulator for the window's next trigger. Change what is emitted with
+    /// [`emit_state`](Flow::emit_state), [`emit_nothing`](Flow::emit_nothing) or
+    /// [`on_trigger`](Flow::on_trigger) (which also decides keep or reset). The keeping
+    /// shorthands, the default included, need `Acc: Clone` (a trigger before `Done` emits
+    /// a copy); an accumulator that cannot be cloned is emitted with `on_trigger`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
@@ -989,21 +992,71 @@ impl<P: StageHead> Flow<P> {
 }
 
 impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
-    /// At each trigger, emit the accumulator itself.
-    pub fn emit_state(self) -> Flow<ReduceNode<P, Acc, I, S, EmitState>> {
+    /// At each trigger, emit the accumulator itself, and **keep** it: the next trigger of
+    /// the window emits everything so far (Flow's `emit(:state)`). A trigger other than
+    /// `Done` emits a clone; `Done` hands the accumulator over. To start afresh at each
+    /// trigger instead, use [`on_trigger`](Flow::on_trigger).
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// use flowstage::window::Window;
+    /// let running: Vec<u64> = Flow::from_iter(1..=6u64)
+    ///     .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .collect()?;
+    /// assert_eq!(running, [3, 10, 21, 21]); // after 2, 4, 6 events, then `Done`
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn emit_state(self) -> Flow<ReduceNode<P, Acc, I, S, EmitState>>
+    where
+        Acc: Clone,
+    {
         Flow {
             plan: self.plan.with_emit(EmitState),
         }
     }
 
-    /// At each trigger, emit the accumulator's items (the default of `reduce`).
-    pub fn emit_events(self) -> Flow<ReduceNode<P, Acc, I, S, EmitEvents>> {
+    /// At each trigger, emit the accumulator's items (the default of `reduce`), and
+    /// **keep** the accumulator, as [`emit_state`](Flow::emit_state) does (Flow's
+    /// `emit(:events)`).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use flowstage::flow::{Flow, Partition};
+    /// use flowstage::window::Window;
+    /// let counts: Vec<(bool, u32)> = Flow::from_iter(1..=4u32)
+    ///     .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///     .reduce_mut(BTreeMap::new, |x, counts| *counts.entry(x % 2 == 0).or_insert(0) += 1)
+    ///     .emit_events()
+    ///     .collect()?;
+    /// // After 2 events, after 4, then at `Done`: the counts so far each time.
+    /// assert_eq!(counts, [(false, 1), (true, 1), (false, 2), (true, 2), (false, 2), (true, 2)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn emit_events(self) -> Flow<ReduceNode<P, Acc, I, S, EmitEvents>>
+    where
+        Acc: Clone,
+    {
         Flow {
             plan: self.plan.with_emit(EmitEvents),
         }
     }
 
-    /// At each trigger, emit nothing.
+    /// At each trigger, emit nothing, and **keep** the accumulator (Flow's
+    /// `emit(:nothing)`): for a reduce whose effects are its own (it writes somewhere
+    /// itself), or an [`emit_and_reduce`](Flow::emit_and_reduce)'s.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let nothing: Vec<u64> = Flow::from_iter(1..=6u64)
+    ///     .partition(Partition::new().stages(1))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_nothing()
+    ///     .collect()?;
+    /// assert!(nothing.is_empty());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
     pub fn emit_nothing<U>(self) -> Flow<ReduceNode<P, Acc, I, S, EmitNothing<U>>> {
         Flow {
             plan: self.plan.with_emit(EmitNothing(PhantomData)),
@@ -1011,17 +1064,28 @@ impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
     }
 
     /// At each trigger, `f(acc, partition, trigger) -> (events, new_acc)`: returning a
-    /// fresh accumulator resets, returning `acc` keeps it. On `Done` the returned
-    /// accumulator is dropped.
+    /// fresh accumulator **resets**, returning `acc` **keeps** it. On `Done` the returned
+    /// accumulator is dropped. Needs no `Acc: Clone`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
-    /// let tagged: Vec<(usize, u64)> = Flow::from_iter(1..=10u64)
-    ///     .partition(Partition::new().stages(1))
-    ///     .reduce(|| 0u64, |x, sum| sum + x)
-    ///     .on_trigger(|sum, partition, _trigger| (vec![(partition.index, sum)], 0))
+    /// use flowstage::window::Window;
+    /// let every_two = || {
+    ///     Flow::from_iter(1..=6u64)
+    ///         .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///         .reduce(|| 0u64, |x, sum| sum + x)
+    /// };
+    /// // Reset: each trigger emits the sum since the previous one.
+    /// let reset: Vec<u64> = every_two().on_trigger(|sum, _, _| (vec![sum], 0)).collect()?;
+    /// assert_eq!(reset, [3, 7, 11, 0]);
+    /// // Keep: each trigger emits the sum so far (what `emit_state` does).
+    /// let keep: Vec<u64> = every_two().on_trigger(|sum, _, _| (vec![sum], sum)).collect()?;
+    /// assert_eq!(keep, [3, 10, 21, 21]);
+    /// // The partition the stage is, and which trigger fired:
+    /// let tagged: Vec<(usize, bool)> = every_two()
+    ///     .on_trigger(|_, partition, trigger| (vec![(partition.index, trigger.is_done())], 0))
     ///     .collect()?;
-    /// assert_eq!(tagged, [(0, 55)]);
+    /// assert_eq!(tagged, [(0, false), (0, false), (0, false), (0, true)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn on_trigger<U, Es, F>(self, f: F) -> Flow<ReduceNode<P, Acc, I, S, OnTrigger<F>>>

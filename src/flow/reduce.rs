@@ -99,25 +99,35 @@ pub trait Emit<Acc, U>: Send + Sync + 'static {
     fn label(&self) -> &'static str;
 }
 
-/// Emit the accumulator's items (a map's `(k, v)` pairs): the default.
+/// Emits `acc`'s contents through `emit` and keeps `acc`, as Flow's `emit/2` does; on
+/// `Done` (the window is gone) the accumulator itself is emitted, without a copy.
+fn emit_keeping<Acc: Clone>(acc: Acc, trigger: &Trigger, emit: impl FnOnce(Acc)) -> Option<Acc> {
+    if trigger.is_done() {
+        emit(acc);
+        None
+    } else {
+        emit(acc.clone());
+        Some(acc)
+    }
+}
+
+/// Emit the accumulator's items (a map's `(k, v)` pairs), keeping the accumulator: the
+/// default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmitEvents;
 
 impl<Acc, U> Emit<Acc, U> for EmitEvents
 where
-    Acc: IntoIterator<Item = U>,
+    Acc: Clone + IntoIterator<Item = U>,
 {
     fn emit(
         &self,
         acc: Acc,
         _p: PartitionInfo,
-        _t: &Trigger,
+        trigger: &Trigger,
         out: &mut dyn FnMut(U),
     ) -> Option<Acc> {
-        for item in acc {
-            out(item);
-        }
-        None
+        emit_keeping(acc, trigger, |acc| acc.into_iter().for_each(out))
     }
 
     fn label(&self) -> &'static str {
@@ -125,20 +135,19 @@ where
     }
 }
 
-/// Emit the accumulator itself.
+/// Emit the accumulator itself, keeping it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmitState;
 
-impl<Acc> Emit<Acc, Acc> for EmitState {
+impl<Acc: Clone> Emit<Acc, Acc> for EmitState {
     fn emit(
         &self,
         acc: Acc,
         _p: PartitionInfo,
-        _t: &Trigger,
+        trigger: &Trigger,
         out: &mut dyn FnMut(Acc),
     ) -> Option<Acc> {
-        out(acc);
-        None
+        emit_keeping(acc, trigger, out)
     }
 
     fn label(&self) -> &'static str {
@@ -146,7 +155,7 @@ impl<Acc> Emit<Acc, Acc> for EmitState {
     }
 }
 
-/// Emit nothing.
+/// Emit nothing, keeping the accumulator.
 #[derive(Debug, Clone, Copy)]
 pub struct EmitNothing<U>(pub(crate) PhantomData<fn() -> U>);
 
@@ -193,7 +202,8 @@ pub(crate) struct Reduce<T, Acc, I, S, E, L> {
     init: Arc<I>,
     step: Arc<S>,
     emit: Arc<E>,
-    /// Runs on the accumulator before every emission (`group_by` puts newest first).
+    /// Turns the accumulator into the view users see before every emission (`group_by`
+    /// puts newest first), and what they keep back: it is its own inverse.
     finish: fn(&mut Acc),
     /// One accumulator per window (only window 0 when the stage is not windowed).
     accs: Slots<Acc>,
@@ -257,7 +267,9 @@ where
             self.rest.window(WindowSignal::Enter(&current), out);
         }
         // `None` starts afresh from `init` (lazily); on `Done` the window is gone.
-        if let (Some(acc), false) = (kept, trigger.is_done()) {
+        if let (Some(mut acc), false) = (kept, trigger.is_done()) {
+            // Back from the view emitted to the order events are folded in.
+            (self.finish)(&mut acc);
             self.accs.put(id, acc);
         }
     }
