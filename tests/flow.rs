@@ -460,7 +460,7 @@ fn explain_shows_shuffle_merge_departition_and_take_sort_layers() {
                 v.push(s);
                 v
             },
-            |v| v,
+            |v, _| v,
         )
         .explain()
         .unwrap();
@@ -836,7 +836,7 @@ fn departition_merges_every_partition_state_once() {
                     sums.push(sum);
                     sums
                 },
-                |mut sums| {
+                |mut sums, _| {
                     sums.sort();
                     sums
                 },
@@ -857,7 +857,7 @@ fn departition_then_map_applies_to_its_result() {
             .partition(Partition::new().stages(3))
             .reduce(|| 0u64, |x, sum| sum + x)
             .emit_state()
-            .departition(|| 0u64, |sum, total| total + sum, |total| total)
+            .departition(|| 0u64, |sum, total| total + sum, |total, _| total)
             .map(|total| total * 2)
             .collect()
     })

@@ -331,7 +331,11 @@ fn departition_merges_each_window_once_all_partitions_closed_it() {
                     assert!(seen.is_none_or(|s| s == id), "windows mixed: {seen:?} {id}");
                     (Some(id), total + sum)
                 },
-                |(id, total)| (id.unwrap_or(-1), total),
+                |(id, total), window| {
+                    // `done` gets the window it closes: the one the partitions emitted in.
+                    assert!(id.is_none_or(|id| id == window.id), "{id:?} {window:?}");
+                    (window.id, total)
+                },
             )
             .collect()
             .unwrap()
@@ -505,7 +509,7 @@ fn a_reduce_after_departition_fires_done_once() {
                         sums.push(sum);
                         sums
                     },
-                    |sums| sums,
+                    |sums, _| sums,
                 )
                 .reduce(
                     || 0u64,
@@ -540,7 +544,7 @@ fn a_take_sort_after_departition_emits_once() {
             .partition(Partition::new().stages(4))
             .reduce(|| 0u64, |x, sum| sum + x)
             .emit_state()
-            .departition(|| 0u64, |sum, total| total + sum, |total| total)
+            .departition(|| 0u64, |sum, total| total + sum, |total, _| total)
             .take_sort(1, |a, b| a.cmp(b))
             .collect()
             .unwrap()
@@ -556,7 +560,7 @@ fn a_reduce_after_a_count_windowed_departition_fires_done_per_window_only() {
             .partition(Partition::new().stages(1).window(Window::count(5)))
             .reduce(|| 0u64, |x, sum| sum + x)
             .emit_state()
-            .departition(|| 0u64, |sum, total| total + sum, |total| total)
+            .departition(|| 0u64, |sum, total| total + sum, |total, _| total)
             .reduce(|| 0u64, |x, sum| sum + x)
             .on_trigger(|sum, _, trigger| {
                 let fired = (trigger.window.id, trigger.window.kind, trigger.name.clone());
@@ -692,4 +696,43 @@ fn emit_state_with_lateness_keeps_the_accepted_late_events() {
         assert_eq!(sums, expected, "max_demand {max_demand}");
         assert_eq!(sums[3..], [13, 26, 25, 31]);
     }
+}
+
+#[test]
+fn departition_done_gets_the_window_it_closes() {
+    // Issue 18 item 4: Flow's arity-2 `done`.
+    let closed: Vec<(&'static str, i64, u64)> = guarded(|| {
+        Flow::from_iter(1..=20u64)
+            .partition(Partition::new().stages(1).window(Window::count(5)))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(
+                || 0u64,
+                |sum, total| total + sum,
+                |total, window| (window.kind, window.id, total),
+            )
+            .collect()
+            .unwrap()
+    });
+    let expected: Vec<(&str, i64, u64)> = (0..5u64)
+        .map(|k| {
+            let sum = if k < 4 { (5 * k + 1..=5 * k + 5).sum() } else { 0 };
+            ("count", k as i64, sum)
+        })
+        .collect();
+    assert_eq!(closed, expected);
+    let global: Vec<(&'static str, i64, u64)> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(3))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(
+                || 0u64,
+                |sum, total| total + sum,
+                |total, window| (window.kind, window.id, total),
+            )
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(global, [("global", 0, 55)]);
 }

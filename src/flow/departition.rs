@@ -185,12 +185,13 @@ impl<T, Acc, I, M, D, L: Clone> Clone for Departition<T, Acc, I, M, D, L> {
 impl<T, Acc, U, I, M, D, L> Departition<T, Acc, I, M, D, L>
 where
     I: Fn() -> Acc,
-    D: Fn(Acc) -> U,
+    D: Fn(Acc, &WindowInfo) -> U,
     L: Logic<In = U>,
 {
     fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
         let acc = self.accs.take(window.id).unwrap_or_else(|| (self.init)());
-        emit_done(&mut self.rest, window, (self.done)(acc), out);
+        let done = (self.done)(acc, &window);
+        emit_done(&mut self.rest, window, done, out);
     }
 }
 
@@ -200,7 +201,7 @@ where
     Acc: Send + 'static,
     I: Fn() -> Acc + Send + Sync + 'static,
     M: Fn(T, Acc) -> Acc + Send + Sync + 'static,
-    D: Fn(Acc) -> U + Send + Sync + 'static,
+    D: Fn(Acc, &WindowInfo) -> U + Send + Sync + 'static,
     L: Logic<In = U>,
 {
     type In = Tagged<T>;
@@ -272,7 +273,7 @@ where
     U: Send + 'static,
     I: Fn() -> Acc + Send + Sync + 'static,
     M: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
-    D: Fn(Acc) -> U + Send + Sync + 'static,
+    D: Fn(Acc, &WindowInfo) -> U + Send + Sync + 'static,
 {
     type Item = U;
 

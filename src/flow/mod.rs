@@ -812,8 +812,10 @@ impl<P: Plan> Flow<P> {
         }
     }
 
-    /// One stage merging what every partition emits: `merge(event, acc)` into an
-    /// accumulator started by `init`; when all partitions are done, emits `done(acc)`.
+    /// One stage merging what every partition emits, per window: `merge(event, acc)` into
+    /// an accumulator started by `init`; when every partition has closed the window
+    /// (fired its `Done`), emits `done(acc, window)` — the window it closes, as Flow's
+    /// arity-2 `done` gets it — as that window's one event and `Done`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
@@ -821,11 +823,25 @@ impl<P: Plan> Flow<P> {
     ///     .partition(Partition::new().stages(4))
     ///     .reduce(|| 0u64, |x, sum| sum + x)
     ///     .emit_state()
-    ///     .departition(Vec::new, |sum, mut sums: Vec<u64>| { sums.push(sum); sums }, |mut sums| { sums.sort(); sums })
+    ///     .departition(Vec::new, |sum, mut sums: Vec<u64>| { sums.push(sum); sums }, |mut sums, _window| { sums.sort(); sums })
     ///     .collect()?;
     /// assert_eq!(sums.len(), 1);
     /// assert_eq!(sums[0].len(), 4);
     /// assert_eq!(sums[0].iter().sum::<u64>(), 55);
+    ///
+    /// // Per window: `done` learns which one it closes.
+    /// use flowstage::window::Window;
+    /// let mut per_window: Vec<(i64, u64)> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(2).window(Window::fixed(
+    ///         std::time::Duration::from_millis(5),
+    ///         |x: &u64| *x as i64,
+    ///     )))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .departition(|| 0u64, |sum, total| total + sum, |total, window| (window.id, total))
+    ///     .collect()?;
+    /// per_window.sort();
+    /// assert_eq!(per_window, [(0, 10), (5, 35), (10, 10)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn departition<Acc, U, I, M, D>(
@@ -839,7 +855,7 @@ impl<P: Plan> Flow<P> {
         U: Send + 'static,
         I: Fn() -> Acc + Send + Sync + 'static,
         M: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
-        D: Fn(Acc) -> U + Send + Sync + 'static,
+        D: Fn(Acc, &WindowInfo) -> U + Send + Sync + 'static,
     {
         Flow {
             plan: DepartitionNode {
