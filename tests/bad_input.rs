@@ -416,3 +416,56 @@ proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The error users match on (issue 18 item 6)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invalid_utf8_is_the_error_the_run_returns() {
+    // `LinesSource`'s documented error is the run's error itself, not one wrapped in
+    // `StageFailed`: it already names the file and the byte.
+    let path = temp_file("bad-utf8-top.txt", b"good\nbad \xff line\nmore\n");
+    let source = LinesSource::new(&path);
+    let error = guarded(move || Flow::from_source(source).collect::<Vec<String>>()).unwrap_err();
+    match &error {
+        FlowError::InvalidUtf8 {
+            path: named,
+            offset,
+        } => {
+            assert_eq!(named, &path);
+            assert_eq!(*offset, 9);
+        }
+        other => panic!("expected FlowError::InvalidUtf8, got {other:?}"),
+    }
+    assert!(std::ptr::eq(error.root_cause(), &error));
+}
+
+#[test]
+fn root_cause_reaches_the_typed_error_under_stage_and_operator() {
+    let record = || FlowError::Record {
+        path: "orders.csv".into(),
+        line: 7,
+        message: "field `amount`".into(),
+    };
+    let error = guarded(move || {
+        Flow::from_iter(0..10u32)
+            .try_map(move |x: &u32| if *x == 7 { Err(record()) } else { Ok(*x) })
+            .collect::<Vec<u32>>()
+    })
+    .unwrap_err();
+    // The run's error names the stage and the operator; the root is the typed record.
+    assert!(matches!(error, FlowError::StageFailed { .. }), "{error:?}");
+    match error.root_cause() {
+        FlowError::Record { line, .. } => assert_eq!(*line, 7),
+        other => panic!("expected the Record under the stage, got {other:?}"),
+    }
+    // A user error that is no `FlowError`: the root `FlowError` is the run's own.
+    let error = guarded(|| {
+        Flow::from_iter(0..10u32)
+            .try_map(|x: &u32| if *x == 3 { Err("three") } else { Ok(*x) })
+            .collect::<Vec<u32>>()
+    })
+    .unwrap_err();
+    assert!(std::ptr::eq(error.root_cause(), &error), "{error:?}");
+}

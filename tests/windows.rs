@@ -636,7 +636,16 @@ fn emit_events_and_nothing_keep_the_accumulator_too() {
     // Running counts of odd (1) and even (0) numbers after 3, 6, 9 events, then at Done.
     assert_eq!(
         run("events"),
-        [(0, 1), (1, 2), (0, 3), (1, 3), (0, 4), (1, 5), (0, 4), (1, 5)]
+        [
+            (0, 1),
+            (1, 2),
+            (0, 3),
+            (1, 3),
+            (0, 4),
+            (1, 5),
+            (0, 4),
+            (1, 5)
+        ]
     );
     assert_eq!(run("nothing"), []);
 }
@@ -716,7 +725,11 @@ fn departition_done_gets_the_window_it_closes() {
     });
     let expected: Vec<(&str, i64, u64)> = (0..5u64)
         .map(|k| {
-            let sum = if k < 4 { (5 * k + 1..=5 * k + 5).sum() } else { 0 };
+            let sum = if k < 4 {
+                (5 * k + 1..=5 * k + 5).sum()
+            } else {
+                0
+            };
             ("count", k as i64, sum)
         })
         .collect();

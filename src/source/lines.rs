@@ -23,6 +23,7 @@ use crate::stage::{Produced, Producer};
 ///
 /// std::fs::write(&path, b"ok\nbad \xff\n")?;
 /// let error = Flow::from_source(LinesSource::new(&path)).collect::<Vec<String>>().unwrap_err();
+/// assert!(matches!(error, flowstage::FlowError::InvalidUtf8 { offset: 7, .. }), "{error}");
 /// assert!(error.to_string().contains("invalid UTF-8 at byte 7"), "{error}");
 /// let lossy: Vec<String> = Flow::from_source(LinesSource::new(&path).lossy(true)).collect()?;
 /// assert!(lossy.contains(&"bad \u{fffd}".to_string()));
