@@ -2125,3 +2125,41 @@ fn a_partitioning_source_that_waits_sends_what_it_holds_first() {
     });
     assert_eq!(first, Some(7));
 }
+
+#[test]
+fn map_init_knows_its_stage_in_every_layer() {
+    // Issue 18 item 5: user code learns its stage's index and its layer's count, without
+    // a reduce. Iterator k yields k * 100 + i; the partition layer routes x to x % 4.
+    let inits = Arc::new(AtomicUsize::new(0));
+    let (in_source, in_partition) = (inits.clone(), inits.clone());
+    let placed: Vec<(usize, usize, usize, usize, u32)> = guarded(move || {
+        Flow::from_iters((0..3u32).map(|k| k * 100..k * 100 + 50).collect::<Vec<_>>())
+            .map_init(
+                move |p| {
+                    in_source.fetch_add(1, SeqCst);
+                    p
+                },
+                |p, x| (p.index, p.count, x),
+            )
+            .partition(
+                Partition::by_hash(|(_, _, x): &(usize, usize, u32), n| Some(*x as usize % n))
+                    .stages(4),
+            )
+            .map_init(
+                move |p| {
+                    in_partition.fetch_add(1, SeqCst);
+                    p
+                },
+                |p, (source, sources, x)| (source, sources, p.index, p.count, x),
+            )
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(placed.len(), 150);
+    for (source, sources, partition, partitions, x) in placed {
+        assert_eq!((source, sources), (x as usize / 100, 3), "{x}");
+        assert_eq!((partition, partitions), (x as usize % 4, 4), "{x}");
+    }
+    // Once per stage: 3 sources, 4 partitions.
+    assert_eq!(inits.load(SeqCst), 7);
+}

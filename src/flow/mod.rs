@@ -34,6 +34,7 @@ mod explain;
 pub(crate) mod fallible;
 pub mod join;
 mod logic;
+mod map_init;
 mod partition;
 pub(crate) mod plan;
 mod reduce;
@@ -68,6 +69,7 @@ pub mod nodes {
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};
     pub use super::join::JoinNode;
+    pub use super::map_init::MapInitNode;
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
         Merge, RejectNode, SourceNode, StageHead,
