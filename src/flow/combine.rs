@@ -182,6 +182,7 @@ where
     F: Fn(V, V) -> V + Send + Sync + 'static,
 {
     type Item = (K, V);
+    const REDUCES: bool = P::REDUCES;
 
     fn compile<L>(
         self,
@@ -301,6 +302,8 @@ where
     F: Fn(V, V) -> V + Send + Sync + 'static,
 {
     type Item = (K, V);
+    // Its partition layer ends in the per-key reduce.
+    const REDUCES: bool = true;
 
     fn compile<L>(
         self,

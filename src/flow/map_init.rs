@@ -138,6 +138,7 @@ where
     F: Fn(&mut S, P::Item) -> U + Send + Sync + 'static,
 {
     type Item = U;
+    const REDUCES: bool = P::REDUCES;
 
     fn compile<L>(
         self,

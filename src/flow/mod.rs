@@ -86,6 +86,25 @@ use crate::source::{IterSource, ItersSource, ParIterSource, Source, StagesSource
 use crate::stage::{Pipeline, ProducerRef, Report, Running};
 use crate::window::{LayerWindow, Window};
 
+/// Fails the build where `$plan`'s last layer already holds a reducer (a layer holds at
+/// most one), naming the operator and the fix. Checked when rustc instantiates the
+/// operator for a concrete plan (`cargo build`, `cargo test`; not `cargo check`).
+macro_rules! one_reducer_per_layer {
+    ($plan:ident, $operator:literal) => {
+        const {
+            assert!(
+                !$plan::REDUCES,
+                concat!(
+                    $operator,
+                    " after another reduce in the same layer (a layer holds one reducer): \
+                     call `shuffle()` or `partition()` before ",
+                    $operator
+                )
+            )
+        }
+    };
+}
+
 /// A lazy, typed query. Build it with sources and operators; run it with a terminal.
 #[must_use = "flows are lazy and do nothing unless run"]
 #[derive(Debug)]
@@ -617,6 +636,25 @@ impl<P: Plan> Flow<P> {
     /// assert_eq!(sums, [55]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
+    ///
+    /// A layer holds one reducer (of the reduce family, or `take_sort`'s per-partition
+    /// part); operations after it apply to what it emits. A second one in the same layer
+    /// does not build — “reduce after another reduce in the same layer ... call
+    /// `shuffle()` or `partition()` before reduce” — checked when rustc instantiates the
+    /// flow (`cargo build`/`test`, not `cargo check`):
+    ///
+    /// ```compile_fail
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sums: Vec<u64> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(2))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .map(|sum| sum * 2)
+    ///     .reduce(|| 0u64, |x, sum| sum + x) // needs `.partition(..)` or `.shuffle(..)` before
+    ///     .emit_state()
+    ///     .collect()?;
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
     pub fn reduce<Acc, I, F>(
         self,
         init: I,
@@ -627,6 +665,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync + 'static,
         F: Fn(P::Item, Acc) -> Acc + Send + Sync + 'static,
     {
+        one_reducer_per_layer!(P, "reduce");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -669,6 +708,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync + 'static,
         F: Fn(P::Item, &mut Acc) + Send + Sync + 'static,
     {
+        one_reducer_per_layer!(P, "reduce_mut");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -707,6 +747,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync + 'static,
         F: Fn(P::Item, Acc) -> (E, Acc) + Send + Sync + 'static,
     {
+        one_reducer_per_layer!(P, "emit_and_reduce");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -752,6 +793,7 @@ impl<P: Plan> Flow<P> {
         KF: Fn(&P::Item) -> K + Send + Sync + 'static,
         VF: Fn(P::Item) -> V + Send + Sync + 'static,
     {
+        one_reducer_per_layer!(P, "group_by");
         let fold = move |event: P::Item, groups: &mut HashMap<K, Vec<V>>| {
             let key = key(&event);
             groups.entry(key).or_default().push(value(event));
@@ -799,6 +841,7 @@ impl<P: Plan> Flow<P> {
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
     {
+        one_reducer_per_layer!(P, "group_by_key");
         let fold = |(key, value): (K, V), groups: &mut HashMap<K, Vec<V>>| {
             groups.entry(key).or_default().push(value);
         };
@@ -879,12 +922,37 @@ impl<P: Plan> Flow<P> {
     ///     .take_sort(3, |a, b| b.cmp(a))
     ///     .collect()?;
     /// assert_eq!(top, [vec![9, 7, 5]]);
+    ///
+    /// // The top 2 of a reduce's output: a new layer first.
+    /// use flowstage::flow::Shuffle;
+    /// let sales = vec![("tea", 3), ("coffee", 5), ("tea", 4), ("juice", 1)];
+    /// let top: Vec<Vec<(&str, i32)>> = Flow::from_iter(sales)
+    ///     .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    ///     .shuffle(Shuffle::shuffle())
+    ///     .take_sort(2, |a, b| b.1.cmp(&a.1))
+    ///     .collect()?;
+    /// assert_eq!(top, [vec![("tea", 7), ("coffee", 5)]]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    ///
+    /// Its per-partition part runs in the layer before it, which can hold one reducer:
+    /// right after a reduce, `take_sort` does not build (“take_sort after another reduce
+    /// in the same layer ... call `shuffle()` or `partition()` before take_sort”):
+    ///
+    /// ```compile_fail
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sales = vec![("tea", 3), ("coffee", 5), ("tea", 4), ("juice", 1)];
+    /// let top: Vec<Vec<(&str, i32)>> = Flow::from_iter(sales)
+    ///     .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    ///     .take_sort(2, |a, b| b.1.cmp(&a.1))
+    ///     .collect()?;
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn take_sort<C>(self, n: usize, cmp: C) -> Flow<TakeSortNode<P, C>>
     where
         C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync + 'static,
     {
+        one_reducer_per_layer!(P, "take_sort");
         Flow {
             plan: TakeSortNode {
                 inner: self.plan,

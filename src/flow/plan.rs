@@ -95,6 +95,7 @@ macro_rules! op_node {
             $($bounds)*
         {
             type Item = $item;
+            const REDUCES: bool = P::REDUCES;
 
             fn compile<L>(
                 self,

@@ -422,6 +422,7 @@ where
     S: Step<P::Item, Acc, <E as Emits<Acc>>::Item>,
 {
     type Item = <E as Emits<Acc>>::Item;
+    const REDUCES: bool = true;
 
     fn compile<L>(
         self,

@@ -107,6 +107,7 @@ where
     F: Fn(&P::Item) -> K + Send + Sync + 'static,
 {
     type Item = P::Item;
+    const REDUCES: bool = P::REDUCES;
 
     fn compile<L>(
         self,
