@@ -4,8 +4,8 @@
 //! is one, the byte offset; and the delimiter-aligned chunker never loses, splits or
 //! duplicates a record, whatever the bytes and the number of ranges.
 //!
-//! Complements `tests/flow.rs` (0 stages, invalid demand, a second reduce in a layer — which does not build —,
-//! empty source lists), `tests/windows.rs` (count 0, fixed 0, lateness on a count window,
+//! Complements `tests/flow.rs` (0 stages, invalid demand, empty source lists; a second
+//! reduce in a layer does not build), `tests/windows.rs` (count 0, fixed 0, lateness on a count window,
 //! triggers on sessions), `tests/stages.rs` (subscription options) and
 //! `tests/file_source.rs` (missing file, directory, in-order reading over a small
 //! alphabet).
