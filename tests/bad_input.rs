@@ -5,8 +5,8 @@
 //! duplicates a record, whatever the bytes and the number of ranges.
 //!
 //! Complements `tests/flow.rs` (0 stages, invalid demand, empty source lists; a second
-//! reduce in a layer does not build), `tests/windows.rs` (count 0, fixed 0, lateness on a count window,
-//! triggers on sessions), `tests/stages.rs` (subscription options) and
+//! reduce in a layer does not build), `tests/windows.rs` (count 0, fixed 0, lateness on a
+//! count window, triggers on sessions), `tests/stages.rs` (subscription options) and
 //! `tests/file_source.rs` (missing file, directory, in-order reading over a small
 //! alphabet).
 
