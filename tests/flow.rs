@@ -2148,3 +2148,60 @@ fn map_init_knows_its_stage_in_every_layer() {
     // Once per stage: 3 sources, 4 partitions.
     assert_eq!(inits.load(SeqCst), 7);
 }
+
+// Small frictions (issue 18 item 8).
+
+#[test]
+fn partition_by_key_infers_the_key_closure_and_keeps_each_key_on_one_partition() {
+    let pairs: Vec<(u32, u32)> = (0..200u32).map(|i| (i % 13, i)).collect();
+    let expected: BTreeMap<u32, u32> = pairs.iter().fold(BTreeMap::new(), |mut sums, p| {
+        *sums.entry(p.0).or_insert(0) += p.1;
+        sums
+    });
+    let placed: Vec<(usize, u32, u32)> = guarded(move || {
+        Flow::from_iter(pairs)
+            // No annotation on `pair`: its type is the flow's.
+            .partition_by_key(|pair| pair.0, Partition::new().stages(4))
+            .map_init(|p| p.index, |index, pair| (*index, pair.0, pair.1))
+            .collect()
+            .unwrap()
+    });
+    let mut partition_of: BTreeMap<u32, BTreeSet<usize>> = BTreeMap::new();
+    let mut sums: BTreeMap<u32, u32> = BTreeMap::new();
+    for (index, key, value) in placed {
+        partition_of.entry(key).or_default().insert(index);
+        *sums.entry(key).or_insert(0) += value;
+    }
+    assert_eq!(sums, expected);
+    assert!(
+        partition_of.values().all(|p| p.len() == 1),
+        "{partition_of:?}"
+    );
+}
+
+#[test]
+fn shuffle_new_is_the_shuffle_options() {
+    for options in [Shuffle::new(), Shuffle::default(), Shuffle::shuffle()] {
+        let mut events: Vec<u64> = guarded(move || {
+            Flow::from_iter(1..=10u64)
+                .shuffle(options.stages(3).max_demand(4).min_demand(2))
+                .collect()
+                .unwrap()
+        });
+        events.sort();
+        assert_eq!(events, (1..=10).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn from_stream_takes_a_stream_that_is_not_unpin() {
+    // `unfold` over an `async` block is `!Unpin`; it used to need `Box::pin` by hand.
+    let items: Vec<u64> = guarded(|| {
+        let stream = futures::stream::unfold(0u64, |n| async move {
+            tokio::task::yield_now().await;
+            (n < 100).then_some((n * n, n + 1))
+        });
+        Flow::from_stream(stream).collect().unwrap()
+    });
+    assert_eq!(items, (0..100u64).map(|n| n * n).collect::<Vec<_>>());
+}

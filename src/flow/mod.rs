@@ -218,17 +218,26 @@ impl Flow<()> {
         }
     }
 
-    /// A flow over any `futures::Stream`, read by one producer.
+    /// A flow over any `futures::Stream`, read by one producer. The stream need not be
+    /// `Unpin` (one made by `futures::stream::unfold` over an `async` block, say): it is
+    /// pinned on the heap once, inside.
     ///
     /// ```
     /// use flowstage::flow::Flow;
     /// let items: Vec<u32> = Flow::from_stream(futures::stream::iter(vec![1u32, 2, 3])).collect()?;
     /// assert_eq!(items, [1, 2, 3]);
+    ///
+    /// // Not `Unpin`: each item awaits a future.
+    /// let doubled = futures::stream::unfold(0u32, |n| async move {
+    ///     (n < 3).then(|| (n * 2, n + 1))
+    /// });
+    /// let items: Vec<u32> = Flow::from_stream(doubled).collect()?;
+    /// assert_eq!(items, [0, 2, 4]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn from_stream<S>(stream: S) -> Flow<SourceNode<StreamSource<S>>>
     where
-        S: futures::Stream + Send + Unpin + 'static,
+        S: futures::Stream + Send + 'static,
         S::Item: Send + 'static,
     {
         Flow {
@@ -599,11 +608,42 @@ impl<P: Plan> Flow<P> {
         }
     }
 
+    /// [`partition`](Flow::partition) by the hash of `key(event)`: the same as
+    /// `partition(Partition::by_key(key)..)`, with the key given here, where the event type
+    /// is known — a closure needs no annotation.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let pairs = vec![("a", 1), ("b", 2), ("a", 3)];
+    /// let mut sums: Vec<(&str, i32)> = Flow::from_iter(pairs)
+    ///     .partition_by_key(|pair| pair.0, Partition::new().stages(2))
+    ///     .reduce_mut(std::collections::HashMap::new, |(key, value), sums| {
+    ///         *sums.entry(key).or_insert(0) += value;
+    ///     })
+    ///     .collect()?;
+    /// sums.sort();
+    /// assert_eq!(sums, [("a", 4), ("b", 2)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn partition_by_key<K, F, W>(
+        self,
+        key: F,
+        options: Partition<HashEvent, W>,
+    ) -> Flow<Exchange<P, ByKey<F>, W>>
+    where
+        K: Hash,
+        F: Fn(&P::Item) -> K + Send + Sync + 'static,
+        W: LayerWindow<P::Item>,
+    {
+        self.partition(options.keyed(key))
+    }
+
     /// A new layer of stages behind the demand dispatcher (no keys), optionally windowed.
-    pub fn shuffle<W>(self, options: Partition<NoRoute, W>) -> Flow<Exchange<P, NoRoute, W>>
+    pub fn shuffle<W>(self, options: Shuffle<W>) -> Flow<Exchange<P, NoRoute, W>>
     where
         W: LayerWindow<P::Item>,
     {
+        let options = options.0;
         Flow {
             plan: Exchange {
                 inner: self.plan,

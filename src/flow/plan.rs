@@ -368,6 +368,7 @@ impl<T> std::fmt::Debug for Merge<T> {
 
 impl<T: Send + 'static> Merge<T> {
     pub(crate) fn new<P: Plan<Item = T>>(inputs: Vec<P>, options: &Shuffle) -> Self {
+        let options = &options.0;
         Merge {
             inputs: inputs
                 .into_iter()
