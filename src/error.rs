@@ -259,14 +259,17 @@ impl FlowError {
     /// The innermost `FlowError` this error wraps — through [`StageFailed`]'s source, an
     /// operator's error ([`OperatorError`](crate::flow::OperatorError)), any error's
     /// [`source`](std::error::Error::source) chain — or the error itself when it wraps
-    /// none. Match on it to handle the typed cause (a file's [`Io`], [`InvalidUtf8`],
-    /// [`Record`]) wherever it was raised; a user's own error type is reached from the
-    /// `StageFailed` by [`source`](std::error::Error::source).
+    /// none. An error met inside a stage ends the run as a `StageFailed` naming the stage;
+    /// the typed error a source or sink documents (a file's [`Io`], [`InvalidUtf8`], a
+    /// [`Record`], a [`Broker`]) is its root cause: match on `root_cause()` to handle it,
+    /// wherever it was raised. A user's own error type is reached from the `StageFailed`
+    /// by [`source`](std::error::Error::source).
     ///
     /// [`StageFailed`]: FlowError::StageFailed
     /// [`Io`]: FlowError::Io
     /// [`InvalidUtf8`]: FlowError::InvalidUtf8
     /// [`Record`]: FlowError::Record
+    /// [`Broker`]: FlowError::Broker
     ///
     /// ```
     /// use flowstage::FlowError;
@@ -297,18 +300,11 @@ impl FlowError {
         root
     }
 
-    /// The run's error for a stage that failed with `error`: a `FlowError` as it is (a
-    /// source's `Io`, `InvalidUtf8`, `Record` already say what and where, and are the
-    /// errors documented for users to match on), anything else wrapped in `StageFailed`
-    /// naming the stage.
     pub(crate) fn from_stage_error(stage: &StageInfo, error: StageError) -> Self {
-        match error.downcast::<FlowError>() {
-            Ok(error) => *error,
-            Err(error) => FlowError::StageFailed {
-                stage: stage.clone(),
-                message: error.to_string(),
-                source: Some(error),
-            },
+        FlowError::StageFailed {
+            stage: stage.clone(),
+            message: error.to_string(),
+            source: Some(error),
         }
     }
 

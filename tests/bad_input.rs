@@ -44,18 +44,6 @@ fn assert_config<T: std::fmt::Debug>(result: flowstage::Result<T>, what: &str) {
     }
 }
 
-/// The typed error a run ended with: a source's own `FlowError` travels inside the
-/// `StageFailed` that names the stage.
-fn cause(error: &FlowError) -> &FlowError {
-    match error {
-        FlowError::StageFailed {
-            source: Some(source),
-            ..
-        } => source.downcast_ref::<FlowError>().unwrap_or(error),
-        other => other,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Options
 // ---------------------------------------------------------------------------------------
@@ -172,7 +160,7 @@ fn read_lines(path: &Path, readers: usize) -> flowstage::Result<Vec<String>> {
 fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
     let path = temp_dir().join("does-not-exist.txt");
     let error = read_lines(&path, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(named),
             source,
@@ -183,7 +171,7 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
         }
         other => panic!("expected FlowError::Io, got {other:?}"),
     }
-    let shown = cause(&error).to_string();
+    let shown = error.root_cause().to_string();
     assert!(
         shown.starts_with(&format!("cannot open {}: ", path.display())),
         "{shown}"
@@ -194,7 +182,7 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
 fn a_directory_of_lines_is_a_typed_error_naming_it() {
     let dir = temp_dir();
     let error = read_lines(&dir, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(path), ..
         } => assert_eq!(path, &dir),
@@ -259,7 +247,7 @@ const UNREADABLE_ENV: &str = "FLOWSTAGE_TEST_UNREADABLE_FILE";
 
 fn assert_permission_denied(path: &Path) {
     let error = read_lines(path, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(named),
             source,
@@ -335,7 +323,7 @@ fn invalid_utf8_deep_in_a_file_names_its_exact_byte_offset() {
     let path = temp_file("bad-utf8.txt", &bytes);
     let source = LinesSource::new(&path).readers(3).block_size(4096);
     let error = guarded(move || Flow::from_source(source).collect::<Vec<String>>()).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::InvalidUtf8 {
             path: named,
             offset,
@@ -391,7 +379,7 @@ fn a_file_that_shrinks_while_read_fails_the_run_instead_of_losing_lines() {
     });
     let error = outcome.expect("a shrunk file must not end the run as if complete");
     assert!(taken <= cut / line.len() as u64, "{taken} lines");
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             operation,
             path: Some(named),
@@ -484,13 +472,14 @@ proptest! {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn invalid_utf8_is_the_error_the_run_returns() {
-    // `LinesSource`'s documented error is the run's error itself, not one wrapped in
-    // `StageFailed`: it already names the file and the byte.
+fn invalid_utf8_is_the_root_cause_of_the_run_error() {
+    // `LinesSource`'s documented error is what users match on: the root cause of the
+    // `StageFailed` that names the reader's stage.
     let path = temp_file("bad-utf8-top.txt", b"good\nbad \xff line\nmore\n");
     let source = LinesSource::new(&path);
     let error = guarded(move || Flow::from_source(source).collect::<Vec<String>>()).unwrap_err();
-    match &error {
+    assert!(error.stage().is_some(), "{error:?}");
+    match error.root_cause() {
         FlowError::InvalidUtf8 {
             path: named,
             offset,
@@ -500,7 +489,6 @@ fn invalid_utf8_is_the_error_the_run_returns() {
         }
         other => panic!("expected FlowError::InvalidUtf8, got {other:?}"),
     }
-    assert!(std::ptr::eq(error.root_cause(), &error));
 }
 
 #[test]

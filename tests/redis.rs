@@ -236,10 +236,17 @@ fn number(entry: &StreamEntry) -> u64 {
         .expect("a number in field n")
 }
 
-/// The `Broker` error a run ended with (the source's own error is the run's).
+/// The `Broker` error under a run's error.
 fn broker_error(error: &FlowError) -> (&str, &str) {
-    match error.root_cause() {
-        FlowError::Broker { url, message } => (url, message),
+    let FlowError::StageFailed {
+        source: Some(source),
+        ..
+    } = error
+    else {
+        panic!("expected StageFailed, got {error:?}");
+    };
+    match source.downcast_ref::<FlowError>() {
+        Some(FlowError::Broker { url, message }) => (url, message),
         other => panic!("expected a Broker error, got {other:?}"),
     }
 }
