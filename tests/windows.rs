@@ -927,3 +927,100 @@ fn departition_done_gets_the_window_it_closes() {
     });
     assert_eq!(global, [("global", 0, 55)]);
 }
+
+// Custom triggers hand events back and replace them, as Flow's do (issue 18 item 3).
+
+/// Count-based sliding windows of 2 events sliding by 1, by punctuation: the event that
+/// completes a pair fires it and is handed back (`pos`) to open the next pair.
+fn sliding_pairs(events: Vec<char>, max_demand: usize) -> Vec<Vec<char>> {
+    guarded(move || {
+        let pairs = Window::global().trigger(
+            || 0usize,
+            |seen: &mut usize, run: &[char]| {
+                let need = 2 - *seen;
+                if run.len() < need {
+                    *seen += run.len();
+                    return Decision::Continue;
+                }
+                *seen = 0;
+                Decision::FireWith {
+                    pre: run[..need].to_vec(),
+                    name: "pair".into(),
+                    pos: run[need - 1..].to_vec(),
+                }
+            },
+        );
+        Flow::from_iter(events)
+            .partition(
+                Partition::new()
+                    .stages(1)
+                    .max_demand(max_demand)
+                    .min_demand(0)
+                    .window(pairs),
+            )
+            .reduce(Vec::new, |c, mut window: Vec<char>| {
+                window.push(c);
+                window
+            })
+            // A pair fires it; `Done` ends the last, incomplete window without a pair.
+            .on_trigger(|window, _, trigger| match trigger.name {
+                TriggerName::Custom(_) => (vec![window], Vec::new()),
+                _ => (Vec::new(), Vec::new()),
+            })
+            .collect()
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_custom_trigger_hands_events_back_for_sliding_count_windows() {
+    let events: Vec<char> = "abc".repeat(2).chars().collect();
+    let expected: Vec<Vec<char>> = events.windows(2).map(<[char]>::to_vec).collect();
+    assert_eq!(expected.len(), 5);
+    for max_demand in DEMANDS {
+        let pairs = sliding_pairs(events.clone(), max_demand);
+        assert!(pairs.iter().all(|pair| pair.len() == 2), "{pairs:?}");
+        assert_eq!(pairs, expected, "max_demand {max_demand}");
+    }
+}
+
+#[test]
+fn a_custom_trigger_replaces_events_and_every_counts_what_it_fed() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for max_demand in DEMANDS {
+        seen.store(0, std::sync::atomic::Ordering::SeqCst);
+        let counted = seen.clone();
+        let fired: Vec<(u64, TriggerName)> = guarded(move || {
+            let doubling = Window::global()
+                .trigger(
+                    || (),
+                    move |_, run: &[u64]| {
+                        counted.fetch_add(run.len(), std::sync::atomic::Ordering::SeqCst);
+                        Decision::ContinueWith(run.iter().flat_map(|&x| [x, x]).collect())
+                    },
+                )
+                .trigger_every(4);
+            Flow::from_iter(1..=10u64)
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .max_demand(max_demand)
+                        .min_demand(0)
+                        .window(doubling),
+                )
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .on_trigger(|sum, _, trigger| (vec![(sum, trigger.name.clone())], sum))
+                .collect()
+                .unwrap()
+        });
+        // The stream fed is 1, 1, 2, 2, ...: `every(4)` fires at its 4th, 8th, ... event.
+        let fed: Vec<u64> = (1..=10u64).flat_map(|x| [x, x]).collect();
+        let mut expected: Vec<(u64, TriggerName)> = (1..=fed.len() / 4)
+            .map(|k| (fed[..4 * k].iter().sum(), TriggerName::Every(4)))
+            .collect();
+        expected.push((fed.iter().sum(), TriggerName::Done));
+        assert_eq!(fired, expected, "max_demand {max_demand}");
+        // The replacement is not shown to the trigger again.
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 10);
+    }
+}
