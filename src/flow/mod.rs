@@ -25,6 +25,70 @@
 //!
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
 //! name a flow as `Flow<impl Plan<Item = T>>`.
+//!
+//! ## Layers and reducers
+//!
+//! A layer — the stages a source, [`partition`](Flow::partition) or
+//! [`shuffle`](Flow::shuffle) starts — holds at most one reducer (the reduce family, or
+//! [`take_sort`](Flow::take_sort)'s per-partition part); operations after it apply to
+//! what it emits. A second one does not build: the error names the operator and the fix
+//! (`shuffle()` before it). [`map_init`](Flow::map_init) tells user code which stage of
+//! its layer it runs in.
+//!
+//! ## Triggers: keep or reset
+//!
+//! A reduce keeps one accumulator per stage and [window](crate::window), and emits at
+//! each of the window's triggers. [`on_trigger(f)`](Flow::on_trigger) decides what:
+//! `f(acc, partition, trigger) -> (events, new_acc)`; returning `acc` **keeps** it (the
+//! window's next trigger sees everything so far), returning a fresh one **resets**; on
+//! `Done` the returned accumulator is dropped. The shorthands
+//! [`emit_events`](Flow::emit_events) (the default), [`emit_state`](Flow::emit_state) and
+//! [`emit_nothing`](Flow::emit_nothing) all keep, as Flow's `emit/2` does. Every window
+//! ends with exactly one `Done`, whatever layer sits before the reduce.
+//!
+//! ```
+//! use flowstage::flow::{Flow, Partition};
+//! use flowstage::window::Window;
+//! // The global window, a trigger every 10 events, over 1..=100 summed.
+//! let every_ten = || {
+//!     Flow::from_iter(1..=100u64)
+//!         .partition(Partition::new().stages(1).window(Window::global().trigger_every(10)))
+//!         .reduce(|| 0u64, |x, sum| sum + x)
+//! };
+//! let keep: Vec<u64> = every_ten().emit_state().collect()?;
+//! assert_eq!(keep[..3], [55, 210, 465]);
+//! assert_eq!(keep[9..], [5050, 5050]); // the 10th trigger, then `Done`
+//! let reset: Vec<u64> = every_ten().on_trigger(|sum, _, _| (vec![sum], 0)).collect()?;
+//! assert_eq!(reset[..3], [55, 155, 255]);
+//! assert_eq!(reset[9..], [955, 0]);
+//! # Ok::<(), flowstage::FlowError>(())
+//! ```
+//!
+//! ## Differences from Elixir Flow
+//!
+//! flowstage follows Flow 1.2 and GenStage 1.3 (names, defaults, results) except where
+//! this table says, on purpose:
+//!
+//! | where | Flow / GenStage | flowstage, and why |
+//! |---|---|---|
+//! | producer owing demand | a producer that returned fewer events than asked is not asked again until new demand (GenStage #80, #248) | the runtime keeps the debt and asks again: a flow cannot stall because a producer once had nothing |
+//! | partition dispatcher | buffers without bound for a partition without demand (GenStage #282) | buffers up to a bound, then backpressure reaches upstream |
+//! | concurrent consumers | may overshoot `max` across restarts (GenStage #190, #191) | never more than `max` in flight |
+//! | a source finishing before subscribers | can end the flow early (Flow #88, #91, #114) | every subscription is wired before any source runs |
+//! | partition hash | `:erlang.phash2` | ahash: the same keys group together, on other partition numbers |
+//! | watermarks and window results | depend on batch sizes and demand | for one producer, exact at the event, whatever the batching |
+//! | `map` (and the like) after a reduce | raises | allowed: applies to what the reduce emits |
+//! | a second reducer in a layer | raises (`ArgumentError`) when the flow starts | does not build (a Rust build error naming the operator and the fix) |
+//! | emit shorthands | `emit(:events \| :state \| :nothing)` keep the state | keep as well; a trigger before `Done` emits a clone, so they need `Acc: Clone` (`on_trigger` does not) |
+//! | `departition`'s `done` | arity 1 or 2 (with the window) | always `done(acc, &window)` |
+//! | custom triggers | see each batch as a list | see runs of a batch (cut where `every(n)` falls) as a slice; to replace or hand back events a trigger copies them (`Decision::ContinueWith`, `FireWith`) |
+//! | sliding and session windows | recipes | native window kinds ([`Window::sliding`], [`Window::session`]) |
+//! | empty fixed windows between data | fire | do not, unless [`Window::fire_empty`] asks (two events a day apart would fire millions) |
+//! | late events beyond the allowed lateness | dropped silently | counted, and kept aside with [`LateEvents`](crate::window::LateEvents) |
+//! | an idle producer | holds the watermark back forever (GenStage #105) | [`Window::idle_timeout`] releases it |
+//! | `departition` on an unbounded flow | waits for the end (GenStage #93) | merges each window once every partition closed it (periodic windows work) |
+//! | errors in user code | the stage crashes and the caller exits | the run returns a [`FlowError`](crate::FlowError) naming the stage ([`root_cause`](crate::FlowError::root_cause) reaches the typed cause); fallible operators can skip or dead-letter ([`ErrorPolicy`]) |
+//! | a stage's index at start | `on_init`-style callbacks | [`map_init`](Flow::map_init) (rayon's name) |
 
 mod batch;
 mod combine;
