@@ -1350,7 +1350,7 @@ fn a_second_reduce_needs_a_layer_between() {
     let mut sums: Vec<(u64, u64)> = (0..7)
         .map(|k| (k, (0..100u64).filter(|x| x % 7 == k).sum()))
         .collect();
-    sums.sort_by(|a, b| b.1.cmp(&a.1));
+    sums.sort_by_key(|&(_, sum)| std::cmp::Reverse(sum));
     assert_eq!(top, [sums[..3].to_vec()]);
 }
 

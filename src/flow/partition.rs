@@ -219,6 +219,8 @@ impl Shuffle {
     }
 
     /// The same as [`new`](Shuffle::new) (the name this type had first).
+    // Kept: `Shuffle::shuffle()` is how flows were written before `new` existed.
+    #[allow(clippy::self_named_constructors)]
     pub fn shuffle() -> Self {
         Self::new()
     }
