@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::guarded;
-use flowstage::flow::{Flow, Partition, Shuffle, TriggerName};
+use flowstage::flow::{Flow, HashEvent, Partition, Shuffle, TriggerName};
 use flowstage::window::{Decision, LateEvents, Window};
 
 const DEMANDS: [usize; 4] = [1000, 5, 1, 7];
@@ -664,6 +664,20 @@ fn two_events_a_day_of_windows_apart_fire_two_windows() {
     }
 }
 
+/// A layer of `stages` stages windowed by `window`, its subscriptions asking `max_demand`
+/// at a time (and again at once).
+fn layer<T>(
+    stages: usize,
+    max_demand: usize,
+    window: Window<T>,
+) -> Partition<HashEvent, Window<T>> {
+    Partition::new()
+        .stages(stages)
+        .max_demand(max_demand)
+        .min_demand(0)
+        .window(window)
+}
+
 // Every window ends with exactly one `Done`, whatever layer sits before the reduce
 // (issue 18 item 1).
 
@@ -672,13 +686,7 @@ fn a_reduce_after_departition_fires_done_once() {
     for max_demand in DEMANDS {
         let sums: Vec<u64> = guarded(move || {
             Flow::from_iter(1..=10u64)
-                .partition(
-                    Partition::new()
-                        .stages(4)
-                        .max_demand(max_demand)
-                        .min_demand(0)
-                        .window(Window::global().trigger_every(2)),
-                )
+                .partition(layer(4, max_demand, Window::global().trigger_every(2)))
                 .reduce(|| 0u64, |x, sum| sum + x)
                 .on_trigger(|sum, _, _| (vec![sum], 0))
                 .departition(
@@ -771,13 +779,7 @@ fn emit_state_keeps_the_accumulator_across_triggers() {
     for max_demand in DEMANDS {
         let sums: Vec<u64> = guarded(move || {
             Flow::from_iter(1..=100u64)
-                .partition(
-                    Partition::new()
-                        .stages(1)
-                        .max_demand(max_demand)
-                        .min_demand(0)
-                        .window(Window::global().trigger_every(10)),
-                )
+                .partition(layer(1, max_demand, Window::global().trigger_every(10)))
                 .reduce(|| 0u64, |x, sum| sum + x)
                 .emit_state()
                 .collect()
@@ -857,16 +859,12 @@ fn emit_state_with_lateness_keeps_the_accepted_late_events() {
         let ts = vec![1i64, 12, 3, 25, 14, 9, 31];
         let sums: Vec<i64> = guarded(move || {
             Flow::from_iter(ts)
-                .partition(
-                    Partition::new()
-                        .stages(1)
-                        .max_demand(max_demand)
-                        .min_demand(0)
-                        .window(
-                            Window::fixed(Duration::from_millis(10), |t: &i64| *t)
-                                .allowed_lateness(Duration::from_secs(3600)),
-                        ),
-                )
+                .partition(layer(
+                    1,
+                    max_demand,
+                    Window::fixed(Duration::from_millis(10), |t: &i64| *t)
+                        .allowed_lateness(Duration::from_secs(3600)),
+                ))
                 .reduce(|| 0i64, |t, sum| sum + t)
                 .emit_state()
                 .collect()
@@ -951,13 +949,7 @@ fn sliding_pairs(events: Vec<char>, max_demand: usize) -> Vec<Vec<char>> {
             },
         );
         Flow::from_iter(events)
-            .partition(
-                Partition::new()
-                    .stages(1)
-                    .max_demand(max_demand)
-                    .min_demand(0)
-                    .window(pairs),
-            )
+            .partition(layer(1, max_demand, pairs))
             .reduce(Vec::new, |c, mut window: Vec<char>| {
                 window.push(c);
                 window
@@ -1001,13 +993,7 @@ fn a_custom_trigger_replaces_events_and_every_counts_what_it_fed() {
                 )
                 .trigger_every(4);
             Flow::from_iter(1..=10u64)
-                .partition(
-                    Partition::new()
-                        .stages(1)
-                        .max_demand(max_demand)
-                        .min_demand(0)
-                        .window(doubling),
-                )
+                .partition(layer(1, max_demand, doubling))
                 .reduce(|| 0u64, |x, sum| sum + x)
                 .on_trigger(|sum, _, trigger| (vec![(sum, trigger.name.clone())], sum))
                 .collect()
