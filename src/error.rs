@@ -256,6 +256,50 @@ impl FlowError {
         }
     }
 
+    /// The innermost `FlowError` this error wraps — through [`StageFailed`]'s source, an
+    /// operator's error ([`OperatorError`](crate::flow::OperatorError)), any error's
+    /// [`source`](std::error::Error::source) chain — or the error itself when it wraps
+    /// none. An error met inside a stage ends the run as a `StageFailed` naming the stage;
+    /// the typed error a source or sink documents (a file's [`Io`], [`InvalidUtf8`], a
+    /// [`Record`], a [`Broker`]) is its root cause: match on `root_cause()` to handle it,
+    /// wherever it was raised. A user's own error type is reached from the `StageFailed`
+    /// by [`source`](std::error::Error::source).
+    ///
+    /// [`StageFailed`]: FlowError::StageFailed
+    /// [`Io`]: FlowError::Io
+    /// [`InvalidUtf8`]: FlowError::InvalidUtf8
+    /// [`Record`]: FlowError::Record
+    /// [`Broker`]: FlowError::Broker
+    ///
+    /// ```
+    /// use flowstage::FlowError;
+    /// use flowstage::flow::Flow;
+    /// let error = Flow::from_iter(["1", "2", "x"])
+    ///     .try_map(|s: &&str| {
+    ///         s.parse::<u32>().map_err(|_| FlowError::Record {
+    ///             path: "input.txt".into(),
+    ///             line: 3,
+    ///             message: format!("not a number: {s}"),
+    ///         })
+    ///     })
+    ///     .collect::<Vec<u32>>()
+    ///     .unwrap_err();
+    /// // The run's error names the stage and the operator; its root is the record.
+    /// assert!(matches!(error, FlowError::StageFailed { .. }));
+    /// assert!(matches!(error.root_cause(), FlowError::Record { line: 3, .. }));
+    /// ```
+    pub fn root_cause(&self) -> &FlowError {
+        let mut root = self;
+        let mut cause = std::error::Error::source(self);
+        while let Some(error) = cause {
+            if let Some(flow) = error.downcast_ref::<FlowError>() {
+                root = flow;
+            }
+            cause = error.source();
+        }
+        root
+    }
+
     pub(crate) fn from_stage_error(stage: &StageInfo, error: StageError) -> Self {
         FlowError::StageFailed {
             stage: stage.clone(),

@@ -4,9 +4,9 @@
 //! is one, the byte offset; and the delimiter-aligned chunker never loses, splits or
 //! duplicates a record, whatever the bytes and the number of ranges.
 //!
-//! Complements `tests/flow.rs` (0 stages, invalid demand, a second reduce in a layer,
-//! empty source lists), `tests/windows.rs` (count 0, fixed 0, lateness on a count window,
-//! triggers on sessions), `tests/stages.rs` (subscription options) and
+//! Complements `tests/flow.rs` (0 stages, invalid demand, empty source lists; a second
+//! reduce in a layer does not build), `tests/windows.rs` (count 0, fixed 0, lateness on a
+//! count window, triggers on sessions), `tests/stages.rs` (subscription options) and
 //! `tests/file_source.rs` (missing file, directory, in-order reading over a small
 //! alphabet).
 
@@ -41,18 +41,6 @@ fn assert_config<T: std::fmt::Debug>(result: flowstage::Result<T>, what: &str) {
     match result {
         Err(FlowError::Config(message)) => assert!(!message.is_empty(), "{what}"),
         other => panic!("{what}: expected FlowError::Config, got {other:?}"),
-    }
-}
-
-/// The typed error a run ended with: a source's own `FlowError` travels inside the
-/// `StageFailed` that names the stage.
-fn cause(error: &FlowError) -> &FlowError {
-    match error {
-        FlowError::StageFailed {
-            source: Some(source),
-            ..
-        } => source.downcast_ref::<FlowError>().unwrap_or(error),
-        other => other,
     }
 }
 
@@ -172,7 +160,7 @@ fn read_lines(path: &Path, readers: usize) -> flowstage::Result<Vec<String>> {
 fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
     let path = temp_dir().join("does-not-exist.txt");
     let error = read_lines(&path, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(named),
             source,
@@ -183,7 +171,7 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
         }
         other => panic!("expected FlowError::Io, got {other:?}"),
     }
-    let shown = cause(&error).to_string();
+    let shown = error.root_cause().to_string();
     assert!(
         shown.starts_with(&format!("cannot open {}: ", path.display())),
         "{shown}"
@@ -194,7 +182,7 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
 fn a_directory_of_lines_is_a_typed_error_naming_it() {
     let dir = temp_dir();
     let error = read_lines(&dir, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(path), ..
         } => assert_eq!(path, &dir),
@@ -259,7 +247,7 @@ const UNREADABLE_ENV: &str = "FLOWSTAGE_TEST_UNREADABLE_FILE";
 
 fn assert_permission_denied(path: &Path) {
     let error = read_lines(path, 2).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             path: Some(named),
             source,
@@ -335,7 +323,7 @@ fn invalid_utf8_deep_in_a_file_names_its_exact_byte_offset() {
     let path = temp_file("bad-utf8.txt", &bytes);
     let source = LinesSource::new(&path).readers(3).block_size(4096);
     let error = guarded(move || Flow::from_source(source).collect::<Vec<String>>()).unwrap_err();
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::InvalidUtf8 {
             path: named,
             offset,
@@ -391,7 +379,7 @@ fn a_file_that_shrinks_while_read_fails_the_run_instead_of_losing_lines() {
     });
     let error = outcome.expect("a shrunk file must not end the run as if complete");
     assert!(taken <= cut / line.len() as u64, "{taken} lines");
-    match cause(&error) {
+    match error.root_cause() {
         FlowError::Io {
             operation,
             path: Some(named),
@@ -477,4 +465,57 @@ proptest! {
             prop_assert_eq!(words, bytes.split(|&b| is_word_separator(b)).filter(|w| !w.is_empty()).count());
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The error users match on (issue 18 item 6)
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn invalid_utf8_is_the_root_cause_of_the_run_error() {
+    // `LinesSource`'s documented error is what users match on: the root cause of the
+    // `StageFailed` that names the reader's stage.
+    let path = temp_file("bad-utf8-top.txt", b"good\nbad \xff line\nmore\n");
+    let source = LinesSource::new(&path);
+    let error = guarded(move || Flow::from_source(source).collect::<Vec<String>>()).unwrap_err();
+    assert!(error.stage().is_some(), "{error:?}");
+    match error.root_cause() {
+        FlowError::InvalidUtf8 {
+            path: named,
+            offset,
+        } => {
+            assert_eq!(named, &path);
+            assert_eq!(*offset, 9);
+        }
+        other => panic!("expected FlowError::InvalidUtf8, got {other:?}"),
+    }
+}
+
+#[test]
+fn root_cause_reaches_the_typed_error_under_stage_and_operator() {
+    let record = || FlowError::Record {
+        path: "orders.csv".into(),
+        line: 7,
+        message: "field `amount`".into(),
+    };
+    let error = guarded(move || {
+        Flow::from_iter(0..10u32)
+            .try_map(move |x: &u32| if *x == 7 { Err(record()) } else { Ok(*x) })
+            .collect::<Vec<u32>>()
+    })
+    .unwrap_err();
+    // The run's error names the stage and the operator; the root is the typed record.
+    assert!(matches!(error, FlowError::StageFailed { .. }), "{error:?}");
+    match error.root_cause() {
+        FlowError::Record { line, .. } => assert_eq!(*line, 7),
+        other => panic!("expected the Record under the stage, got {other:?}"),
+    }
+    // A user error that is no `FlowError`: the root `FlowError` is the run's own.
+    let error = guarded(|| {
+        Flow::from_iter(0..10u32)
+            .try_map(|x: &u32| if *x == 3 { Err("three") } else { Ok(*x) })
+            .collect::<Vec<u32>>()
+    })
+    .unwrap_err();
+    assert!(std::ptr::eq(error.root_cause(), &error), "{error:?}");
 }

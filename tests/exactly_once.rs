@@ -409,7 +409,7 @@ fn end<P: Plan<Item = u32>>(flow: Flow<P>, case: &Case) -> flowstage::Result<Out
                     all.extend(events);
                     all
                 },
-                |all| all,
+                |all, _| all,
             )
             .collect()
             .map(Outcome::Lists),

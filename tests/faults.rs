@@ -446,7 +446,7 @@ proptest! {
                         sums.push(sum);
                         sums
                     },
-                    |sums| sums,
+                    |sums, _| sums,
                 )
                 // The departition emits once, after every merge; an `Err` fires there.
                 .try_map(move |sums: &Vec<u64>| {
@@ -650,7 +650,7 @@ proptest! {
                             sums.push(sum);
                             sums
                         },
-                        move |sums: Vec<u64>| -> Vec<u64> {
+                        move |sums: Vec<u64>, _| -> Vec<u64> {
                             drop(sums);
                             inner.panic(0)
                         },

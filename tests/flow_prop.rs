@@ -188,7 +188,7 @@ fn finish<P: Plan<Item = u32>>(flow: Flow<P>, end: End) -> flowstage::Result<Out
                     sums.push(sum);
                     sums
                 },
-                |sums| sums,
+                |sums, _| sums,
             )
             .collect::<Vec<Vec<u64>>>()
             .map(|mut all| {

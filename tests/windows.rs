@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::guarded;
-use flowstage::flow::{Flow, Partition, Shuffle, TriggerName};
+use flowstage::flow::{Flow, HashEvent, Partition, Shuffle, TriggerName};
 use flowstage::window::{Decision, LateEvents, Window};
 
 const DEMANDS: [usize; 4] = [1000, 5, 1, 7];
@@ -376,7 +376,11 @@ fn departition_merges_each_window_once_all_partitions_closed_it() {
                     assert!(seen.is_none_or(|s| s == id), "windows mixed: {seen:?} {id}");
                     (Some(id), total + sum)
                 },
-                |(id, total)| (id.unwrap_or(-1), total),
+                |(id, total), window| {
+                    // `done` gets the window it closes: the one the partitions emitted in.
+                    assert!(id.is_none_or(|id| id == window.id), "{id:?} {window:?}");
+                    (window.id, total)
+                },
             )
             .collect()
             .unwrap()
@@ -657,5 +661,352 @@ fn two_events_a_day_of_windows_apart_fire_two_windows() {
             "gap {gap} with fire_empty: {} windows",
             fired.len()
         );
+    }
+}
+
+/// A layer of `stages` stages windowed by `window`, its subscriptions asking `max_demand`
+/// at a time (and again at once).
+fn layer<T>(
+    stages: usize,
+    max_demand: usize,
+    window: Window<T>,
+) -> Partition<HashEvent, Window<T>> {
+    Partition::new()
+        .stages(stages)
+        .max_demand(max_demand)
+        .min_demand(0)
+        .window(window)
+}
+
+// Every window ends with exactly one `Done`, whatever layer sits before the reduce
+// (issue 18 item 1).
+
+#[test]
+fn a_reduce_after_departition_fires_done_once() {
+    for max_demand in DEMANDS {
+        let sums: Vec<u64> = guarded(move || {
+            Flow::from_iter(1..=10u64)
+                .partition(layer(4, max_demand, Window::global().trigger_every(2)))
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .on_trigger(|sum, _, _| (vec![sum], 0))
+                .departition(
+                    Vec::new,
+                    |sum, mut sums: Vec<u64>| {
+                        sums.push(sum);
+                        sums
+                    },
+                    |sums, _| sums,
+                )
+                .reduce(
+                    || 0u64,
+                    |sums: Vec<u64>, total| total + sums.iter().sum::<u64>(),
+                )
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        assert_eq!(sums, [55], "max_demand {max_demand}");
+    }
+}
+
+#[test]
+fn a_reduce_after_take_sort_fires_done_once() {
+    let lengths: Vec<usize> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(4))
+            .take_sort(3, |a, b| b.cmp(a))
+            .reduce(|| 0usize, |top: Vec<u64>, total| total + top.len())
+            .emit_state()
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(lengths, [3]);
+}
+
+#[test]
+fn a_take_sort_after_departition_emits_once() {
+    let tops: Vec<Vec<u64>> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(4))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(|| 0u64, |sum, total| total + sum, |total, _| total)
+            .take_sort(1, |a, b| a.cmp(b))
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(tops, [vec![55]], "{tops:?}");
+}
+
+#[test]
+fn a_reduce_after_a_count_windowed_departition_fires_done_per_window_only() {
+    type Fired = (i64, &'static str, TriggerName, u64);
+    let fired: Vec<Fired> = guarded(|| {
+        Flow::from_iter(1..=20u64)
+            .partition(Partition::new().stages(1).window(Window::count(5)))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(|| 0u64, |sum, total| total + sum, |total, _| total)
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .on_trigger(|sum, _, trigger| {
+                let fired = (trigger.window.id, trigger.window.kind, trigger.name.clone());
+                (vec![(fired.0, fired.1, fired.2, sum)], sum)
+            })
+            .collect()
+            .unwrap()
+    });
+    // Four full windows of 5, then the empty open window: each ends once, and nothing
+    // follows for the global window.
+    let expected: Vec<Fired> = (0..5u64)
+        .map(|k| {
+            let sum = if k < 4 {
+                (5 * k + 1..=5 * k + 5).sum()
+            } else {
+                0
+            };
+            (k as i64, "count", TriggerName::Done, sum)
+        })
+        .collect();
+    assert_eq!(fired, expected);
+}
+
+// The emit shorthands keep the accumulator, as Flow's `emit/2` does (issue 18 item 2).
+
+#[test]
+fn emit_state_keeps_the_accumulator_across_triggers() {
+    // The reference: the keeping `on_trigger` of `every_ten`.
+    let expected: Vec<u64> = every_ten(1000, false).into_iter().map(|e| e.0).collect();
+    for max_demand in DEMANDS {
+        let sums: Vec<u64> = guarded(move || {
+            Flow::from_iter(1..=100u64)
+                .partition(layer(1, max_demand, Window::global().trigger_every(10)))
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        assert_eq!(sums, expected, "max_demand {max_demand}");
+    }
+    assert_eq!(expected[..3], [55, 210, 465]);
+    assert_eq!(expected[9..], [5050, 5050]);
+}
+
+#[test]
+fn emit_events_and_nothing_keep_the_accumulator_too() {
+    let run = |emit: &'static str| -> Vec<(u64, u64)> {
+        guarded(move || {
+            let counts = Flow::from_iter((1..=9u64).map(|x| (x % 2, 1u64)))
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .window(Window::global().trigger_every(3)),
+                )
+                .reduce_mut(std::collections::BTreeMap::new, |(k, one), counts| {
+                    *counts.entry(k).or_insert(0) += one;
+                });
+            match emit {
+                "events" => counts.emit_events().collect().unwrap(),
+                _ => counts
+                    .emit_nothing::<(u64, u64)>()
+                    .collect::<Vec<(u64, u64)>>()
+                    .unwrap(),
+            }
+        })
+    };
+    // Running counts of odd (1) and even (0) numbers after 3, 6, 9 events, then at Done.
+    assert_eq!(
+        run("events"),
+        [
+            (0, 1),
+            (1, 2),
+            (0, 3),
+            (1, 3),
+            (0, 4),
+            (1, 5),
+            (0, 4),
+            (1, 5)
+        ]
+    );
+    assert_eq!(run("nothing"), []);
+}
+
+#[test]
+fn group_by_keeps_newest_first_across_triggers() {
+    type Groups = std::collections::HashMap<&'static str, Vec<i32>>;
+    let states: Vec<Groups> = guarded(|| {
+        Flow::from_iter([("foo", 1), ("foo", 2), ("bar", 3), ("foo", 4), ("bar", 5)])
+            .partition(
+                Partition::new()
+                    .stages(1)
+                    .window(Window::global().trigger_every(2)),
+            )
+            .group_by_key()
+            .emit_state()
+            .collect()
+            .unwrap()
+    });
+    let expected: Vec<Groups> = vec![
+        [("foo", vec![2, 1])].into(),
+        [("foo", vec![4, 2, 1]), ("bar", vec![3])].into(),
+        [("foo", vec![4, 2, 1]), ("bar", vec![5, 3])].into(),
+    ];
+    assert_eq!(states, expected);
+}
+
+#[test]
+fn emit_state_with_lateness_keeps_the_accepted_late_events() {
+    for max_demand in DEMANDS {
+        let ts = vec![1i64, 12, 3, 25, 14, 9, 31];
+        let sums: Vec<i64> = guarded(move || {
+            Flow::from_iter(ts)
+                .partition(layer(
+                    1,
+                    max_demand,
+                    Window::fixed(Duration::from_millis(10), |t: &i64| *t)
+                        .allowed_lateness(Duration::from_secs(3600)),
+                ))
+                .reduce(|| 0i64, |t, sum| sum + t)
+                .emit_state()
+                .collect()
+                .unwrap()
+        });
+        // The same as the keeping `on_trigger` of
+        // `fixed_windows_out_of_order_with_lateness_fire_watermark_then_done_oldest_first`.
+        let (fired, _) = fixed_sums(
+            vec![1, 12, 3, 25, 14, 9, 31],
+            Some(Duration::from_secs(3600)),
+            max_demand,
+        );
+        let expected: Vec<i64> = fired.into_iter().map(|(_, _, sum)| sum).collect();
+        assert_eq!(sums, expected, "max_demand {max_demand}");
+        assert_eq!(sums[3..], [13, 26, 25, 31]);
+    }
+}
+
+#[test]
+fn departition_done_gets_the_window_it_closes() {
+    // Issue 18 item 4: Flow's arity-2 `done`.
+    let closed: Vec<(&'static str, i64, u64)> = guarded(|| {
+        Flow::from_iter(1..=20u64)
+            .partition(Partition::new().stages(1).window(Window::count(5)))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(
+                || 0u64,
+                |sum, total| total + sum,
+                |total, window| (window.kind, window.id, total),
+            )
+            .collect()
+            .unwrap()
+    });
+    let expected: Vec<(&str, i64, u64)> = (0..5u64)
+        .map(|k| {
+            let sum = if k < 4 {
+                (5 * k + 1..=5 * k + 5).sum()
+            } else {
+                0
+            };
+            ("count", k as i64, sum)
+        })
+        .collect();
+    assert_eq!(closed, expected);
+    let global: Vec<(&'static str, i64, u64)> = guarded(|| {
+        Flow::from_iter(1..=10u64)
+            .partition(Partition::new().stages(3))
+            .reduce(|| 0u64, |x, sum| sum + x)
+            .emit_state()
+            .departition(
+                || 0u64,
+                |sum, total| total + sum,
+                |total, window| (window.kind, window.id, total),
+            )
+            .collect()
+            .unwrap()
+    });
+    assert_eq!(global, [("global", 0, 55)]);
+}
+
+// Custom triggers hand events back and replace them, as Flow's do (issue 18 item 3).
+
+/// Count-based sliding windows of 2 events sliding by 1, by punctuation: the event that
+/// completes a pair fires it and is handed back (`pos`) to open the next pair.
+fn sliding_pairs(events: Vec<char>, max_demand: usize) -> Vec<Vec<char>> {
+    guarded(move || {
+        let pairs = Window::global().trigger(
+            || 0usize,
+            |seen: &mut usize, run: &[char]| {
+                let need = 2 - *seen;
+                if run.len() < need {
+                    *seen += run.len();
+                    return Decision::Continue;
+                }
+                *seen = 0;
+                Decision::FireWith {
+                    pre: run[..need].to_vec(),
+                    name: "pair".into(),
+                    pos: run[need - 1..].to_vec(),
+                }
+            },
+        );
+        Flow::from_iter(events)
+            .partition(layer(1, max_demand, pairs))
+            .reduce(Vec::new, |c, mut window: Vec<char>| {
+                window.push(c);
+                window
+            })
+            // A pair fires it; `Done` ends the last, incomplete window without a pair.
+            .on_trigger(|window, _, trigger| match trigger.name {
+                TriggerName::Custom(_) => (vec![window], Vec::new()),
+                _ => (Vec::new(), Vec::new()),
+            })
+            .collect()
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_custom_trigger_hands_events_back_for_sliding_count_windows() {
+    let events: Vec<char> = "abc".repeat(2).chars().collect();
+    let expected: Vec<Vec<char>> = events.windows(2).map(<[char]>::to_vec).collect();
+    assert_eq!(expected.len(), 5);
+    for max_demand in DEMANDS {
+        let pairs = sliding_pairs(events.clone(), max_demand);
+        assert!(pairs.iter().all(|pair| pair.len() == 2), "{pairs:?}");
+        assert_eq!(pairs, expected, "max_demand {max_demand}");
+    }
+}
+
+#[test]
+fn a_custom_trigger_replaces_events_and_every_counts_what_it_fed() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for max_demand in DEMANDS {
+        seen.store(0, std::sync::atomic::Ordering::SeqCst);
+        let counted = seen.clone();
+        let fired: Vec<(u64, TriggerName)> = guarded(move || {
+            let doubling = Window::global()
+                .trigger(
+                    || (),
+                    move |_, run: &[u64]| {
+                        counted.fetch_add(run.len(), std::sync::atomic::Ordering::SeqCst);
+                        Decision::ContinueWith(run.iter().flat_map(|&x| [x, x]).collect())
+                    },
+                )
+                .trigger_every(4);
+            Flow::from_iter(1..=10u64)
+                .partition(layer(1, max_demand, doubling))
+                .reduce(|| 0u64, |x, sum| sum + x)
+                .on_trigger(|sum, _, trigger| (vec![(sum, trigger.name.clone())], sum))
+                .collect()
+                .unwrap()
+        });
+        // The stream fed is 1, 1, 2, 2, ...: `every(4)` fires at its 4th, 8th, ... event.
+        let fed: Vec<u64> = (1..=10u64).flat_map(|x| [x, x]).collect();
+        let mut expected: Vec<(u64, TriggerName)> = (1..=fed.len() / 4)
+            .map(|k| (fed[..4 * k].iter().sum(), TriggerName::Every(4)))
+            .collect();
+        expected.push((fed.iter().sum(), TriggerName::Done));
+        assert_eq!(fired, expected, "max_demand {max_demand}");
+        // The replacement is not shown to the trigger again.
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 10);
     }
 }

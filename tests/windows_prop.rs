@@ -8,6 +8,8 @@
 //!   depend on `max_demand`, late events are exactly those whose window ended at or before
 //!   an earlier timestamp (with lateness: and had no events then), and nothing is lost;
 //! - count windows: the input cut into runs of `n`, plus the last (maybe empty) window;
+//! - a custom trigger handing events back (`Decision::FireWith`): windows of `k` events
+//!   sliding by 1 are exactly the input's `windows(k)`, whatever the demand;
 //! - `reduce_mut` (the accumulator updated in place): per-key sums per fixed window over
 //!   1–3 producers and 1–3 stages equal a brute-force reference; from one producer, every
 //!   trigger (`every(n)` included, which splits batches) fires exactly as with `reduce`.
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use common::try_guarded;
 use flowstage::flow::{Flow, Partition, TriggerName};
-use flowstage::window::{LateEvents, Window};
+use flowstage::window::{Decision, LateEvents, Window};
 use proptest::prelude::*;
 use proptest::test_runner::Config as ProptestConfig;
 
@@ -383,6 +385,49 @@ proptest! {
         let full = input.len() / n;
         let mut expected: Vec<Vec<u32>> = input.chunks(n).take(full).map(<[u32]>::to_vec).collect();
         expected.push(input[full * n..].to_vec());
+        prop_assert_eq!(windows, expected);
+    }
+
+    #[test]
+    fn custom_triggers_handing_events_back_make_sliding_count_windows(
+        input in prop::collection::vec(any::<u32>(), 0..120),
+        k in 1usize..=5,
+        demand in demand(),
+    ) {
+        // Windows of `k` events sliding by 1, by punctuation: the trigger keeps copies of
+        // the window's events; the `k`-th fires it and hands the last `k - 1` back.
+        let trigger = move |window: &mut Vec<u32>, run: &[u32]| {
+            for (i, &x) in run.iter().enumerate() {
+                window.push(x);
+                if window.len() == k {
+                    let pos = window[1..].iter().chain(&run[i + 1..]).copied().collect();
+                    window.clear();
+                    return Decision::FireWith { pre: run[..=i].to_vec(), name: "k".into(), pos };
+                }
+            }
+            Decision::Continue
+        };
+        let events = input.clone();
+        let windows: Vec<Vec<u32>> = run(move || {
+            Flow::from_iter(events)
+                .partition(
+                    Partition::new()
+                        .stages(1)
+                        .max_demand(demand.max)
+                        .min_demand(demand.min)
+                        .window(Window::global().trigger(Vec::new, trigger)),
+                )
+                .reduce(Vec::new, |x, mut window: Vec<u32>| {
+                    window.push(x);
+                    window
+                })
+                .on_trigger(|window, _, trigger| match trigger.name {
+                    TriggerName::Custom(_) => (vec![window], Vec::new()),
+                    _ => (Vec::new(), Vec::new()),
+                })
+                .collect()
+        })?;
+        let expected: Vec<Vec<u32>> = input.windows(k).map(<[u32]>::to_vec).collect();
         prop_assert_eq!(windows, expected);
     }
 }

@@ -406,7 +406,10 @@ fn departition_of_periodic_windows_emits_each_tick_while_the_source_runs() {
                     assert!(seen.is_none_or(|s| s == id), "windows mixed: {seen:?} {id}");
                     (Some(id), total + sum)
                 },
-                |(id, total)| (id.expect("every partition fires every tick"), total),
+                |(id, total), window| {
+                    assert_eq!(id, Some(window.id), "every partition fires every tick");
+                    (window.id, total)
+                },
             )
             .into_stream()
             .unwrap();

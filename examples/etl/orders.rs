@@ -338,7 +338,7 @@ pub fn aggregate_merged(
     )
     .reduce(Totals::new, fold)
     .emit_state()
-    .departition(Totals::new, merge, |totals| totals)
+    .departition(Totals::new, merge, |totals, _| totals)
     .flat_map(|totals: Totals| totals)
 }
 

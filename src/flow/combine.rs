@@ -182,6 +182,7 @@ where
     F: Fn(V, V) -> V + Send + Sync,
 {
     type Item = (K, V);
+    const REDUCES: bool = P::REDUCES;
 
     fn compile<'a, L>(
         self,
@@ -284,6 +285,12 @@ macro_rules! reduce_by_key_plan {
                     combined
                 },
             )
+            // The layer is not windowed: its one trigger, `Done`, hands the map over (the
+            // keeping shorthands would need `Combined: Clone`).
+            .on_trigger(|combined: Combined<K, V, F>, _, _| {
+                let fresh = Combined::new(combined.combine.clone());
+                (combined, fresh)
+            })
             .plan
     }};
 }
@@ -296,6 +303,8 @@ where
     F: Fn(V, V) -> V + Send + Sync,
 {
     type Item = (K, V);
+    // Its partition layer ends in the per-key reduce.
+    const REDUCES: bool = true;
 
     fn compile<'a, L>(
         self,

@@ -36,6 +36,12 @@ pub trait Plan: Send {
     /// The events this plan emits.
     type Item: Send + 'static;
 
+    /// Whether the plan's last layer already holds a reducer (a layer holds at most
+    /// one): the reduce family and `take_sort` refuse, when rustc builds the flow, to
+    /// follow such a plan. Stateless operators say what their input says.
+    #[doc(hidden)]
+    const REDUCES: bool = false;
+
     /// Builds the plan into `compiler`'s pipeline with `logic` running after it in the
     /// same stage, and the outputs dispatched by `dispatch`. Returns the outputs.
     #[doc(hidden)]

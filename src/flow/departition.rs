@@ -15,7 +15,7 @@ use super::logic::{Logic, PartitionInfo};
 use super::plan::layer;
 use crate::error::Result;
 use crate::stage::DEFAULT_MAX_DEMAND;
-use crate::window::{Slots, Trigger, TriggerName, WindowInfo, WindowSignal};
+use crate::window::{Ends, Slots, Trigger, TriggerName, WindowInfo, WindowSignal};
 
 /// What a partitioned layer sends to a merging stage.
 #[derive(Debug)]
@@ -30,8 +30,7 @@ pub(crate) enum Tagged<T> {
 /// window.
 pub(crate) struct Tag<T> {
     window: WindowInfo,
-    windowed: bool,
-    closed_any: bool,
+    ends: Ends,
     _in: PhantomData<fn(T)>,
 }
 
@@ -39,8 +38,7 @@ impl<T> Tag<T> {
     fn new() -> Self {
         Tag {
             window: WindowInfo::global(),
-            windowed: false,
-            closed_any: false,
+            ends: Ends::default(),
             _in: PhantomData,
         }
     }
@@ -71,20 +69,19 @@ impl<T: Send + 'static> Logic for Tag<T> {
 
     fn done(&mut self, out: &mut Vec<Tagged<T>>) {
         // A layer without a reduce fires no trigger: its one (global) window ends here.
-        if !self.windowed && !self.closed_any {
-            out.push(Tagged::Closed(self.window.clone()));
+        for end in self.ends.leftover(Vec::new()) {
+            out.push(Tagged::Closed(end.window));
         }
     }
 
     fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<Tagged<T>>) {
+        self.ends.observe(&signal);
         match signal {
-            WindowSignal::Start => self.windowed = true,
             WindowSignal::Enter(window) => self.window = window.clone(),
             WindowSignal::Fire(trigger) if trigger.is_done() => {
-                self.closed_any = true;
                 out.push(Tagged::Closed(trigger.window.clone()));
             }
-            WindowSignal::Fire(_) => {}
+            WindowSignal::Start | WindowSignal::Fire(_) => {}
         }
     }
 
@@ -100,7 +97,7 @@ impl<T: Send + 'static> Logic for Tag<T> {
 struct Closing {
     partitions: usize,
     closed: BTreeMap<i64, (WindowInfo, usize)>,
-    finished_any: bool,
+    ends: Ends,
 }
 
 impl Closing {
@@ -108,41 +105,43 @@ impl Closing {
         Closing {
             partitions,
             closed: BTreeMap::new(),
-            finished_any: false,
+            ends: Ends::default(),
         }
     }
 
     /// A partition closed `window`; says whether every partition has.
-    fn close(&mut self, window: WindowInfo) -> bool {
+    fn close(&mut self, window: &WindowInfo) -> bool {
         let id = window.id;
-        let entry = self.closed.entry(id).or_insert((window, 0));
+        let entry = self.closed.entry(id).or_insert((window.clone(), 0));
         entry.1 += 1;
         if entry.1 >= self.partitions {
             self.closed.remove(&id);
-            self.finished_any = true;
+            self.ends.observe_trigger(&Trigger {
+                window: window.clone(),
+                name: TriggerName::Done,
+            });
             true
         } else {
             false
         }
     }
 
-    /// The windows still unfinished at the end of input, oldest first, with those that
-    /// only have state (`ids`); the global window if nothing was ever finished.
+    /// The windows still unfinished at the end of input, oldest first: those some
+    /// partitions closed and those with state (`ids`); the global window if nothing was
+    /// ever finished.
     fn leftover(&mut self, ids: Vec<i64>) -> Vec<WindowInfo> {
-        let mut windows: BTreeMap<i64, WindowInfo> = std::mem::take(&mut self.closed)
+        let closed = std::mem::take(&mut self.closed);
+        let mut ids: Vec<i64> = closed.keys().copied().chain(ids).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        self.ends
+            .leftover(ids)
             .into_iter()
-            .map(|(id, (window, _))| (id, window))
-            .collect();
-        for id in ids {
-            windows
-                .entry(id)
-                .or_insert(WindowInfo { kind: "global", id });
-        }
-        if windows.is_empty() && !self.finished_any {
-            windows.insert(0, WindowInfo::global());
-        }
-        self.finished_any = true;
-        windows.into_values().collect()
+            .map(|end| match closed.get(&end.window.id) {
+                Some((window, _)) => window.clone(),
+                None => end.window,
+            })
+            .collect()
     }
 }
 
@@ -186,12 +185,13 @@ impl<T, Acc, I, M, D, L: Clone> Clone for Departition<T, Acc, I, M, D, L> {
 impl<T, Acc, U, I, M, D, L> Departition<T, Acc, I, M, D, L>
 where
     I: Fn() -> Acc,
-    D: Fn(Acc) -> U,
+    D: Fn(Acc, &WindowInfo) -> U,
     L: Logic<In = U>,
 {
     fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
         let acc = self.accs.take(window.id).unwrap_or_else(|| (self.init)());
-        emit_done(&mut self.rest, window, (self.done)(acc), out);
+        let done = (self.done)(acc, &window);
+        emit_done(&mut self.rest, window, done, out);
     }
 }
 
@@ -201,7 +201,7 @@ where
     Acc: Send,
     I: Fn() -> Acc + Send + Sync,
     M: Fn(T, Acc) -> Acc + Send + Sync,
-    D: Fn(Acc) -> U + Send + Sync,
+    D: Fn(Acc, &WindowInfo) -> U + Send + Sync,
     L: Logic<In = U>,
 {
     type In = Tagged<T>;
@@ -220,7 +220,7 @@ where
                 self.accs.put_current((self.merge)(event, acc));
             }
             Tagged::Closed(window) => {
-                if self.closing.close(window.clone()) {
+                if self.closing.close(&window) {
                     self.finish(window, out);
                 }
             }
@@ -273,7 +273,7 @@ where
     U: Send + 'static,
     I: Fn() -> Acc + Send + Sync,
     M: Fn(P::Item, Acc) -> Acc + Send + Sync,
-    D: Fn(Acc) -> U + Send + Sync,
+    D: Fn(Acc, &WindowInfo) -> U + Send + Sync,
 {
     type Item = U;
 
@@ -377,7 +377,7 @@ impl<T, C: Fn(&T, &T) -> Ordering> Smallest<T, C> {
 pub(crate) struct TopN<T, C, L> {
     smallest: Smallest<T, C>,
     kept: Slots<Vec<T>>,
-    windowed: bool,
+    ends: Ends,
     rest: L,
 }
 
@@ -386,7 +386,7 @@ impl<T, C, L: Clone> Clone for TopN<T, C, L> {
         TopN {
             smallest: self.smallest.clone(),
             kept: Slots::default(),
-            windowed: false,
+            ends: Ends::default(),
             rest: self.rest.clone(),
         }
     }
@@ -424,22 +424,16 @@ where
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        if self.windowed {
-            for id in self.kept.ids() {
-                self.fire_done(WindowInfo { kind: "window", id }, out);
-            }
-        } else {
-            self.fire_done(WindowInfo::global(), out);
+        for end in self.ends.leftover(self.kept.ids()) {
+            self.fire_done(end.window, out);
         }
         self.rest.done(out);
     }
 
     fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.ends.observe(&signal);
         match signal {
-            WindowSignal::Start => {
-                self.windowed = true;
-                self.rest.window(signal, out);
-            }
+            WindowSignal::Start => self.rest.window(signal, out),
             WindowSignal::Enter(window) => {
                 self.kept.enter(window.id);
                 self.rest.window(signal, out);
@@ -504,7 +498,7 @@ where
         let per_partition = TopN {
             smallest: smallest.clone(),
             kept: Slots::default(),
-            windowed: false,
+            ends: Ends::default(),
             rest: Tag::new(),
         };
         let upstream = self
@@ -575,7 +569,7 @@ where
                 }
             }
             Tagged::Closed(window) => {
-                if self.closing.close(window.clone()) {
+                if self.closing.close(&window) {
                     self.finish(window, out);
                 }
             }

@@ -407,6 +407,7 @@ macro_rules! fallible_node {
             $($bounds)*
         {
             type Item = $item;
+            const REDUCES: bool = P::REDUCES;
 
             fn compile<'a, L>(
                 self,

@@ -405,7 +405,7 @@ impl<PL, PR, KA, KB, F, T> std::fmt::Debug for JoinNode<PL, PR, KA, KB, F, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JoinNode")
             .field("mode", &self.mode)
-            .field("stages", &self.options.stages)
+            .field("stages", &self.options.0.stages)
             .finish()
     }
 }
@@ -432,13 +432,13 @@ where
         Self: 'a,
         L: Logic<In = O> + Clone + 'a,
     {
-        if let Some(error) = self.options.validate() {
+        if let Some(error) = self.options.0.validate() {
             return Err(error);
         }
         if let Some(window) = &self.window {
             window.validate()?;
         }
-        let stages = self.options.stages;
+        let stages = self.options.0.stages;
         // Both sides go to the stage their key hashes to: equal keys meet.
         let (left_key, right_key) = (self.left_key.clone(), self.right_key.clone());
         let route = move |event: &Side<PL::Item, PR::Item>, partitions: usize| {
@@ -498,8 +498,8 @@ where
             upstream,
             deferred,
             stages,
-            self.options.max_demand,
-            self.options.min(),
+            self.options.0.max_demand,
+            self.options.0.min(),
             self.window,
             join,
             dispatch,

@@ -29,6 +29,70 @@
 //! `into_stream`, `spawn`, `run_async`, `into_stages`) need. The blocking terminals
 //! (`collect`, `sum`, `for_each`, `run`, ...) return when every stage has ended, so a flow
 //! they run may borrow local data.
+//!
+//! ## Layers and reducers
+//!
+//! A layer — the stages a source, [`partition`](Flow::partition) or
+//! [`shuffle`](Flow::shuffle) starts — holds at most one reducer (the reduce family, or
+//! [`take_sort`](Flow::take_sort)'s per-partition part); operations after it apply to
+//! what it emits. A second one does not build: the error names the operator and the fix
+//! (`shuffle()` before it). [`map_init`](Flow::map_init) tells user code which stage of
+//! its layer it runs in.
+//!
+//! ## Triggers: keep or reset
+//!
+//! A reduce keeps one accumulator per stage and [window](crate::window), and emits at
+//! each of the window's triggers. [`on_trigger(f)`](Flow::on_trigger) decides what:
+//! `f(acc, partition, trigger) -> (events, new_acc)`; returning `acc` **keeps** it (the
+//! window's next trigger sees everything so far), returning a fresh one **resets**; on
+//! `Done` the returned accumulator is dropped. The shorthands
+//! [`emit_events`](Flow::emit_events) (the default), [`emit_state`](Flow::emit_state) and
+//! [`emit_nothing`](Flow::emit_nothing) all keep, as Flow's `emit/2` does. Every window
+//! ends with exactly one `Done`, whatever layer sits before the reduce.
+//!
+//! ```
+//! use flowstage::flow::{Flow, Partition};
+//! use flowstage::window::Window;
+//! // The global window, a trigger every 10 events, over 1..=100 summed.
+//! let every_ten = || {
+//!     Flow::from_iter(1..=100u64)
+//!         .partition(Partition::new().stages(1).window(Window::global().trigger_every(10)))
+//!         .reduce(|| 0u64, |x, sum| sum + x)
+//! };
+//! let keep: Vec<u64> = every_ten().emit_state().collect()?;
+//! assert_eq!(keep[..3], [55, 210, 465]);
+//! assert_eq!(keep[9..], [5050, 5050]); // the 10th trigger, then `Done`
+//! let reset: Vec<u64> = every_ten().on_trigger(|sum, _, _| (vec![sum], 0)).collect()?;
+//! assert_eq!(reset[..3], [55, 155, 255]);
+//! assert_eq!(reset[9..], [955, 0]);
+//! # Ok::<(), flowstage::FlowError>(())
+//! ```
+//!
+//! ## Differences from Elixir Flow
+//!
+//! flowstage follows Flow 1.2 and GenStage 1.3 (names, defaults, results) except where
+//! this table says, on purpose:
+//!
+//! | where | Flow / GenStage | flowstage, and why |
+//! |---|---|---|
+//! | producer owing demand | a producer that returned fewer events than asked is not asked again until new demand (GenStage #80, #248) | the runtime keeps the debt and asks again: a flow cannot stall because a producer once had nothing |
+//! | partition dispatcher | buffers without bound for a partition without demand (GenStage #282) | buffers up to a bound, then backpressure reaches upstream |
+//! | concurrent consumers | may overshoot `max` across restarts (GenStage #190, #191) | never more than `max` in flight |
+//! | a source finishing before subscribers | can end the flow early (Flow #88, #91, #114) | every subscription is wired before any source runs |
+//! | partition hash | `:erlang.phash2` | ahash: the same keys group together, on other partition numbers |
+//! | watermarks and window results | depend on batch sizes and demand | for one producer, exact at the event, whatever the batching |
+//! | `map` (and the like) after a reduce | raises | allowed: applies to what the reduce emits |
+//! | a second reducer in a layer | raises (`ArgumentError`) when the flow starts | does not build (a Rust build error naming the operator and the fix) |
+//! | emit shorthands | `emit(:events \| :state \| :nothing)` keep the state | keep as well; a trigger before `Done` emits a clone, so they need `Acc: Clone` (`on_trigger` does not) |
+//! | `departition`'s `done` | arity 1 or 2 (with the window) | always `done(acc, &window)` |
+//! | custom triggers | see each batch as a list | see runs of a batch (cut where `every(n)` falls) as a slice; to replace or hand back events a trigger copies them (`Decision::ContinueWith`, `FireWith`) |
+//! | sliding and session windows | recipes | native window kinds ([`Window::sliding`], [`Window::session`]) |
+//! | empty fixed windows between data | fire | do not, unless [`Window::fire_empty`] asks (two events a day apart would fire millions) |
+//! | late events beyond the allowed lateness | dropped silently | counted, and kept aside with [`LateEvents`](crate::window::LateEvents) |
+//! | an idle producer | holds the watermark back forever (GenStage #105) | [`Window::idle_timeout`] releases it |
+//! | `departition` on an unbounded flow | waits for the end (GenStage #93) | merges each window once every partition closed it (periodic windows work) |
+//! | errors in user code | the stage crashes and the caller exits | the run returns a [`FlowError`](crate::FlowError) naming the stage ([`root_cause`](crate::FlowError::root_cause) reaches the typed cause); fallible operators can skip or dead-letter ([`ErrorPolicy`]) |
+//! | a stage's index at start | `on_init`-style callbacks | [`map_init`](Flow::map_init) (rayon's name) |
 
 mod batch;
 mod combine;
@@ -41,6 +105,7 @@ mod gather;
 mod iter;
 pub mod join;
 mod logic;
+mod map_init;
 mod par_iter;
 mod partition;
 pub(crate) mod plan;
@@ -79,6 +144,7 @@ pub mod nodes {
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};
     pub use super::join::JoinNode;
+    pub use super::map_init::MapInitNode;
     pub use super::plan::{
         Exchange, FilterMapNode, FilterNode, FlatMapNode, InspectNode, MapBatchNode, MapNode,
         Merge, RejectNode, SourceNode, StageHead,
@@ -95,6 +161,25 @@ use crate::sink::{self, FlowIter, FlowStream};
 use crate::source::{Source, StagesSource, StreamSource};
 use crate::stage::{Pipeline, ProducerRef, Report, Running};
 use crate::window::{LayerWindow, Window};
+
+/// Fails the build where `$plan`'s last layer already holds a reducer (a layer holds at
+/// most one), naming the operator and the fix. Checked when rustc instantiates the
+/// operator for a concrete plan (`cargo build`, `cargo test`; not `cargo check`).
+macro_rules! one_reducer_per_layer {
+    ($plan:ident, $operator:literal) => {
+        const {
+            assert!(
+                !$plan::REDUCES,
+                concat!(
+                    $operator,
+                    " after another reduce in the same layer (a layer holds one reducer): \
+                     call `shuffle()` or `partition()` before ",
+                    $operator
+                )
+            )
+        }
+    };
+}
 
 /// A lazy, typed query. Build it with sources and operators; run it with a terminal.
 #[must_use = "flows are lazy and do nothing unless run"]
@@ -228,17 +313,26 @@ impl Flow<()> {
         }
     }
 
-    /// A flow over any `futures::Stream`, read by one producer.
+    /// A flow over any `futures::Stream`, read by one producer. The stream need not be
+    /// `Unpin` (one made by `futures::stream::unfold` over an `async` block, say): it is
+    /// pinned on the heap once, inside.
     ///
     /// ```
     /// use flowstage::flow::Flow;
     /// let items: Vec<u32> = Flow::from_stream(futures::stream::iter(vec![1u32, 2, 3])).collect()?;
     /// assert_eq!(items, [1, 2, 3]);
+    ///
+    /// // Not `Unpin`: each item awaits a future.
+    /// let doubled = futures::stream::unfold(0u32, |n| async move {
+    ///     (n < 3).then(|| (n * 2, n + 1))
+    /// });
+    /// let items: Vec<u32> = Flow::from_stream(doubled).collect()?;
+    /// assert_eq!(items, [0, 2, 4]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn from_stream<S>(stream: S) -> Flow<SourceNode<StreamSource<S>>>
     where
-        S: futures::Stream + Send + Unpin + 'static,
+        S: futures::Stream + Send + 'static,
         S::Item: Send + 'static,
     {
         Flow {
@@ -614,11 +708,42 @@ impl<P: Plan> Flow<P> {
         }
     }
 
+    /// [`partition`](Flow::partition) by the hash of `key(event)`: the same as
+    /// `partition(Partition::by_key(key)..)`, with the key given here, where the event type
+    /// is known — a closure needs no annotation.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let pairs = vec![("a", 1), ("b", 2), ("a", 3)];
+    /// let mut sums: Vec<(&str, i32)> = Flow::from_iter(pairs)
+    ///     .partition_by_key(|pair| pair.0, Partition::new().stages(2))
+    ///     .reduce_mut(std::collections::HashMap::new, |(key, value), sums| {
+    ///         *sums.entry(key).or_insert(0) += value;
+    ///     })
+    ///     .collect()?;
+    /// sums.sort();
+    /// assert_eq!(sums, [("a", 4), ("b", 2)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn partition_by_key<K, F, W>(
+        self,
+        key: F,
+        options: Partition<HashEvent, W>,
+    ) -> Flow<Exchange<P, ByKey<F>, W>>
+    where
+        K: Hash,
+        F: Fn(&P::Item) -> K + Send + Sync + 'static,
+        W: LayerWindow<P::Item>,
+    {
+        self.partition(options.keyed(key))
+    }
+
     /// A new layer of stages behind the demand dispatcher (no keys), optionally windowed.
-    pub fn shuffle<W>(self, options: Partition<NoRoute, W>) -> Flow<Exchange<P, NoRoute, W>>
+    pub fn shuffle<W>(self, options: Shuffle<W>) -> Flow<Exchange<P, NoRoute, W>>
     where
         W: LayerWindow<P::Item>,
     {
+        let options = options.0;
         Flow {
             plan: Exchange {
                 inner: self.plan,
@@ -634,9 +759,12 @@ impl<P: Plan> Flow<P> {
     }
 
     /// Folds the events of each stage (and window) into an accumulator started by `init`;
-    /// emits at each trigger — by default the accumulator's items (for a map: its pairs).
-    /// Change what is emitted with [`emit_state`](Flow::emit_state),
-    /// [`emit_nothing`](Flow::emit_nothing) or [`on_trigger`](Flow::on_trigger).
+    /// emits at each trigger — by default the accumulator's items (for a map: its pairs),
+    /// keeping the accumulator for the window's next trigger. Change what is emitted with
+    /// [`emit_state`](Flow::emit_state), [`emit_nothing`](Flow::emit_nothing) or
+    /// [`on_trigger`](Flow::on_trigger) (which also decides keep or reset). The keeping
+    /// shorthands, the default included, need `Acc: Clone` (a trigger before `Done` emits
+    /// a copy); an accumulator that cannot be cloned is emitted with `on_trigger`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
@@ -646,6 +774,25 @@ impl<P: Plan> Flow<P> {
     ///     .emit_state()
     ///     .collect()?;
     /// assert_eq!(sums, [55]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    ///
+    /// A layer holds one reducer (of the reduce family, or `take_sort`'s per-partition
+    /// part); operations after it apply to what it emits. A second one in the same layer
+    /// does not build — “reduce after another reduce in the same layer ... call
+    /// `shuffle()` or `partition()` before reduce” — checked when rustc instantiates the
+    /// flow (`cargo build`/`test`, not `cargo check`):
+    ///
+    /// ```compile_fail
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sums: Vec<u64> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(2))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .map(|sum| sum * 2)
+    ///     .reduce(|| 0u64, |x, sum| sum + x) // needs `.partition(..)` or `.shuffle(..)` before
+    ///     .emit_state()
+    ///     .collect()?;
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn reduce<Acc, I, F>(
@@ -658,6 +805,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync,
         F: Fn(P::Item, Acc) -> Acc + Send + Sync,
     {
+        one_reducer_per_layer!(P, "reduce");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -700,6 +848,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync,
         F: Fn(P::Item, &mut Acc) + Send + Sync,
     {
+        one_reducer_per_layer!(P, "reduce_mut");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -738,6 +887,7 @@ impl<P: Plan> Flow<P> {
         I: Fn() -> Acc + Send + Sync,
         F: Fn(P::Item, Acc) -> (E, Acc) + Send + Sync,
     {
+        one_reducer_per_layer!(P, "emit_and_reduce");
         Flow {
             plan: ReduceNode {
                 inner: self.plan,
@@ -783,6 +933,7 @@ impl<P: Plan> Flow<P> {
         KF: Fn(&P::Item) -> K + Send + Sync,
         VF: Fn(P::Item) -> V + Send + Sync,
     {
+        one_reducer_per_layer!(P, "group_by");
         let fold = move |event: P::Item, groups: &mut HashMap<K, Vec<V>>| {
             let key = key(&event);
             groups.entry(key).or_default().push(value(event));
@@ -830,6 +981,7 @@ impl<P: Plan> Flow<P> {
         K: Hash + Eq + Send + 'static,
         V: Send + 'static,
     {
+        one_reducer_per_layer!(P, "group_by_key");
         let fold = |(key, value): (K, V), groups: &mut HashMap<K, Vec<V>>| {
             groups.entry(key).or_default().push(value);
         };
@@ -845,8 +997,10 @@ impl<P: Plan> Flow<P> {
         }
     }
 
-    /// One stage merging what every partition emits: `merge(event, acc)` into an
-    /// accumulator started by `init`; when all partitions are done, emits `done(acc)`.
+    /// One stage merging what every partition emits, per window: `merge(event, acc)` into
+    /// an accumulator started by `init`; when every partition has closed the window
+    /// (fired its `Done`), emits `done(acc, window)` — the window it closes, as Flow's
+    /// arity-2 `done` gets it — as that window's one event and `Done`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
@@ -854,11 +1008,25 @@ impl<P: Plan> Flow<P> {
     ///     .partition(Partition::new().stages(4))
     ///     .reduce(|| 0u64, |x, sum| sum + x)
     ///     .emit_state()
-    ///     .departition(Vec::new, |sum, mut sums: Vec<u64>| { sums.push(sum); sums }, |mut sums| { sums.sort(); sums })
+    ///     .departition(Vec::new, |sum, mut sums: Vec<u64>| { sums.push(sum); sums }, |mut sums, _window| { sums.sort(); sums })
     ///     .collect()?;
     /// assert_eq!(sums.len(), 1);
     /// assert_eq!(sums[0].len(), 4);
     /// assert_eq!(sums[0].iter().sum::<u64>(), 55);
+    ///
+    /// // Per window: `done` learns which one it closes.
+    /// use flowstage::window::Window;
+    /// let mut per_window: Vec<(i64, u64)> = Flow::from_iter(1..=10u64)
+    ///     .partition(Partition::new().stages(2).window(Window::fixed(
+    ///         std::time::Duration::from_millis(5),
+    ///         |x: &u64| *x as i64,
+    ///     )))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .departition(|| 0u64, |sum, total| total + sum, |total, window| (window.id, total))
+    ///     .collect()?;
+    /// per_window.sort();
+    /// assert_eq!(per_window, [(0, 10), (5, 35), (10, 10)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn departition<Acc, U, I, M, D>(
@@ -872,7 +1040,7 @@ impl<P: Plan> Flow<P> {
         U: Send + 'static,
         I: Fn() -> Acc + Send + Sync,
         M: Fn(P::Item, Acc) -> Acc + Send + Sync,
-        D: Fn(Acc) -> U + Send + Sync,
+        D: Fn(Acc, &WindowInfo) -> U + Send + Sync,
     {
         Flow {
             plan: DepartitionNode {
@@ -894,12 +1062,37 @@ impl<P: Plan> Flow<P> {
     ///     .take_sort(3, |a, b| b.cmp(a))
     ///     .collect()?;
     /// assert_eq!(top, [vec![9, 7, 5]]);
+    ///
+    /// // The top 2 of a reduce's output: a new layer first.
+    /// use flowstage::flow::Shuffle;
+    /// let sales = vec![("tea", 3), ("coffee", 5), ("tea", 4), ("juice", 1)];
+    /// let top: Vec<Vec<(&str, i32)>> = Flow::from_iter(sales)
+    ///     .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    ///     .shuffle(Shuffle::shuffle())
+    ///     .take_sort(2, |a, b| b.1.cmp(&a.1))
+    ///     .collect()?;
+    /// assert_eq!(top, [vec![("tea", 7), ("coffee", 5)]]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    ///
+    /// Its per-partition part runs in the layer before it, which can hold one reducer:
+    /// right after a reduce, `take_sort` does not build (“take_sort after another reduce
+    /// in the same layer ... call `shuffle()` or `partition()` before take_sort”):
+    ///
+    /// ```compile_fail
+    /// use flowstage::flow::{Flow, Partition};
+    /// let sales = vec![("tea", 3), ("coffee", 5), ("tea", 4), ("juice", 1)];
+    /// let top: Vec<Vec<(&str, i32)>> = Flow::from_iter(sales)
+    ///     .reduce_by_key(|a, b| a + b, Partition::new().stages(2))
+    ///     .take_sort(2, |a, b| b.1.cmp(&a.1))
+    ///     .collect()?;
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn take_sort<C>(self, n: usize, cmp: C) -> Flow<TakeSortNode<P, C>>
     where
         C: Fn(&P::Item, &P::Item) -> Ordering + Send + Sync,
     {
+        one_reducer_per_layer!(P, "take_sort");
         Flow {
             plan: TakeSortNode {
                 inner: self.plan,
@@ -1048,21 +1241,71 @@ impl<P: StageHead> Flow<P> {
 }
 
 impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
-    /// At each trigger, emit the accumulator itself.
-    pub fn emit_state(self) -> Flow<ReduceNode<P, Acc, I, S, EmitState>> {
+    /// At each trigger, emit the accumulator itself, and **keep** it: the next trigger of
+    /// the window emits everything so far (Flow's `emit(:state)`). A trigger other than
+    /// `Done` emits a clone; `Done` hands the accumulator over. To start afresh at each
+    /// trigger instead, use [`on_trigger`](Flow::on_trigger).
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// use flowstage::window::Window;
+    /// let running: Vec<u64> = Flow::from_iter(1..=6u64)
+    ///     .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_state()
+    ///     .collect()?;
+    /// assert_eq!(running, [3, 10, 21, 21]); // after 2, 4, 6 events, then `Done`
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn emit_state(self) -> Flow<ReduceNode<P, Acc, I, S, EmitState>>
+    where
+        Acc: Clone,
+    {
         Flow {
             plan: self.plan.with_emit(EmitState),
         }
     }
 
-    /// At each trigger, emit the accumulator's items (the default of `reduce`).
-    pub fn emit_events(self) -> Flow<ReduceNode<P, Acc, I, S, EmitEvents>> {
+    /// At each trigger, emit the accumulator's items (the default of `reduce`), and
+    /// **keep** the accumulator, as [`emit_state`](Flow::emit_state) does (Flow's
+    /// `emit(:events)`).
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// use flowstage::flow::{Flow, Partition};
+    /// use flowstage::window::Window;
+    /// let counts: Vec<(bool, u32)> = Flow::from_iter(1..=4u32)
+    ///     .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///     .reduce_mut(BTreeMap::new, |x, counts| *counts.entry(x % 2 == 0).or_insert(0) += 1)
+    ///     .emit_events()
+    ///     .collect()?;
+    /// // After 2 events, after 4, then at `Done`: the counts so far each time.
+    /// assert_eq!(counts, [(false, 1), (true, 1), (false, 2), (true, 2), (false, 2), (true, 2)]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn emit_events(self) -> Flow<ReduceNode<P, Acc, I, S, EmitEvents>>
+    where
+        Acc: Clone,
+    {
         Flow {
             plan: self.plan.with_emit(EmitEvents),
         }
     }
 
-    /// At each trigger, emit nothing.
+    /// At each trigger, emit nothing, and **keep** the accumulator (Flow's
+    /// `emit(:nothing)`): for a reduce whose effects are its own (it writes somewhere
+    /// itself), or an [`emit_and_reduce`](Flow::emit_and_reduce)'s.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// let nothing: Vec<u64> = Flow::from_iter(1..=6u64)
+    ///     .partition(Partition::new().stages(1))
+    ///     .reduce(|| 0u64, |x, sum| sum + x)
+    ///     .emit_nothing()
+    ///     .collect()?;
+    /// assert!(nothing.is_empty());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
     pub fn emit_nothing<U>(self) -> Flow<ReduceNode<P, Acc, I, S, EmitNothing<U>>> {
         Flow {
             plan: self.plan.with_emit(EmitNothing(PhantomData)),
@@ -1070,17 +1313,28 @@ impl<P, Acc, I, S, E> Flow<ReduceNode<P, Acc, I, S, E>> {
     }
 
     /// At each trigger, `f(acc, partition, trigger) -> (events, new_acc)`: returning a
-    /// fresh accumulator resets, returning `acc` keeps it. On `Done` the returned
-    /// accumulator is dropped.
+    /// fresh accumulator **resets**, returning `acc` **keeps** it. On `Done` the returned
+    /// accumulator is dropped. Needs no `Acc: Clone`.
     ///
     /// ```
     /// use flowstage::flow::{Flow, Partition};
-    /// let tagged: Vec<(usize, u64)> = Flow::from_iter(1..=10u64)
-    ///     .partition(Partition::new().stages(1))
-    ///     .reduce(|| 0u64, |x, sum| sum + x)
-    ///     .on_trigger(|sum, partition, _trigger| (vec![(partition.index, sum)], 0))
+    /// use flowstage::window::Window;
+    /// let every_two = || {
+    ///     Flow::from_iter(1..=6u64)
+    ///         .partition(Partition::new().stages(1).window(Window::global().trigger_every(2)))
+    ///         .reduce(|| 0u64, |x, sum| sum + x)
+    /// };
+    /// // Reset: each trigger emits the sum since the previous one.
+    /// let reset: Vec<u64> = every_two().on_trigger(|sum, _, _| (vec![sum], 0)).collect()?;
+    /// assert_eq!(reset, [3, 7, 11, 0]);
+    /// // Keep: each trigger emits the sum so far (what `emit_state` does).
+    /// let keep: Vec<u64> = every_two().on_trigger(|sum, _, _| (vec![sum], sum)).collect()?;
+    /// assert_eq!(keep, [3, 10, 21, 21]);
+    /// // The partition the stage is, and which trigger fired:
+    /// let tagged: Vec<(usize, bool)> = every_two()
+    ///     .on_trigger(|_, partition, trigger| (vec![(partition.index, trigger.is_done())], 0))
     ///     .collect()?;
-    /// assert_eq!(tagged, [(0, 55)]);
+    /// assert_eq!(tagged, [(0, false), (0, false), (0, false), (0, true)]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
     pub fn on_trigger<U, Es, F>(self, f: F) -> Flow<ReduceNode<P, Acc, I, S, OnTrigger<F>>>

@@ -109,7 +109,10 @@ impl Partition<HashEvent> {
         }
     }
 
-    /// Partitions by the hash of `key(event)`.
+    /// Partitions by the hash of `key(event)`. The event type is not known yet where the
+    /// options are made, so a closure names its argument's type (`|pair: &(K, V)| ..`,
+    /// or a pattern: `|&(key, _)| key`); [`Flow::partition_by_key`](super::Flow::partition_by_key)
+    /// takes the key where the type is known.
     pub fn by_key<T, K: Hash, F>(key: F) -> Partition<ByKey<F>>
     where
         F: Fn(&T) -> K + Send + Sync,
@@ -124,6 +127,13 @@ impl Partition<HashEvent> {
         F: Fn(&T, usize) -> Option<usize> + Send + Sync,
     {
         Partition::new().with_route(ByHash(hash))
+    }
+}
+
+impl<W> Partition<HashEvent, W> {
+    /// These options, routing by the hash of `key(event)`.
+    pub(crate) fn keyed<F>(self, key: F) -> Partition<ByKey<F>, W> {
+        self.with_route(ByKey(key))
     }
 }
 
@@ -180,23 +190,60 @@ impl<R, W> Partition<R, W> {
     }
 }
 
-/// Options of `shuffle` and `merge`: a new layer behind the demand dispatcher.
-pub type Shuffle = Partition<NoRoute>;
+/// Options of `shuffle`, `merge` and the joins: a new layer behind the demand dispatcher
+/// (no keys), with the builder methods of [`Partition`].
+///
+/// ```
+/// use flowstage::flow::{Flow, Shuffle};
+/// let total: u64 = Flow::from_iter(1..=10u64)
+///     .shuffle(Shuffle::new().stages(3))
+///     .collect::<Vec<_>>()?
+///     .into_iter()
+///     .sum();
+/// assert_eq!(total, 55);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Shuffle<W = NoWindow>(pub(crate) Partition<NoRoute, W>);
 
-impl Partition<NoRoute> {
+impl Default for Shuffle {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Shuffle {
     /// A new layer with no routing, over as many stages as cores.
-    ///
-    /// ```
-    /// use flowstage::flow::{Flow, Shuffle};
-    /// let total: u64 = Flow::from_iter(1..=10u64)
-    ///     .shuffle(Shuffle::shuffle().stages(3))
-    ///     .collect::<Vec<_>>()?
-    ///     .into_iter()
-    ///     .sum();
-    /// assert_eq!(total, 55);
-    /// # Ok::<(), flowstage::FlowError>(())
-    /// ```
+    pub fn new() -> Self {
+        Shuffle(Partition::new().with_route(NoRoute))
+    }
+
+    /// The same as [`new`](Shuffle::new) (the name this type had first).
+    // Kept: `Shuffle::shuffle()` is how flows were written before `new` existed.
+    #[allow(clippy::self_named_constructors)]
     pub fn shuffle() -> Self {
-        Partition::new().with_route(NoRoute)
+        Self::new()
+    }
+}
+
+impl<W> Shuffle<W> {
+    /// The number of stages of the new layer (default: available parallelism).
+    pub fn stages(self, stages: usize) -> Self {
+        Shuffle(self.0.stages(stages))
+    }
+
+    /// `max_demand` of each subscription into the new layer.
+    pub fn max_demand(self, max_demand: usize) -> Self {
+        Shuffle(self.0.max_demand(max_demand))
+    }
+
+    /// `min_demand` of each subscription into the new layer (default: half of max).
+    pub fn min_demand(self, min_demand: usize) -> Self {
+        Shuffle(self.0.min_demand(min_demand))
+    }
+
+    /// The window of the new layer's stages (see [`Partition::window`]).
+    pub fn window<T>(self, window: Window<T>) -> Shuffle<Window<T>> {
+        Shuffle(self.0.window(window))
     }
 }

@@ -214,6 +214,7 @@ macro_rules! op_node {
             $($bounds)*
         {
             type Item = $item;
+            const REDUCES: bool = P::REDUCES;
 
             fn compile<'a, L>(
                 self,
@@ -496,6 +497,7 @@ impl<T> std::fmt::Debug for Merge<T> {
 
 impl<T: Send + 'static> Merge<T> {
     pub(crate) fn new<P: Plan<Item = T> + 'static>(inputs: Vec<P>, options: &Shuffle) -> Self {
+        let options = &options.0;
         Merge {
             inputs: inputs
                 .into_iter()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::{FlowError, Result};
-use crate::window::{Slots, WindowSignal};
+use crate::window::{Ends, Slots, WindowSignal};
 pub use crate::window::{Trigger, TriggerName, WindowInfo};
 
 /// Folds one event into the accumulator, possibly emitting events at once.
@@ -99,25 +99,35 @@ pub trait Emit<Acc, U>: Send + Sync {
     fn label(&self) -> &'static str;
 }
 
-/// Emit the accumulator's items (a map's `(k, v)` pairs): the default.
+/// Emits `acc`'s contents through `emit` and keeps `acc`, as Flow's `emit/2` does; on
+/// `Done` (the window is gone) the accumulator itself is emitted, without a copy.
+fn emit_keeping<Acc: Clone>(acc: Acc, trigger: &Trigger, emit: impl FnOnce(Acc)) -> Option<Acc> {
+    if trigger.is_done() {
+        emit(acc);
+        None
+    } else {
+        emit(acc.clone());
+        Some(acc)
+    }
+}
+
+/// Emit the accumulator's items (a map's `(k, v)` pairs), keeping the accumulator: the
+/// default.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmitEvents;
 
 impl<Acc, U> Emit<Acc, U> for EmitEvents
 where
-    Acc: IntoIterator<Item = U>,
+    Acc: Clone + IntoIterator<Item = U>,
 {
     fn emit(
         &self,
         acc: Acc,
         _p: PartitionInfo,
-        _t: &Trigger,
+        trigger: &Trigger,
         out: &mut dyn FnMut(U),
     ) -> Option<Acc> {
-        for item in acc {
-            out(item);
-        }
-        None
+        emit_keeping(acc, trigger, |acc| acc.into_iter().for_each(out))
     }
 
     fn label(&self) -> &'static str {
@@ -125,20 +135,19 @@ where
     }
 }
 
-/// Emit the accumulator itself.
+/// Emit the accumulator itself, keeping it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct EmitState;
 
-impl<Acc> Emit<Acc, Acc> for EmitState {
+impl<Acc: Clone> Emit<Acc, Acc> for EmitState {
     fn emit(
         &self,
         acc: Acc,
         _p: PartitionInfo,
-        _t: &Trigger,
+        trigger: &Trigger,
         out: &mut dyn FnMut(Acc),
     ) -> Option<Acc> {
-        out(acc);
-        None
+        emit_keeping(acc, trigger, out)
     }
 
     fn label(&self) -> &'static str {
@@ -146,7 +155,7 @@ impl<Acc> Emit<Acc, Acc> for EmitState {
     }
 }
 
-/// Emit nothing.
+/// Emit nothing, keeping the accumulator.
 #[derive(Debug, Clone, Copy)]
 pub struct EmitNothing<U>(pub(crate) PhantomData<fn() -> U>);
 
@@ -193,12 +202,13 @@ pub(crate) struct Reduce<T, Acc, I, S, E, L> {
     init: Arc<I>,
     step: Arc<S>,
     emit: Arc<E>,
-    /// Runs on the accumulator before every emission (`group_by` puts newest first).
+    /// Turns the accumulator into the view users see before every emission (`group_by`
+    /// puts newest first), and what they keep back: it is its own inverse.
     finish: fn(&mut Acc),
     /// One accumulator per window (only window 0 when the stage is not windowed).
     accs: Slots<Acc>,
     current: i64,
-    windowed: bool,
+    ends: Ends,
     partition: PartitionInfo,
     rest: L,
     label: &'static str,
@@ -215,7 +225,7 @@ impl<T, Acc, I, S, E, L: Clone> Clone for Reduce<T, Acc, I, S, E, L> {
             // Each stage starts its own accumulators.
             accs: Slots::default(),
             current: 0,
-            windowed: false,
+            ends: Ends::default(),
             partition: self.partition,
             rest: self.rest.clone(),
             label: self.label,
@@ -257,7 +267,9 @@ where
             self.rest.window(WindowSignal::Enter(&current), out);
         }
         // `None` starts afresh from `init` (lazily); on `Done` the window is gone.
-        if let (Some(acc), false) = (kept, trigger.is_done()) {
+        if let (Some(mut acc), false) = (kept, trigger.is_done()) {
+            // Back from the view emitted to the order events are folded in.
+            (self.finish)(&mut acc);
             self.accs.put(id, acc);
         }
     }
@@ -306,28 +318,18 @@ where
     }
 
     fn done(&mut self, out: &mut Vec<L::Out>) {
-        if self.windowed {
-            // The stage's windowing fired `Done` for every window it opened; anything left
-            // (there should be nothing) still gets its `Done`, oldest first.
-            for id in self.accs.ids() {
-                let trigger = Trigger {
-                    window: WindowInfo { kind: "window", id },
-                    name: TriggerName::Done,
-                };
-                self.fire(&trigger, out);
-            }
-        } else {
-            self.fire(&Trigger::done_global(), out);
+        // Windows ended upstream (by the stage's windowing or a merging stage before this
+        // one) are gone; the rest end here, each once.
+        for trigger in self.ends.leftover(self.accs.ids()) {
+            self.fire(&trigger, out);
         }
         self.rest.done(out);
     }
 
     fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
+        self.ends.observe(&signal);
         match signal {
-            WindowSignal::Start => {
-                self.windowed = true;
-                self.rest.window(signal, out);
-            }
+            WindowSignal::Start => self.rest.window(signal, out),
             WindowSignal::Enter(window) => {
                 self.current = window.id;
                 self.accs.enter(window.id);
@@ -448,6 +450,7 @@ where
     S: Step<P::Item, Acc, <E as Emits<Acc>>::Item>,
 {
     type Item = <E as Emits<Acc>>::Item;
+    const REDUCES: bool = true;
 
     fn compile<'a, L>(
         self,
@@ -482,7 +485,7 @@ impl<P, Acc, I, S, E> ReduceNode<P, Acc, I, S, E> {
             finish: self.finish,
             accs: Slots::default(),
             current: 0,
-            windowed: false,
+            ends: Ends::default(),
             partition: PartitionInfo { index: 0, count: 1 },
             rest,
             label: self.label,

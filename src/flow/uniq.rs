@@ -107,6 +107,7 @@ where
     F: Fn(&P::Item) -> K + Send + Sync,
 {
     type Item = P::Item;
+    const REDUCES: bool = P::REDUCES;
 
     fn compile<'a, L>(
         self,

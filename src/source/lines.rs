@@ -8,7 +8,9 @@ use crate::stage::{Produced, Producer};
 
 /// The lines of a file as text (without `\n` or `\r\n`), read by parallel readers.
 /// Invalid UTF-8 ends the run with [`FlowError::InvalidUtf8`](crate::FlowError) naming
-/// the file and byte offset, unless [`lossy`](LinesSource::lossy) replaces it with U+FFFD.
+/// the file and byte offset — the [`root_cause`](crate::FlowError::root_cause) of the
+/// `StageFailed` naming the reader's stage — unless [`lossy`](LinesSource::lossy)
+/// replaces it with U+FFFD.
 ///
 /// ```
 /// use flowstage::flow::Flow;
@@ -23,6 +25,7 @@ use crate::stage::{Produced, Producer};
 ///
 /// std::fs::write(&path, b"ok\nbad \xff\n")?;
 /// let error = Flow::from_source(LinesSource::new(&path)).collect::<Vec<String>>().unwrap_err();
+/// assert!(matches!(error.root_cause(), flowstage::FlowError::InvalidUtf8 { offset: 7, .. }));
 /// assert!(error.to_string().contains("invalid UTF-8 at byte 7"), "{error}");
 /// let lossy: Vec<String> = Flow::from_source(LinesSource::new(&path).lossy(true)).collect()?;
 /// assert!(lossy.contains(&"bad \u{fffd}".to_string()));

@@ -7,24 +7,26 @@ use crate::error::{Result, StageError};
 use crate::stage::{Produced, Producer};
 
 /// Any `futures::Stream`, read by one producer; see
-/// [`Flow::from_stream`](crate::flow::Flow::from_stream).
+/// [`Flow::from_stream`](crate::flow::Flow::from_stream). The stream need not be `Unpin`
+/// (an `async_stream`, a stream holding futures): it is pinned on the heap once.
 #[derive(Debug)]
 pub struct StreamSource<S>(pub(crate) S);
 
 impl<S> Source for StreamSource<S>
 where
-    S: Stream + Send + Unpin + 'static,
+    S: Stream + Send + 'static,
     S::Item: Send + 'static,
 {
     type Item = S::Item;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<S::Item>>> {
-        Ok(vec![BoxedProducer::new(StreamProducer(self.0))])
+        Ok(vec![BoxedProducer::new(StreamProducer(Box::pin(self.0)))])
     }
 }
 
 /// A producer that answers demand from a stream: it waits for the first item, then takes
-/// whatever else is ready without waiting, up to the demand.
+/// whatever else is ready without waiting, up to the demand. The stream is polled in
+/// place, so it must be `Unpin`: pin one that is not with `Box::pin`.
 #[derive(Debug)]
 pub struct StreamProducer<S>(pub S);
 

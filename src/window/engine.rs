@@ -80,16 +80,64 @@ pub(crate) struct Windower<T> {
     stamps: Vec<i64>,
 }
 
+/// Events still to feed to a window: a batch being drained, or events a custom trigger
+/// put in place of a run.
+trait Events: ExactSizeIterator {
+    /// The events not read yet.
+    fn as_slice(&self) -> &[Self::Item];
+}
+
+impl<T> Events for vec::Drain<'_, T> {
+    fn as_slice(&self) -> &[T] {
+        vec::Drain::as_slice(self)
+    }
+}
+
+impl<T> Events for vec::IntoIter<T> {
+    fn as_slice(&self) -> &[T] {
+        vec::IntoIter::as_slice(self)
+    }
+}
+
+/// What a custom trigger put in place of a run ([`Decision::ContinueWith`],
+/// [`Decision::FireWith`]): `pre` for the window, then the trigger, then `pos` shown to
+/// the triggers again.
+struct Rewrite<T> {
+    pre: Vec<T>,
+    name: Option<String>,
+    pos: Vec<T>,
+}
+
+/// Work a rewrite left, done before the rest of the batch (a stack: the last pushed
+/// first).
+enum Pending<T> {
+    /// Events for the window; whether the custom triggers see them.
+    Events(vec::IntoIter<T>, bool),
+    /// A custom trigger to fire.
+    Fire(String),
+}
+
+impl<T> Pending<T> {
+    /// Pushes `rewrite`'s work so that `pre` comes first, then the trigger, then `pos`.
+    fn push(stack: &mut Vec<Pending<T>>, rewrite: Rewrite<T>) {
+        stack.push(Pending::Events(rewrite.pos.into_iter(), true));
+        if let Some(name) = rewrite.name {
+            stack.push(Pending::Fire(name));
+        }
+        stack.push(Pending::Events(rewrite.pre.into_iter(), false));
+    }
+}
+
 /// The next `left` events of a batch: `take(left)` over the batch's iterator, with a
 /// plain counted loop for `fold`. (`Take<&mut vec::IntoIter>` folds through `try_fold`,
 /// where a large accumulator — a reduce's map, moved through each step — is copied to
 /// and from the stack on every event.)
-struct Run<'a, 'b, T> {
-    events: &'a mut vec::Drain<'b, T>,
+struct Run<'a, I> {
+    events: &'a mut I,
     left: usize,
 }
 
-impl<T> Iterator for Run<'_, '_, T> {
+impl<T, I: ExactSizeIterator<Item = T>> Iterator for Run<'_, I> {
     type Item = T;
 
     #[inline]
@@ -265,7 +313,8 @@ impl<T: Send + 'static> Windower<T> {
     }
 
     /// Feeds the next `len` events of `events` to window `id`, firing `every` and custom
-    /// triggers at their exact events.
+    /// triggers at their exact events. What a custom trigger puts in place of a run is
+    /// fed (and handed back to the triggers) before the rest of `events`.
     fn feed<L: Logic<In = T>>(
         &mut self,
         id: i64,
@@ -279,51 +328,116 @@ impl<T: Send + 'static> Windower<T> {
         }
         let mut left = len;
         while left > 0 {
-            let (spec, slots) = (&*self.spec, &mut self.slots);
-            let slot = slots.entry(id).or_insert_with(|| Self::new_slot(spec));
-            // Where the next trigger falls in this run, and which fire there.
-            let mut take = left;
-            for trigger in &spec.triggers {
-                if let TriggerSpec::Every(n) = trigger {
-                    let to_next = (n - slot.events % n).min(usize::MAX as u64) as usize;
-                    take = take.min(to_next);
+            let (taken, rewrite) = self.run(id, events, left, true, chain, out);
+            left -= taken;
+            if let Some(rewrite) = rewrite {
+                self.rewritten(id, rewrite, chain, out);
+            }
+        }
+    }
+
+    /// Feeds what a custom trigger put in place of a run, and what that hands back in
+    /// turn, until nothing is left. A work list, not recursion: a trigger handing events
+    /// back at every event would otherwise nest once per trigger.
+    fn rewritten<L: Logic<In = T>>(
+        &mut self,
+        id: i64,
+        rewrite: Rewrite<T>,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let mut stack = Vec::new();
+        Pending::push(&mut stack, rewrite);
+        while let Some(pending) = stack.pop() {
+            let (mut events, ask) = match pending {
+                Pending::Fire(name) => {
+                    self.fire(id, TriggerName::Custom(name), chain, out);
+                    continue;
+                }
+                Pending::Events(events, ask) => (events, ask),
+            };
+            while events.len() > 0 {
+                let left = events.len();
+                let (_, rewrite) = self.run(id, &mut events, left, ask, chain, out);
+                if let Some(rewrite) = rewrite {
+                    // The rest of these events comes after what the rewrite gives.
+                    stack.push(Pending::Events(events, ask));
+                    Pending::push(&mut stack, rewrite);
+                    break;
                 }
             }
-            let mut fires: Vec<TriggerName> = Vec::new();
-            for custom in &mut slot.customs {
-                let prefix = &events.as_slice()[..take];
-                if let Decision::Fire { at, name } = custom.decide(prefix) {
+        }
+    }
+
+    /// Feeds one run — at most `left` events of `events`, up to the next trigger — to
+    /// window `id` and fires the triggers due at its end; asks the custom triggers only
+    /// when `ask`. Returns how many events it consumed, and what a custom trigger put in
+    /// place of them (then nothing was fed).
+    fn run<I: Events<Item = T>, L: Logic<In = T>>(
+        &mut self,
+        id: i64,
+        events: &mut I,
+        left: usize,
+        ask: bool,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) -> (usize, Option<Rewrite<T>>) {
+        let (spec, slots) = (&*self.spec, &mut self.slots);
+        let slot = slots.entry(id).or_insert_with(|| Self::new_slot(spec));
+        // Where the next trigger falls in this run, and which fire there.
+        let mut take = left;
+        for trigger in &spec.triggers {
+            if let TriggerSpec::Every(n) = trigger {
+                let to_next = (n - slot.events % n).min(usize::MAX as u64) as usize;
+                take = take.min(to_next);
+            }
+        }
+        let mut fires: Vec<TriggerName> = Vec::new();
+        let customs = if ask { &mut slot.customs[..] } else { &mut [] };
+        for custom in customs {
+            let prefix = &events.as_slice()[..take];
+            let (pre, name, pos) = match custom.decide(prefix) {
+                Decision::Continue => continue,
+                Decision::Fire { at, name } => {
                     let at = at.clamp(1, take);
                     if at < take {
                         fires.clear();
                     }
                     take = at;
                     fires.push(TriggerName::Custom(name));
+                    continue;
                 }
+                Decision::ContinueWith(events) => (events, None, Vec::new()),
+                Decision::FireWith { pre, name, pos } => (pre, Some(name), pos),
+            };
+            // The run is replaced: drop it (the trigger copied what it keeps).
+            if take > 0 {
+                events.nth(take - 1);
             }
-            slot.events += take as u64;
-            let count = slot.events;
-            for trigger in &spec.triggers {
-                if let TriggerSpec::Every(n) = trigger {
-                    if count % n == 0 {
-                        fires.insert(0, TriggerName::Every(*n));
-                    }
+            return (take, Some(Rewrite { pre, name, pos }));
+        }
+        slot.events += take as u64;
+        let count = slot.events;
+        for trigger in &spec.triggers {
+            if let TriggerSpec::Every(n) = trigger {
+                if count % n == 0 {
+                    fires.insert(0, TriggerName::Every(*n));
                 }
-            }
-            self.enter(id, chain, out);
-            let before = events.len();
-            chain.feed(Run { events, left: take }, out);
-            // A chain stops early only when it failed (a `try_map` ending the run): skip
-            // what it left, so the batch still ends.
-            let unread = take.saturating_sub(before - events.len());
-            if unread > 0 {
-                events.nth(unread - 1);
-            }
-            left -= take;
-            for name in fires {
-                self.fire(id, name, chain, out);
             }
         }
+        self.enter(id, chain, out);
+        let before = events.len();
+        chain.feed(Run { events, left: take }, out);
+        // A chain stops early only when it failed (a `try_map` ending the run): skip
+        // what it left, so the batch still ends.
+        let unread = take.saturating_sub(before - events.len());
+        if unread > 0 {
+            events.nth(unread - 1);
+        }
+        for name in fires {
+            self.fire(id, name, chain, out);
+        }
+        (take, None)
     }
 
     /// Gives event-time window `id` its slot, as its first events come. With

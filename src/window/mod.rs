@@ -48,6 +48,7 @@
 //! ```
 
 pub(crate) mod bounds;
+mod ends;
 mod engine;
 mod slots;
 
@@ -59,6 +60,7 @@ use tokio::sync::broadcast;
 
 use crate::error::{FlowError, Result};
 
+pub(crate) use ends::Ends;
 pub(crate) use engine::Windower;
 pub(crate) use slots::Slots;
 
@@ -122,9 +124,11 @@ impl Trigger {
     }
 }
 
-/// What a custom trigger decides about a run of events of one window.
+/// What a custom trigger decides about a run of events `T` of one window: Flow's
+/// `{:cont, acc}`, `{:cont, events, acc}` and `{:trigger, name, pre, pos, acc}`, and a
+/// cut of the run that needs no copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
+pub enum Decision<T> {
     /// Take all of them; no trigger.
     Continue,
     /// Take the first `at` events (at most all), then fire a trigger named `name`; the
@@ -134,6 +138,24 @@ pub enum Decision {
         at: usize,
         /// The trigger's name ([`TriggerName::Custom`]).
         name: String,
+    },
+    /// No trigger; these events go to the window in place of the run (not shown to the
+    /// custom triggers again). Flow's `{:cont, events, acc}`.
+    ContinueWith(Vec<T>),
+    /// In place of the run: `pre` goes to the window, the trigger `name` fires, then
+    /// `pos` comes back to the triggers as the window's next events — before the rest of
+    /// the batch. An event of the run may be in both (a count-based sliding window by
+    /// punctuation hands the event that closes a window back to open the next). Flow's
+    /// `{:trigger, name, pre, pos, acc}`. As there, the trigger must come to take what
+    /// it hands back (here: hand back fewer events than the run, or decide otherwise when
+    /// they return), or the stage feeds the same events forever.
+    FireWith {
+        /// The events the window takes before the trigger.
+        pre: Vec<T>,
+        /// The trigger's name ([`TriggerName::Custom`]).
+        name: String,
+        /// The events handed back: seen by the triggers again, after the trigger.
+        pos: Vec<T>,
     },
 }
 
@@ -303,7 +325,7 @@ impl<T> LateEvents<T> {
 
 /// A custom trigger's per-window state and decision, type-erased.
 pub(crate) trait CustomTrigger<T>: Send {
-    fn decide(&mut self, events: &[T]) -> Decision;
+    fn decide(&mut self, events: &[T]) -> Decision<T>;
 }
 
 struct CustomFn<S, F> {
@@ -314,9 +336,9 @@ struct CustomFn<S, F> {
 impl<T, S, F> CustomTrigger<T> for CustomFn<S, F>
 where
     S: Send,
-    F: Fn(&mut S, &[T]) -> Decision + Send + Sync,
+    F: Fn(&mut S, &[T]) -> Decision<T> + Send + Sync,
 {
-    fn decide(&mut self, events: &[T]) -> Decision {
+    fn decide(&mut self, events: &[T]) -> Decision<T> {
         (self.f)(&mut self.state, events)
     }
 }
@@ -573,8 +595,14 @@ impl<T: Send + 'static> Window<T> {
     }
 
     /// A custom trigger: `decide(&mut state, events)` sees the events of one window as
-    /// they arrive, in runs (at most one batch), and returns [`Decision::Continue`] or
-    /// [`Decision::Fire`]. `init` makes the state of each new window.
+    /// they arrive, in runs (at most one batch, cut where an `every(n)` falls), and
+    /// returns a [`Decision`]: take the run ([`Continue`](Decision::Continue)), cut it
+    /// and fire ([`Fire`](Decision::Fire)), or — as Flow's triggers can — put other events
+    /// in its place ([`ContinueWith`](Decision::ContinueWith)) and fire between events
+    /// taken and events handed back to be seen again ([`FireWith`](Decision::FireWith)).
+    /// `init` makes the state of each new window. With several custom triggers, each
+    /// sees the run in turn; one that puts other events in its place decides for the run
+    /// (those after it do not see it).
     ///
     /// ```
     /// use flowstage::window::{Decision, Window};
@@ -591,11 +619,47 @@ impl<T: Send + 'static> Window<T> {
     /// });
     /// # let _ = window;
     /// ```
+    ///
+    /// Count-based sliding windows by punctuation — windows of 2 events sliding by 1: the
+    /// event that completes a pair fires it and is handed back to open the next.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition, TriggerName};
+    /// use flowstage::window::{Decision, Window};
+    /// let pairs = Window::global().trigger(|| 0usize, |seen: &mut usize, run: &[char]| {
+    ///     let need = 2 - *seen; // events still missing from the current pair
+    ///     if run.len() < need {
+    ///         *seen += run.len();
+    ///         return Decision::Continue;
+    ///     }
+    ///     *seen = 0; // `pos` is counted again when it comes back
+    ///     Decision::FireWith {
+    ///         pre: run[..need].to_vec(),
+    ///         name: "pair".into(),
+    ///         pos: run[need - 1..].to_vec(),
+    ///     }
+    /// });
+    /// let windows: Vec<Vec<char>> = Flow::from_iter("abcabc".chars())
+    ///     .partition(Partition::new().stages(1).window(pairs))
+    ///     .reduce(Vec::new, |c, mut window: Vec<char>| { window.push(c); window })
+    ///     // Emit each pair and start the next afresh; the lone last event is no pair.
+    ///     .on_trigger(|window, _, trigger| match trigger.name {
+    ///         TriggerName::Custom(_) => (vec![window], Vec::new()),
+    ///         _ => (Vec::new(), Vec::new()),
+    ///     })
+    ///     .collect()?;
+    /// let expected: Vec<Vec<char>> = ["ab", "bc", "ca", "ab", "bc"]
+    ///     .iter()
+    ///     .map(|pair| pair.chars().collect())
+    ///     .collect();
+    /// assert_eq!(windows, expected); // never a lone `a` or `c`
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
     pub fn trigger<S, I, F>(mut self, init: I, decide: F) -> Self
     where
         S: Send + 'static,
         I: Fn() -> S + Send + Sync + 'static,
-        F: Fn(&mut S, &[T]) -> Decision + Send + Sync + 'static,
+        F: Fn(&mut S, &[T]) -> Decision<T> + Send + Sync + 'static,
     {
         let decide = Arc::new(decide);
         self.triggers.push(TriggerSpec::Custom(Arc::new(move || {
