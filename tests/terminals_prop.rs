@@ -201,3 +201,38 @@ fn find_any_and_any_end_on_an_endless_source() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// `from_par_iter`: the chain runs in rayon's splits, read in batches of 4096; inputs
+    /// up to 3 batches, any stage count, with and without a partition after it.
+    #[test]
+    fn par_iter_terminals_equal_the_iterators(
+        input in prop::collection::vec(0..1_000_000u64, 0..12_000),
+        stages in 1usize..=4,
+        partitioned in any::<bool>(),
+    ) {
+        use rayon::prelude::*;
+        let expected_sum: u64 = input.iter().map(|x| x * 3).filter(|x| x % 2 == 0).sum();
+        let expected: Vec<u64> = sorted(input.iter().map(|x| x * 3).filter(|x| x % 2 == 0).collect());
+        let owned = input.clone();
+        let (sum, all) = guarded(move || {
+            let flow = || Flow::from_par_iter(owned.clone().into_par_iter()).stages(stages).map(|x| x * 3);
+            if partitioned {
+                let layer = || Partition::new().stages(stages);
+                (
+                    flow().partition(layer()).filter(|x| x % 2 == 0).sum::<u64>(),
+                    flow().partition(layer()).filter(|x| x % 2 == 0).collect::<Vec<u64>>(),
+                )
+            } else {
+                (
+                    flow().filter(|x| x % 2 == 0).sum::<u64>(),
+                    flow().filter(|x| x % 2 == 0).collect::<Vec<u64>>(),
+                )
+            }
+        });
+        prop_assert_eq!(sum.unwrap(), expected_sum);
+        prop_assert_eq!(sorted(all.unwrap()), expected);
+    }
+}

@@ -70,10 +70,10 @@ where
 /// The next `left` items of an iterator, folded with a plain loop (a `Take` of a
 /// `&mut` iterator folds through `try_fold`, which moves a large accumulator through
 /// every step).
-pub(crate) struct Upto<'i, I> {
-    pub(crate) iter: &'i mut I,
+struct Upto<'i, I> {
+    iter: &'i mut I,
     /// How many more to take; what is left when the caller looks again.
-    pub(crate) left: &'i mut usize,
+    left: &'i mut usize,
 }
 
 impl<I: Iterator> Iterator for Upto<'_, I> {

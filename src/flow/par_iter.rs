@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Flow;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
-use super::fused::{Read, SourceRead, Upto};
+use super::fused::{Read, SourceRead};
 use super::logic::{Identity, Logic, PartitionInfo};
 use super::plan::SourceShape;
 use crate::error::{FlowError, IoOperation, Result, StageError};
@@ -247,6 +247,7 @@ where
         });
         SplitFolder {
             consumer: self,
+            batch: Vec::new(),
             out: Vec::new(),
         }
     }
@@ -279,6 +280,8 @@ impl Reducer<()> for NoReduce {
 /// One split: its items through the chain, its output sent in batches.
 struct SplitFolder<L: Logic> {
     consumer: FlowConsumer<L>,
+    /// The items read for the chain (kept for its allocation).
+    batch: Vec<L::In>,
     out: Vec<L::Out>,
 }
 
@@ -332,16 +335,15 @@ where
         // A batch of items at a time through the chain, so that what it makes goes out
         // in bounded batches and a stopped flow is seen between them.
         while !self.consumer.stopped() {
-            // (`Upto`, not `take(..).inspect(..)`: those fold through `try_fold` and a
-            // closure, which made this loop 3x slower than rayon's own.)
-            let mut left = BATCH;
-            self.consumer.logic.feed(
-                Upto {
-                    iter: &mut iter,
-                    left: &mut left,
-                },
-                &mut self.out,
-            );
+            // Read a batch, then run the chain over it: the read is a plain copy loop
+            // (`extend` of a `Take` of the split's iterator) and the chain's a loop over a
+            // slice, each as tight as rayon's own; feeding the chain from the split's
+            // iterator directly (`take(..).inspect(..)`, or a counted fold) interleaves
+            // both and took 4.5x (then 1.46x) rayon's time on map/filter/sum.
+            self.batch.clear();
+            self.batch.extend(iter.by_ref().take(BATCH));
+            let left = BATCH - self.batch.len();
+            self.consumer.logic.batch(&mut self.batch, &mut self.out);
             if let Some(error) = self.consumer.logic.failure() {
                 self.fail(error);
                 break;
