@@ -22,9 +22,15 @@
 //!   panics are caught inside the tasks), the process aborts rather than let the borrows
 //!   end under running tasks, as rayon does in the same place.
 //!
+//! - A lender thread ([`ScopedPipeline::spawn_lender`], rayon's driver for
+//!   `from_par_iter`) may borrow for `'a` too: it is joined before the pipeline is gone,
+//!   after the stages (which hold what makes it end).
+//!
 //! Dropping a `ScopedPipeline` that never ran drops its stages' code unrun, within `'a`.
-//! The tests in `tests/scoped.rs` run borrowing flows to completion, to failure and to
-//! early end; `tests/loom.rs` has no part in this (there are no atomics here).
+//! The tests in `tests/scoped.rs` run borrowing flows to completion and to failure, and
+//! check that nothing runs after the terminal returned; `.ci/run` runs them under
+//! valgrind, which reports a use of freed memory. Not under Miri: it needs a nightly
+//! component these machines cannot fetch; nor loom (there are no atomics here).
 
 #![allow(unsafe_code)]
 
@@ -57,7 +63,8 @@ impl std::fmt::Debug for ScopedPipeline<'_> {
 
 impl Drop for ScopedPipeline<'_> {
     fn drop(&mut self) {
-        // The stages first (their loans go back), then the lenders can end.
+        // The stages first: a lender waits for them (for the first demand, or for room in
+        // their channel) and ends once they are gone.
         drop(self.pipeline.take());
         for lender in self.lenders.drain(..) {
             let _ = lender.join();
