@@ -247,6 +247,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -460,6 +464,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -598,6 +606,10 @@ where
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
     }
 
     fn has_reducer(&self) -> bool {

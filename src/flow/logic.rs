@@ -90,6 +90,14 @@ pub trait Logic: Send + 'static {
     /// operator that forgot to forward would make a failing `try_map` after it drop
     /// events silently.
     fn failure(&mut self) -> Option<crate::error::StageError>;
+
+    /// Letters an operator of the chain could not hand to its dead-letter consumer at once
+    /// (see [`ErrorPolicy::dead_letter`](super::ErrorPolicy::dead_letter)): the stage
+    /// awaits each after a batch, before it takes more input, so a slow consumer slows the
+    /// stage. Operators with a `rest` forward the question to it; the default has none.
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        None
+    }
 }
 
 /// The end of every chain: passes events through.
@@ -218,6 +226,10 @@ macro_rules! stateless {
 
             fn failure(&mut self) -> Option<crate::error::StageError> {
                 self.rest.failure()
+            }
+
+            fn side_output(&mut self) -> Option<super::SideOutput> {
+                self.rest.side_output()
             }
 
             fn has_reducer(&self) -> bool {
@@ -356,6 +368,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }
@@ -441,6 +457,10 @@ where
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
     }
 
     fn has_reducer(&self) -> bool {

@@ -33,9 +33,7 @@ impl<S: Source> Plan for SourceNode<S> {
     where
         L: Logic<In = S::Item> + Clone,
     {
-        if let Some((operator, counters)) = self.source.error_counters() {
-            compiler.pipeline.error_counters(operator, counters);
-        }
+        self.source.add_error_stages(&mut compiler.pipeline)?;
         let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {

@@ -141,6 +141,10 @@ impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
         Some(("csv", self.policy.counters()))
     }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "csv")
+    }
 }
 
 struct CsvParser<T> {

@@ -30,7 +30,7 @@ use crate::stage::ErrorCounters;
 /// std::fs::write(&path, "{\"user\":\"ann\"}\n\n{\"user\":\n{\"user\":\"bob\"}\n")?;
 /// let bad = Arc::new(Mutex::new(Vec::new()));
 /// let into = bad.clone();
-/// let policy = ErrorPolicy::dead_letter(move |letters: Vec<flowstage::flow::DeadLetter<flowstage::source::BadRecord>>| {
+/// let policy = ErrorPolicy::dead_letter_fn(move |letters: Vec<flowstage::flow::DeadLetter<flowstage::source::BadRecord>>| {
 ///     into.lock().unwrap().extend(letters.into_iter().map(|l| (l.event.line, l.event.text)));
 ///     Ok(())
 /// });
@@ -89,6 +89,10 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
 
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
         Some(("json", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "json")
     }
 }
 

@@ -99,6 +99,18 @@ pub trait Source: Send + 'static {
         None
     }
 
+    /// Adds what the source's error policy needs to the run being built: its counters in
+    /// the report (from [`error_counters`](Source::error_counters), the default) and, for
+    /// a policy that sends dead letters to a consumer, that consumer's stages. The crate's
+    /// parsing sources override it; other sources keep the default.
+    #[doc(hidden)]
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        if let Some((operator, counters)) = self.error_counters() {
+            pipeline.error_counters(operator, counters);
+        }
+        Ok(())
+    }
+
     /// The share of worker `worker` (of `workers`, over every process) of this source,
     /// for a [`cluster`](crate::cluster) run where every worker builds the same source:
     /// one entry per share, the same number on every worker, `Some` for the shares this

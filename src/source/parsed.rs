@@ -124,10 +124,15 @@ impl<P: ChunkParser> Producer for Parsing<P> {
         &mut self,
         demand: usize,
     ) -> std::result::Result<Produced<P::Item>, StageError> {
-        Ok(match self.chunks.handle_demand(demand).await? {
+        let produced = match self.chunks.handle_demand(demand).await? {
             Produced::Events(chunks) => Produced::Events(self.parse(chunks)?),
             Produced::Finished(chunks) => Produced::Finished(self.parse(chunks)?),
-        })
+        };
+        // Dead letters the consumer could not take yet: wait for room before reading on.
+        while let Some(wait) = self.errors.side_output() {
+            wait.await?;
+        }
+        Ok(produced)
     }
 }
 

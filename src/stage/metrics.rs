@@ -112,7 +112,7 @@ pub struct StageSnapshot {
 /// let policy = ErrorPolicy::skip();
 /// let counters = policy.counters();
 /// let numbers: Vec<u32> = Flow::from_iter(["1", "x", "3"])
-///     .try_map(|s: &&str| s.parse::<u32>())
+///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
 ///     .on_error(policy)
 ///     .collect()?;
 /// assert_eq!(numbers, [1, 3]);
@@ -162,7 +162,7 @@ impl ErrorCounters {
 /// ```
 /// use flowstage::flow::{ErrorPolicy, Flow};
 /// let report = Flow::from_iter(["1", "x", "y"])
-///     .try_map(|s: &&str| s.parse::<u32>())
+///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
 ///     .on_error(ErrorPolicy::skip())
 ///     .run()?;
 /// assert_eq!(report.errors[0].operator, "try_map");
