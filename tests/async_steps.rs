@@ -153,7 +153,10 @@ fn operators_after_the_step_are_fused_into_its_stage() {
     out.sort();
     assert_eq!(
         out,
-        (0..20).map(|x| x * 2).filter(|x| x % 3 == 0).collect::<Vec<_>>()
+        (0..20)
+            .map(|x| x * 2)
+            .filter(|x| x % 3 == 0)
+            .collect::<Vec<_>>()
     );
 }
 
@@ -260,14 +263,20 @@ fn map_blocking_runs_off_the_stage_threads() {
             on_stage.lock().unwrap().insert(std::thread::current().id());
         })
         .map_blocking(move |n| {
-            off_stage.lock().unwrap().insert(std::thread::current().id());
+            off_stage
+                .lock()
+                .unwrap()
+                .insert(std::thread::current().id());
             n * 3
         })
         .collect()
         .unwrap();
     out.sort();
     assert_eq!(out, (0..1000).map(|n| n * 3).collect::<Vec<_>>());
-    let (stage, blocking) = (stage_threads.lock().unwrap(), blocking_threads.lock().unwrap());
+    let (stage, blocking) = (
+        stage_threads.lock().unwrap(),
+        blocking_threads.lock().unwrap(),
+    );
     assert!(!blocking.is_empty());
     assert!(stage.is_disjoint(&blocking), "{stage:?} {blocking:?}");
 }
@@ -283,15 +292,18 @@ fn a_blocking_sink_owns_a_sqlite_connection() {
     let (tx, rx) = std::sync::mpsc::channel();
     let batches = Arc::new(AtomicUsize::new(0));
     let counted = batches.clone();
-    let writer = sink::blocking_batches(connection, move |db: &mut rusqlite::Connection, rows: Vec<(u32, u32)>| {
-        counted.fetch_add(1, SeqCst);
-        let transaction = db.transaction()?;
-        for (k, v) in rows {
-            transaction.execute("INSERT INTO t VALUES (?1, ?2)", (k, v))?;
-        }
-        transaction.commit()?;
-        Ok(())
-    })
+    let writer = sink::blocking_batches(
+        connection,
+        move |db: &mut rusqlite::Connection, rows: Vec<(u32, u32)>| {
+            counted.fetch_add(1, SeqCst);
+            let transaction = db.transaction()?;
+            for (k, v) in rows {
+                transaction.execute("INSERT INTO t VALUES (?1, ?2)", (k, v))?;
+            }
+            transaction.commit()?;
+            Ok(())
+        },
+    )
     .on_done(move |db| tx.send(db).map_err(|_| "the test is gone".into()));
     Flow::from_iters(vec![0..700u32, 700..1000])
         .map(|k| (k, k * k))
@@ -315,7 +327,11 @@ fn a_blocking_sink_owns_a_sqlite_connection() {
 fn a_blocking_sink_error_or_panic_ends_the_run() {
     let error = Flow::from_iter(0..10u32)
         .run_into(sink::blocking((), |_: &mut (), batch: Vec<u32>| {
-            if batch.contains(&5) { Err("disk full".into()) } else { Ok(()) }
+            if batch.contains(&5) {
+                Err("disk full".into())
+            } else {
+                Ok(())
+            }
         }))
         .unwrap_err();
     assert!(error.to_string().contains("disk full"), "{error}");
@@ -325,11 +341,13 @@ fn a_blocking_sink_error_or_panic_ends_the_run() {
     let seen = done.clone();
     let error = Flow::from_iter(0..10u32)
         .run_into(
-            sink::blocking((), |_: &mut (), _batch: Vec<u32>| panic!("the driver crashed"))
-                .on_done(move |()| {
-                    seen.store(true, SeqCst);
-                    Ok(())
-                }),
+            sink::blocking((), |_: &mut (), _batch: Vec<u32>| {
+                panic!("the driver crashed")
+            })
+            .on_done(move |()| {
+                seen.store(true, SeqCst);
+                Ok(())
+            }),
         )
         .unwrap_err();
     assert!(error.to_string().contains("the driver crashed"), "{error}");

@@ -48,7 +48,13 @@ fn fail_after_a_reduce_reaches_the_stage() {
         .partition(Partition::new().stages(2))
         .reduce(|| 0u64, |x, sum| sum + x)
         .emit_state()
-        .try_map(|sum: u64| if sum > 0 { Err((sum, "a sum")) } else { Ok(sum) })
+        .try_map(|sum: u64| {
+            if sum > 0 {
+                Err((sum, "a sum"))
+            } else {
+                Ok(sum)
+            }
+        })
         .collect::<Vec<u64>>()
         .unwrap_err();
     assert!(error.to_string().contains("try_map: a sum"), "{error}");
@@ -110,15 +116,12 @@ fn counts_are_in_the_report() {
 fn a_failing_dead_letter_sink_fails_the_run() {
     let error = Flow::from_iter(vec!["x".to_string()])
         .try_map(parse)
-        .on_error(ErrorPolicy::dead_letter_fn(|_letters| Err("disk full".into())))
+        .on_error(ErrorPolicy::dead_letter_fn(|_letters| {
+            Err("disk full".into())
+        }))
         .run()
         .unwrap_err();
-    assert!(
-        error
-            .to_string()
-            .contains("disk full"),
-        "{error}"
-    );
+    assert!(error.to_string().contains("disk full"), "{error}");
 }
 
 #[test]
@@ -180,4 +183,93 @@ proptest! {
             prop_assert!(letter.error.to_string().contains("invalid digit"));
         }
     }
+}
+
+/// A slow dead-letter consumer slows the stages that make letters: what has been
+/// rejected and not yet consumed stays within the letter channel, the letter stage's
+/// demand and a batch per stage — never the whole input.
+#[test]
+fn a_slow_dead_letter_consumer_holds_the_flow_back() {
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let rejected = Arc::new(AtomicUsize::new(0));
+    let consumed = Arc::new(AtomicUsize::new(0));
+    let worst = Arc::new(AtomicUsize::new(0));
+    let (made, eaten, ahead) = (rejected.clone(), consumed.clone(), worst.clone());
+    let report = Flow::from_iter(0..200_000u64)
+        .try_map(move |n: u64| {
+            made.fetch_add(1, SeqCst);
+            Err::<u64, _>((n, "all bad"))
+        })
+        .on_error(ErrorPolicy::dead_letter_fn(
+            move |letters: Vec<DeadLetter<u64>>| {
+                ahead.fetch_max(rejected.load(SeqCst) - eaten.load(SeqCst), SeqCst);
+                std::thread::sleep(std::time::Duration::from_micros(300));
+                eaten.fetch_add(letters.len(), SeqCst);
+                Ok(())
+            },
+        ))
+        .run()
+        .unwrap();
+    assert_eq!(consumed.load(SeqCst), 200_000);
+    assert_eq!(report.errors[0].dead_lettered, 200_000);
+    // 4 batches in the channel, 1 000 asked by the letter sink, one batch waiting in
+    // the stage and one being made: batches are at most 1 000 events here.
+    let worst = worst.load(SeqCst);
+    assert!(worst <= 8_000, "{worst} letters waited for the consumer");
+}
+
+/// Dead letters of a CSV source go, as they are, to a JSON-lines file.
+#[cfg(all(feature = "csv", feature = "json"))]
+#[test]
+fn dead_letters_into_a_json_lines_sink() {
+    use flowstage::sink::JsonLinesSink;
+    use flowstage::source::{BadRecord, CsvSource};
+    let dir = std::env::temp_dir().join(format!("flowstage-dead-json-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (csv, letters) = (dir.join("in.csv"), dir.join("letters.jsonl"));
+    let mut text = String::from("id,amount\n");
+    for i in 0..5_000u32 {
+        if i % 97 == 0 {
+            text.push_str(&format!("{i},n/a\n"));
+        } else {
+            text.push_str(&format!("{i},{}\n", i * 2));
+        }
+    }
+    std::fs::write(&csv, &text).unwrap();
+    #[derive(serde::Deserialize)]
+    struct Row {
+        #[allow(dead_code)]
+        id: u32,
+        amount: u64,
+    }
+    let sink: JsonLinesSink<DeadLetter<BadRecord>> = JsonLinesSink::create(&letters).unwrap();
+    let rows: Vec<Row> = Flow::from_source(
+        CsvSource::<Row>::new(&csv)
+            .readers(3)
+            .block_size(4096)
+            .on_error(ErrorPolicy::dead_letter(sink)),
+    )
+    .collect()
+    .unwrap();
+    assert_eq!(rows.len(), 5_000 - 52);
+    assert!(rows.iter().all(|r| r.amount % 2 == 0));
+    let written = std::fs::read_to_string(&letters).unwrap();
+    let mut lines: Vec<u64> = written
+        .lines()
+        .map(|line| {
+            let letter: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(letter["operator"], "csv");
+            let line = letter["event"]["line"].as_u64().unwrap();
+            let id = (line - 2) as u32;
+            assert_eq!(letter["event"]["text"], format!("{id},n/a"));
+            assert!(letter["error"].as_str().unwrap().contains("field `amount`"));
+            line
+        })
+        .collect();
+    lines.sort();
+    let expected: Vec<u64> = (0..5_000u64)
+        .filter(|i| i % 97 == 0)
+        .map(|i| i + 2)
+        .collect();
+    assert_eq!(lines, expected);
 }

@@ -473,7 +473,13 @@ fn a_failing_try_map_after_a_join_ends_the_run() {
             |l: Option<&u32>, _r: Option<&u32>| l.copied().unwrap_or(0),
             Shuffle::shuffle().stages(2),
         )
-        .try_map(|x: u32| if x == 33 { Err((x, "bad pair 33")) } else { Ok(x) })
+        .try_map(|x: u32| {
+            if x == 33 {
+                Err((x, "bad pair 33"))
+            } else {
+                Ok(x)
+            }
+        })
         .collect::<Vec<u32>>()
     });
     match joined {

@@ -16,15 +16,15 @@ use std::future::Future;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 
+use super::SideOutput;
 use super::compile::{Compiler, DispatchSpec, Output, Plan, settled};
 use super::explain::Node;
 use super::fallible::{ErrorHandler, ErrorPolicy, Rejected};
 use super::logic::{Identity, Logic, PartitionInfo};
 use super::plan::StageHead;
-use super::SideOutput;
 use crate::error::{FlowError, Result, StageError};
 use crate::stage::{
     ConsumerContext, DEFAULT_MAX_DEMAND, ProducerConsumer, ProducerConsumerOptions,
@@ -97,7 +97,11 @@ pub trait Completion<A, O>: Send + 'static {
 
     /// Adds what the policy needs to the run (its counters, dead-letter stages).
     #[doc(hidden)]
-    fn install(&self, _pipeline: &mut crate::stage::Pipeline, _operator: &'static str) -> Result<()> {
+    fn install(
+        &self,
+        _pipeline: &mut crate::stage::Pipeline,
+        _operator: &'static str,
+    ) -> Result<()> {
         Ok(())
     }
 }

@@ -85,7 +85,11 @@ impl<T> Letterbox<T> {
     /// Adds the letter stages to `pipeline` (once: later calls do nothing, so a policy
     /// shared by several operators has one consumer).
     pub(crate) fn install(&self, pipeline: &mut Pipeline, operator: &str) -> Result<()> {
-        let install = self.install.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let install = self
+            .install
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         match install {
             Some(install) => install(pipeline, operator),
             None => Ok(()),

@@ -15,11 +15,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use super::SinkConsumer;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::dead_letter::{Letterbox, SideOutput};
 use super::logic::{Logic, PartitionInfo};
 use crate::error::{Result, StageError};
-use super::SinkConsumer;
 use crate::stage::{Consumer, ErrorCounters};
 use crate::window::WindowSignal;
 
@@ -33,6 +33,24 @@ pub struct DeadLetter<T> {
     /// The operator (`try_map`, `try_flat_map`, `try_map_async`, or a parsing source's
     /// name).
     pub operator: &'static str,
+}
+
+/// With serde (features `csv`, `json`): `{operator, error, event}`, the error as its
+/// text, so that a [`JsonLinesSink`](crate::sink::JsonLinesSink) can be the dead-letter
+/// consumer as it is.
+#[cfg(any(feature = "csv", feature = "json", feature = "timely"))]
+impl<T: serde::Serialize> serde::Serialize for DeadLetter<T> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut letter = serializer.serialize_struct("DeadLetter", 3)?;
+        letter.serialize_field("operator", self.operator)?;
+        letter.serialize_field("error", &self.error.to_string())?;
+        letter.serialize_field("event", &self.event)?;
+        letter.end()
+    }
 }
 
 /// What a fallible closure returns in its `Err`: the event it was given, back, and why it
@@ -236,7 +254,11 @@ impl<T> ErrorPolicy<T> {
 
     /// Lists the counters in the run's report under `operator`, and adds the dead-letter
     /// stages, if any: what compiling an operator (or a source) with this policy does.
-    pub(crate) fn install(&self, pipeline: &mut crate::stage::Pipeline, operator: &'static str) -> Result<()> {
+    pub(crate) fn install(
+        &self,
+        pipeline: &mut crate::stage::Pipeline,
+        operator: &'static str,
+    ) -> Result<()> {
         pipeline.error_counters(operator, self.counters());
         match &self.kind {
             Kind::DeadLetter(letterbox) => letterbox.install(pipeline, operator),
@@ -339,7 +361,12 @@ impl<T: Send + 'static> ErrorHandler<T> {
         if let Kind::DeadLetter(letterbox) = &self.kind {
             let letters = std::mem::take(&mut self.letters);
             // Behind letters already waiting, these wait too: letters keep their order.
-            let wait = letterbox.send(letters, self.operator, &self.counters, !self.waits.is_empty());
+            let wait = letterbox.send(
+                letters,
+                self.operator,
+                &self.counters,
+                !self.waits.is_empty(),
+            );
             self.waits.extend(wait);
         }
     }

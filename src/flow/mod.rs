@@ -26,14 +26,14 @@
 //! The type parameter of `Flow<P>` is the plan, as an iterator adaptor's type is its chain;
 //! name a flow as `Flow<impl Plan<Item = T>>`.
 
+mod async_step;
 mod batch;
+mod blocking;
 mod combine;
 mod compile;
+mod dead_letter;
 mod departition;
 mod explain;
-mod async_step;
-mod blocking;
-mod dead_letter;
 pub(crate) mod fallible;
 pub mod join;
 mod logic;
@@ -48,11 +48,11 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use async_step::{AsIs, Completion, Fallible, Flatten};
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
-pub use explain::Explain;
-pub use async_step::{AsIs, Completion, Fallible, Flatten};
 pub use dead_letter::SideOutput;
+pub use explain::Explain;
 pub use fallible::{DeadLetter, ErrorPolicy, OperatorError, Rejected};
 pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
@@ -69,8 +69,8 @@ pub(crate) use logic::Identity;
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
     pub use super::async_step::{AsyncNode, StageErrors};
-    pub use super::blocking::MapBlockingNode;
     pub use super::batch::BatchNode;
+    pub use super::blocking::MapBlockingNode;
     pub use super::combine::{CombineNode, CountByKeyNode, ReduceByKeyNode};
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::parsed::{self, BadRecord, ChunkParser, trim_line_end};
+use super::parsed::{self, BadRecord, Bare, ChunkParser, Locate, Located, trim_line_end};
 use super::{BoxedProducer, FileSource, Source};
 use crate::error::Result;
 use crate::flow::ErrorPolicy;
@@ -40,11 +40,11 @@ use crate::stage::ErrorCounters;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct JsonLinesSource<T> {
+pub struct JsonLinesSource<T, M = Bare> {
     path: PathBuf,
     file: FileSource,
     policy: ErrorPolicy<BadRecord>,
-    _records: PhantomData<fn() -> T>,
+    _records: PhantomData<fn() -> (T, M)>,
 }
 
 impl<T> JsonLinesSource<T> {
@@ -58,6 +58,19 @@ impl<T> JsonLinesSource<T> {
         }
     }
 
+    /// Each record with its file and line ([`Located`]), so that steps after the
+    /// source can still say where a record came from.
+    pub fn located(self) -> JsonLinesSource<T, Locate> {
+        JsonLinesSource {
+            path: self.path,
+            file: self.file,
+            policy: self.policy,
+            _records: PhantomData,
+        }
+    }
+}
+
+impl<T, M> JsonLinesSource<T, M> {
     /// The number of parallel readers.
     pub fn readers(mut self, readers: usize) -> Self {
         self.file = self.file.readers(readers);
@@ -84,7 +97,31 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<T>>> {
         let parser = Arc::new(JsonParser::<T>(PhantomData));
-        parsed::producers(self.file, &self.path, parser, &self.policy, "json")
+        let wrap = |_: &Arc<Path>, _line, record: T| record;
+        parsed::producers(self.file, &self.path, parser, &self.policy, "json", wrap)
+    }
+
+    fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
+        Some(("json", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "json")
+    }
+}
+
+/// [`JsonLinesSource::located`]: each record with its file and line.
+impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T, Locate> {
+    type Item = Located<T>;
+
+    fn into_producers(self) -> Result<Vec<BoxedProducer<Located<T>>>> {
+        let parser = Arc::new(JsonParser::<T>(PhantomData));
+        let wrap = |path: &Arc<Path>, line, value: T| Located {
+            path: path.clone(),
+            line,
+            value,
+        };
+        parsed::producers(self.file, &self.path, parser, &self.policy, "json", wrap)
     }
 
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
@@ -105,7 +142,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for JsonParser<T> {
         &self,
         bytes: &[u8],
         first_line: u64,
-        out: &mut Vec<T>,
+        emit: &mut impl FnMut(u64, T),
         bad: &mut dyn FnMut(u64, &[u8], String),
     ) {
         let mut line = first_line;
@@ -115,7 +152,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for JsonParser<T> {
             let text = trim_line_end(&rest[..end]);
             if !text.iter().all(u8::is_ascii_whitespace) {
                 match serde_json::from_slice::<T>(text) {
-                    Ok(value) => out.push(value),
+                    Ok(value) => emit(line, value),
                     Err(error) => bad(line, text, error.to_string()),
                 }
             }

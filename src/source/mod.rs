@@ -39,7 +39,7 @@ pub use json::JsonLinesSource;
 pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
 #[cfg(any(feature = "csv", feature = "json"))]
-pub use parsed::BadRecord;
+pub use parsed::{BadRecord, Bare, Locate, Located};
 pub use poll::{ChannelSource, PollSource};
 pub use reader::{ReaderSource, stdin};
 #[cfg(feature = "redis")]
