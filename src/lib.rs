@@ -80,9 +80,9 @@
 
 #[cfg(feature = "timely")]
 pub mod cluster;
-pub mod corpus;
 pub mod error;
 pub mod flow;
+mod observe;
 mod runtime;
 pub mod sink;
 pub mod source;
@@ -96,4 +96,9 @@ pub mod window;
 pub mod __loom;
 
 pub use error::{FlowError, Result, StageError, StageInfo, StageKind};
+
+/// The README's code, run as doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 pub use runtime::{default_parallelism, runtime_metrics};

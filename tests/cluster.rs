@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use flowstage::FlowError;
 use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
 use flowstage::window::Window;

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use itertools::Itertools;
+
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use super::plan::layer;
@@ -528,9 +530,11 @@ where
 }
 
 /// The merging stage of `take_sort`: per window, the top `n` of every partition's list.
+/// Each list arrives sorted; they are kept as runs and merged k-way at the end
+/// (`Itertools::kmerge_by`), taking only the first `n`: no sort of all of them.
 pub(crate) struct MergeTopN<T, C, L> {
     smallest: Smallest<T, C>,
-    kept: Slots<Vec<T>>,
+    kept: Slots<Vec<Vec<T>>>,
     closing: Closing,
     rest: L,
 }
@@ -552,8 +556,13 @@ where
     L: Logic<In = Vec<T>>,
 {
     fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
-        let kept = self.kept.take(window.id).unwrap_or_default();
-        let top = self.smallest.finish(kept);
+        let runs = self.kept.take(window.id).unwrap_or_default();
+        let cmp = &*self.smallest.cmp;
+        let top = runs
+            .into_iter()
+            .kmerge_by(|a, b| cmp(a, b) == Ordering::Less)
+            .take(self.smallest.n)
+            .collect();
         emit_done(&mut self.rest, window, top, out);
     }
 }
@@ -575,10 +584,7 @@ where
         match event {
             Tagged::Event(id, events) => {
                 self.kept.enter(id);
-                let kept = self.kept.current(Vec::new);
-                for event in events {
-                    self.smallest.push(kept, event);
-                }
+                self.kept.current(Vec::new).push(events);
             }
             Tagged::Closed(window) => {
                 if self.closing.close(window.clone()) {

@@ -49,6 +49,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 pub use async_step::{AsIs, Completion, Fallible, Flatten};
+pub use batch::Batch;
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
 pub use dead_letter::SideOutput;
@@ -642,7 +643,7 @@ impl<P: Plan> Flow<P> {
     }
 
     /// [`reduce`](Flow::reduce) with the accumulator updated in place: `f(event, &mut
-    /// acc)` (as itertools' `fold_mut`). The same results and triggers as `reduce`; use it
+    /// acc)` (as `Iterator::for_each` over a `&mut` accumulator, rather than `fold`). The same results and triggers as `reduce`; use it
     /// when the accumulator is large (a map, a `Vec`): `reduce` moves it through `f` on
     /// every event, which a cheap step pays for — a keyed sum into a hash map spends
     /// about a fifth of its time moving the map.
@@ -1275,15 +1276,16 @@ impl<P: Plan, F> Flow<AsyncNode<P, F, Fallible<P::Item>>> {
 }
 
 impl<P: Plan> Flow<P> {
-    /// Groups events into batches of `size`, or fewer when `timeout` has passed since a
-    /// batch's first event (and at the end of the input): for bulk sinks. One batching
-    /// stage; operators after it are fused into it. `size` 0 is an error when the flow
-    /// runs.
+    /// Groups events into [`Batch`]es of `size`, or fewer when `timeout` has passed since
+    /// a batch's first event (and at the end of the input): for bulk sinks, which take
+    /// `Batch<T>` events ([`sink::blocking_batches`](crate::sink::blocking_batches), a
+    /// `Consumer<Item = Batch<T>>`). One batching stage; operators after it are fused
+    /// into it. `size` 0 is an error when the flow runs.
     ///
     /// ```
-    /// use flowstage::flow::Flow;
+    /// use flowstage::flow::{Batch, Flow};
     /// use std::time::Duration;
-    /// let batches: Vec<Vec<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
+    /// let batches: Vec<Batch<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
     /// assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```

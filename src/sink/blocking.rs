@@ -3,6 +3,7 @@
 use std::marker::PhantomData;
 
 use crate::error::StageError;
+use crate::flow::Batch;
 use crate::stage::{Consumer, ConsumerContext};
 
 /// What a blocking sink's closure returns.
@@ -91,16 +92,16 @@ where
 pub fn blocking_batches<S, T, F>(
     state: S,
     mut write: F,
-) -> Blocking<S, impl FnMut(&mut S, Vec<Vec<T>>) -> BlockingResult + Send + 'static, Vec<T>>
+) -> Blocking<S, impl FnMut(&mut S, Vec<Batch<T>>) -> BlockingResult + Send + 'static, Batch<T>>
 where
     S: Send + 'static,
     T: Send + 'static,
     F: FnMut(&mut S, Vec<T>) -> BlockingResult + Send + 'static,
 {
-    blocking(state, move |state: &mut S, batches: Vec<Vec<T>>| {
+    blocking(state, move |state: &mut S, batches: Vec<Batch<T>>| {
         batches
             .into_iter()
-            .try_for_each(|batch| write(&mut *state, batch))
+            .try_for_each(|batch| write(&mut *state, batch.into_inner()))
     })
 }
 

@@ -71,6 +71,14 @@ impl<T> JsonLinesSource<T> {
 }
 
 impl<T, M> JsonLinesSource<T, M> {
+    /// Shows a progress bar while the flow reads the file; see
+    /// [`FileSource::progress`](super::FileSource::progress). Feature `progress`.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.file = self.file.progress();
+        self
+    }
+
     /// The number of parallel readers.
     pub fn readers(mut self, readers: usize) -> Self {
         self.file = self.file.readers(readers);

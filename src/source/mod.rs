@@ -19,6 +19,8 @@ mod par_iter;
 #[cfg(any(feature = "csv", feature = "json"))]
 mod parsed;
 mod poll;
+#[cfg(feature = "progress")]
+mod progress;
 mod reader;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
