@@ -101,6 +101,14 @@ fn check(what: &str, counters: &FileCounters, read_before: u64, bound: u64) {
     eprintln!(
         "{what}: read {read} bytes of a {FILE_SIZE}-byte file (bound {bound}); rchar grew by {witnessed}"
     );
+    common::figure(
+        &format!("cancellation.{what}.read"),
+        common::megabytes(read),
+    );
+    common::figure(
+        &format!("cancellation.{what}.bound"),
+        common::megabytes(bound),
+    );
     assert!(read > 0, "{what}: nothing was read");
     assert!(read <= bound, "{what}: read {read} bytes, bound {bound}");
     assert!(
@@ -161,8 +169,9 @@ fn dropping_the_output_stops_the_file_readers_within_the_demand_bound() {
         let small = 4096u64;
         let source = FileSource::new(&path)
             .readers(READERS as usize)
-            .block_size(small as usize)
-            .mmap(true);
+            .block_size(small as usize);
+        // SAFETY: the test's own temporary file; nothing changes it while the flow runs.
+        let source = unsafe { source.mmap(true) };
         let counters = source.counters();
         let before = rchar();
         runtime.block_on(async {

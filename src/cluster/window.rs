@@ -57,7 +57,7 @@ impl<T: Send + 'static> LayerWindowSpec<T> {
             LayerWindowSpec::Global => 0,
             LayerWindowSpec::Fixed {
                 size, timestamp, ..
-            } => timestamp(event).div_euclid(*size) * size,
+            } => crate::window::bounds::fixed(timestamp(event), *size).0,
         }
     }
 
@@ -74,7 +74,7 @@ impl<T: Send + 'static> LayerWindowSpec<T> {
             } => {
                 let (size, timestamp) = (*size, timestamp.clone());
                 Some(Arc::new(move |event: &T| {
-                    encode(timestamp(event).div_euclid(size) * size)
+                    encode(crate::window::bounds::fixed(timestamp(event), size).0)
                 }))
             }
         }

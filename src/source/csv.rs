@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::parsed::{self, BadRecord, Bare, ChunkParser, Locate, Located};
 use super::{BoxedProducer, FileSource, Source};
-use crate::error::{FlowError, Result};
+use crate::error::{FlowError, IoOperation, Result};
 use crate::flow::ErrorPolicy;
 use crate::stage::ErrorCounters;
 
@@ -125,7 +125,8 @@ impl<T, M> CsvSource<T, M> {
             return Ok(None);
         }
         let io = |source| FlowError::Io {
-            path: self.path.clone(),
+            operation: IoOperation::Read,
+            path: Some(self.path.clone()),
             offset: Some(0),
             source,
         };

@@ -8,8 +8,8 @@
 //!
 //! Each reader streams its range in blocks (default 64 KiB) and emits one [`Chunk`] — whole
 //! records, ending on a delimiter — per call, whatever the demand: memory per reader is a
-//! block or two, never the file. With [`FileSource::mmap`] the chunks are slices of one
-//! shared mapping instead of copies.
+//! block or two, never the file. With [`FileSource::mmap`] (`unsafe`: see there) the chunks
+//! are slices of one shared mapping instead of copies.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::chunk::{Chunk, Delimiter};
 use super::{BoxedProducer, Source};
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Produced, Producer};
 
 /// Default block size of a reader: small enough that the events one chunk turns into
@@ -83,7 +83,8 @@ pub struct FileSource {
     readers: usize,
     delimiter: Delimiter,
     block_size: usize,
-    mmap: bool,
+    /// The promise of the caller of the `unsafe` [`FileSource::mmap`]: map the file.
+    pub(super) mmap: Option<super::mmap::Unchanging>,
     counters: Arc<FileCounters>,
     /// The bar to draw while the flow reads (feature `progress`).
     #[cfg(feature = "progress")]
@@ -98,7 +99,7 @@ impl FileSource {
             readers: crate::runtime::default_parallelism(),
             delimiter: Delimiter::Whitespace,
             block_size: DEFAULT_BLOCK_SIZE,
-            mmap: false,
+            mmap: None,
             counters: Arc::default(),
             #[cfg(feature = "progress")]
             progress: None,
@@ -156,19 +157,17 @@ impl FileSource {
         self.block_size = block_size;
         self
     }
-
-    /// Map the file instead of reading it: chunks are slices of the mapping, no copies.
-    /// The file must not change while the flow runs: a mapped file that shrinks faults
-    /// (`SIGBUS`) where a read one fails the run with an error.
-    pub fn mmap(mut self, mmap: bool) -> Self {
-        self.mmap = mmap;
-        self
-    }
 }
 
-fn io_error(path: &Path, offset: Option<u64>, source: std::io::Error) -> FlowError {
+fn io_error(
+    operation: IoOperation,
+    path: &Path,
+    offset: Option<u64>,
+    source: std::io::Error,
+) -> FlowError {
     FlowError::Io {
-        path: path.to_path_buf(),
+        operation,
+        path: Some(path.to_path_buf()),
         offset,
         source,
     }
@@ -202,10 +201,13 @@ impl Source for FileSource {
             )));
         }
         let path: Arc<Path> = Arc::from(self.path.as_path());
-        let file = File::open(&path).map_err(|e| io_error(&path, None, e))?;
-        let metadata = file.metadata().map_err(|e| io_error(&path, None, e))?;
+        let file = File::open(&path).map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
         if metadata.is_dir() {
             return Err(io_error(
+                IoOperation::Open,
                 &path,
                 None,
                 std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
@@ -213,15 +215,13 @@ impl Source for FileSource {
         }
         let len = metadata.len();
         let readers = (self.readers as u64).min(len.max(1));
-        let map = if self.mmap && len > 0 {
-            // SAFETY: the mapping is read-only; the caller promises (see `mmap`) that the
-            // file does not change while the flow runs. The crate's only `unsafe`: a
-            // system call Miri cannot run, with nothing of ours inside it to check.
-            #[allow(unsafe_code)]
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(&path, None, e))?;
-            Some(Arc::new(map))
-        } else {
-            None
+        let map = match self.mmap {
+            Some(promise) if len > 0 => {
+                let map = super::mmap::map(&file, promise)
+                    .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
+                Some(Arc::new(map))
+            }
+            _ => None,
         };
         #[cfg(feature = "progress")]
         let ticker = self
@@ -282,15 +282,16 @@ struct RangeReader {
 }
 
 impl RangeReader {
-    fn error(&self, offset: u64, source: std::io::Error) -> StageError {
-        Box::new(io_error(&self.path, Some(offset), source))
+    fn error(&self, operation: IoOperation, offset: u64, source: std::io::Error) -> StageError {
+        Box::new(io_error(operation, &self.path, Some(offset), source))
     }
 
     fn read_block(&mut self, at: u64, size: usize) -> std::result::Result<Vec<u8>, StageError> {
         if self.file.is_none() {
-            let mut file = File::open(&self.path).map_err(|e| self.error(at, e))?;
+            let mut file =
+                File::open(&self.path).map_err(|e| self.error(IoOperation::Open, at, e))?;
             file.seek(SeekFrom::Start(at))
-                .map_err(|e| self.error(at, e))?;
+                .map_err(|e| self.error(IoOperation::Read, at, e))?;
             self.file = Some(file);
         }
         let mut block = Vec::with_capacity(size);
@@ -298,7 +299,7 @@ impl RangeReader {
             Some(file) => file.take(size as u64).read_to_end(&mut block),
             None => Ok(0),
         };
-        taken.map_err(|e| self.error(at, e))?;
+        taken.map_err(|e| self.error(IoOperation::Read, at, e))?;
         // Only a total: no other memory is published through this counter.
         self.counters
             .bytes_read
@@ -308,6 +309,7 @@ impl RangeReader {
             // Stopping quietly here would lose every record after `at`.
             let end = at + block.len() as u64;
             return Err(self.error(
+                IoOperation::Read,
                 end,
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
