@@ -359,6 +359,7 @@ pub fn aggregate_sequential(csv: &Path) -> Result<(Totals, Vec<u64>), Box<dyn Er
 /// blocking sink that owns the connection (moved in; a `Connection` is `Send`, not
 /// `Sync`) and runs on tokio's blocking pool, never on the stages' threads. Returns the
 /// sink and the count of rows it loaded.
+#[allow(clippy::type_complexity)] // an `impl` type cannot be named by an alias
 pub fn sqlite_loader(
     db: &Path,
 ) -> Result<(impl Consumer<Item = Batch<(Key, Total)>>, Arc<AtomicU64>), Box<dyn Error>> {

@@ -1278,7 +1278,7 @@ impl<P: Plan, F> Flow<AsyncNode<P, F, Fallible<P::Item>>> {
 impl<P: Plan> Flow<P> {
     /// Groups events into [`Batch`]es of `size`, or fewer when `timeout` has passed since
     /// a batch's first event (and at the end of the input): for bulk sinks, which take
-    /// `Batch<T>` events ([`sink::blocking_batches`](crate::sink::blocking_batches), a
+    /// `Batch<T>` events ([`sink::blocking_batches`], a
     /// `Consumer<Item = Batch<T>>`). One batching stage; operators after it are fused
     /// into it. `size` 0 is an error when the flow runs.
     ///
