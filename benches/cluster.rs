@@ -32,7 +32,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
 use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX, ENV_SECRET};
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word};
 

@@ -9,7 +9,7 @@
 //!   single-core floor. All three check the same sum.
 //! - `word_count_literal`: the word count as a Flow user writes it — `flat_map` lines
 //!   into words, `partition` by word (max_demand 4096: cheap events want larger batches,
-//!   as in DESIGN.md's prototype), `reduce` into a map per partition, collected —
+//!   as the design measured with a hand-written prototype), `reduce` into a map per partition, collected —
 //!   against rayon's `par_lines().fold(..).reduce(..)` over the same text. Both check the
 //!   total and the number of distinct words.
 //!
@@ -22,7 +22,9 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use rayon::prelude::*;
 

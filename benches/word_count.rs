@@ -27,7 +27,9 @@ use std::time::Duration;
 
 use ahash::AHashMap;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word, is_word_separator};
 use rayon::prelude::*;

@@ -28,7 +28,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_SECRET};
-use flowstage::corpus::Corpus;
+#[path = "common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word};
 

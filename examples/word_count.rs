@@ -6,57 +6,45 @@
 //! words, 64 MB) is generated into the temp directory once and counted. Words are maximal
 //! runs of bytes that are not ASCII whitespace, compared as raw bytes. Output on stdout:
 //! `total N`, `distinct N`, then the top N (default 10) as `<count>\t<word>`, by count
-//! descending, ties by the word's bytes ascending. A progress bar goes to stderr when it
-//! is a terminal.
+//! descending, ties by the word's bytes ascending. Reading a file, a progress bar goes to
+//! stderr when it is a terminal (`FileSource::progress`, feature `progress`, on by
+//! default). Arguments are parsed with clap (`--help`).
 //!
 //! The flow: parallel readers over whitespace-aligned byte ranges emit chunks; each chunk
 //! is counted with borrowed word slices (`Chunk::word_counts`: one owned `Word` per
 //! distinct word of the chunk, none per occurrence), and `reduce_by_key` adds the counts
 //! up — combined inside each reader's stage first, then partitioned by word.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use flowstage::corpus::Corpus;
+#[path = "common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition, Shuffle};
 use flowstage::source::{Chunk, FileSource, Word, stdin};
 
 /// Size of the generated corpus when no file is given.
 const GENERATED_BYTES: usize = 64 << 20;
 
+/// Counts the words of a file, of standard input, or of a generated corpus.
+#[derive(clap::Parser)]
 struct Args {
+    /// The file to count (`-`: standard input); without it, a generated 64 MB corpus.
     file: Option<String>,
+    /// How many of the most frequent words to print.
+    #[arg(long, default_value_t = 10)]
     top: usize,
+    /// Stages per layer (and readers of a file); default: one per core.
+    #[arg(long, default_value_t = flowstage::default_parallelism(), value_parser = at_least_one)]
     stages: usize,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        file: None,
-        top: 10,
-        stages: flowstage::default_parallelism(),
-    };
-    let mut iter = std::env::args().skip(1);
-    while let Some(arg) = iter.next() {
-        match arg.as_str() {
-            "--top" | "--stages" => {
-                let value = iter.next().ok_or(format!("{arg} needs a number"))?;
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| format!("{arg}: not a number: {value}"))?;
-                if arg == "--top" {
-                    args.top = n;
-                } else if n == 0 {
-                    return Err("--stages must be at least 1".into());
-                } else {
-                    args.stages = n;
-                }
-            }
-            _ if args.file.is_none() => args.file = Some(arg),
-            _ => return Err(format!("unexpected argument: {arg}")),
-        }
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(error) => Err(error.to_string()),
     }
-    Ok(args)
 }
 
 /// The generated corpus, written once to the temp directory.
@@ -72,21 +60,6 @@ fn generated_corpus() -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
-fn progress_bar(total: Option<u64>) -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = match total {
-        Some(total) => indicatif::ProgressBar::new(total),
-        None => indicatif::ProgressBar::no_length(),
-    };
-    let template = "{bytes} / {total_bytes} {binary_bytes_per_sec} eta {eta} {wide_bar}";
-    if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
-        bar.set_style(style);
-    }
-    bar
-}
-
 fn main() {
     if let Err(error) = count() {
         eprintln!("word_count: {error}");
@@ -95,11 +68,10 @@ fn main() {
 }
 
 fn count() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
+    let args = <Args as clap::Parser>::parse();
     let partition = Partition::new().stages(args.stages).max_demand(4096);
 
     let counts: Vec<(Word, u64)> = if args.file.as_deref() == Some("-") {
-        let bar = progress_bar(None);
         // One reader; chunks are shared out to the stages (two in flight each, so memory
         // does not grow with the input), which split and count them.
         Flow::from_source(stdin().block_size(1 << 20))
@@ -109,7 +81,6 @@ fn count() -> Result<(), Box<dyn std::error::Error>> {
                     .max_demand(2)
                     .min_demand(1),
             )
-            .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
             .flat_map(|chunk: Chunk| chunk.word_counts())
             .reduce_by_key(|a, b| a + b, partition)
             .collect()?
@@ -118,20 +89,16 @@ fn count() -> Result<(), Box<dyn std::error::Error>> {
             Some(file) => PathBuf::from(file),
             None => generated_corpus()?,
         };
-        let bar = progress_bar(std::fs::metadata(&path).ok().map(|m| m.len()));
-        let done = bar.clone();
-        let counts = Flow::from_source(
+        Flow::from_source(
             // Counting per chunk pays off more with large chunks (fewer owned words).
             FileSource::new(&path)
                 .readers(args.stages)
-                .block_size(1 << 20),
+                .block_size(1 << 20)
+                .progress(), // a bar on stderr, from the readers' byte counter
         )
-        .inspect(move |chunk: &Chunk| bar.inc(chunk.bytes().len() as u64))
         .flat_map(|chunk: Chunk| chunk.word_counts())
         .reduce_by_key(|a, b| a + b, partition)
-        .collect()?;
-        done.finish_and_clear();
-        counts
+        .collect()?
     };
 
     let total: u64 = counts.iter().map(|(_, n)| n).sum();

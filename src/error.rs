@@ -275,11 +275,14 @@ impl FlowError {
     /// use flowstage::FlowError;
     /// use flowstage::flow::Flow;
     /// let error = Flow::from_iter(["1", "2", "x"])
-    ///     .try_map(|s: &&str| {
-    ///         s.parse::<u32>().map_err(|_| FlowError::Record {
-    ///             path: "input.txt".into(),
-    ///             line: 3,
-    ///             message: format!("not a number: {s}"),
+    ///     .try_map(|s: &str| {
+    ///         s.parse::<u32>().map_err(|_| {
+    ///             let error = FlowError::Record {
+    ///                 path: "input.txt".into(),
+    ///                 line: 3,
+    ///                 message: format!("not a number: {s}"),
+    ///             };
+    ///             (s, error) // the event handed back with the error
     ///         })
     ///     })
     ///     .collect::<Vec<u32>>()

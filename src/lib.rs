@@ -84,13 +84,13 @@
 #[forbid(unsafe_code)]
 pub mod cluster;
 #[forbid(unsafe_code)]
-pub mod corpus;
-#[forbid(unsafe_code)]
 pub mod error;
 #[forbid(unsafe_code)]
 pub mod flow;
 #[forbid(unsafe_code)]
 mod lingering;
+#[forbid(unsafe_code)]
+mod observe;
 #[forbid(unsafe_code)]
 mod runtime;
 #[forbid(unsafe_code)]
@@ -109,3 +109,8 @@ pub mod __loom;
 pub use error::{FlowError, IoOperation, Result, StageError, StageInfo, StageKind};
 pub use lingering::{Lingering, lingering};
 pub use runtime::{default_parallelism, runtime_metrics};
+
+/// The README's code, run as doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -500,7 +500,7 @@ fn root_cause_reaches_the_typed_error_under_stage_and_operator() {
     };
     let error = guarded(move || {
         Flow::from_iter(0..10u32)
-            .try_map(move |x: &u32| if *x == 7 { Err(record()) } else { Ok(*x) })
+            .try_map(move |x: u32| if x == 7 { Err((x, record())) } else { Ok(x) })
             .collect::<Vec<u32>>()
     })
     .unwrap_err();
@@ -513,7 +513,7 @@ fn root_cause_reaches_the_typed_error_under_stage_and_operator() {
     // A user error that is no `FlowError`: the root `FlowError` is the run's own.
     let error = guarded(|| {
         Flow::from_iter(0..10u32)
-            .try_map(|x: &u32| if *x == 3 { Err("three") } else { Ok(*x) })
+            .try_map(|x: u32| if x == 3 { Err((x, "three")) } else { Ok(x) })
             .collect::<Vec<u32>>()
     })
     .unwrap_err();

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use flowstage::flow::{Flow, Shuffle};
+use flowstage::flow::{Batch, Flow, Shuffle};
 use futures::StreamExt;
 use proptest::prelude::*;
 
 #[test]
 fn full_batches_then_the_rest_at_the_end() {
-    let batches: Vec<Vec<u32>> = Flow::from_iter(0..10u32)
+    let batches: Vec<Batch<u32>> = Flow::from_iter(0..10u32)
         .batch(3, Duration::from_secs(60))
         .collect()
         .unwrap();
@@ -36,7 +36,7 @@ fn a_quiet_source_closes_the_batch_on_time() {
         seen.push((batch.unwrap(), started.elapsed()));
     }
     feeder.join().unwrap();
-    let batches: Vec<Vec<u32>> = seen.iter().map(|(b, _)| b.clone()).collect();
+    let batches: Vec<Batch<u32>> = seen.iter().map(|(b, _)| b.clone()).collect();
     assert_eq!(batches, [vec![0, 1, 2], vec![3]]);
     assert!(
         seen[0].1 < Duration::from_millis(350),
@@ -57,7 +57,7 @@ fn an_endless_timeout_batches_by_count_only() {
         tx.unbounded_send(3).unwrap();
         tx.unbounded_send(4).unwrap();
     });
-    let batches: Vec<Vec<u32>> = Flow::from_stream(rx)
+    let batches: Vec<Batch<u32>> = Flow::from_stream(rx)
         .batch(2, Duration::MAX)
         .collect()
         .unwrap();
@@ -123,7 +123,7 @@ proptest! {
     /// order, every batch but the last is full.
     #[test]
     fn batches_partition_the_input(n in 0u32..3000, size in 1usize..300, readers in 1usize..4, stages in 1usize..3) {
-        let batches: Vec<Vec<u32>> = Flow::from_iter(0..n)
+        let batches: Vec<Batch<u32>> = Flow::from_iter(0..n)
             .batch(size, Duration::from_secs(60))
             .collect()
             .unwrap();
@@ -139,7 +139,7 @@ proptest! {
         let mut all: Vec<u32> = Flow::from_iters(ranges)
             .shuffle(Shuffle::shuffle().stages(stages).max_demand(17))
             .batch(size, Duration::from_secs(60))
-            .collect::<Vec<Vec<u32>>>()
+            .collect::<Vec<Batch<u32>>>()
             .unwrap()
             .into_iter()
             .inspect(|b| assert!(b.len() <= size))

@@ -24,7 +24,9 @@ use flowstage::FlowError;
 use flowstage::cluster::{
     self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS,
 };
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
 use flowstage::window::Window;

@@ -47,7 +47,7 @@ type Letters = Arc<Mutex<Vec<DeadLetter<BadRecord>>>>;
 fn collecting_policy() -> (ErrorPolicy<BadRecord>, Letters) {
     let letters: Letters = Arc::default();
     let into = letters.clone();
-    let policy = ErrorPolicy::dead_letter(move |batch| {
+    let policy = ErrorPolicy::dead_letter_fn(move |batch| {
         into.lock().unwrap().extend(batch);
         Ok(())
     });

@@ -54,7 +54,7 @@ fn sqlite_equals_the_sequential_computation_and_dead_letters_are_exact() {
     let generated = orders::generate(&csv, 60_000, 240).unwrap();
     assert_eq!(generated.malformed_lines.len(), 240);
 
-    let summary = orders::run(&csv, &letters, &db, 3).unwrap();
+    let summary = orders::run(&csv, &letters, &db, 3, false).unwrap();
     let (expected, bad_lines) = orders::aggregate_sequential(&csv).unwrap();
 
     // Loaded: every total, equal to the sequential one, and nothing else.
@@ -138,7 +138,7 @@ fn a_malformed_row_fails_the_run_by_default() {
 fn a_loader_error_ends_the_run_with_a_typed_error() {
     // The same key twice: the primary key rejects the second insert.
     let dir = dir("loader");
-    let loader = orders::SqliteLoader::open(&dir.join("orders.db")).unwrap();
+    let (loader, _) = orders::sqlite_loader(&dir.join("orders.db")).unwrap();
     let rows = vec![((1u32, Day(1)), (1u64, 100i64)); 2];
     let error = Flow::from_iter(rows)
         .batch(10, Duration::from_millis(10))

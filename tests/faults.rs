@@ -246,15 +246,29 @@ fn fail_at(events: &[u64], at: u64, how: How, fault: &Fault) -> Result<(), Stage
     Ok(())
 }
 
-/// `x`, or the fault if `x == at`.
-fn step(x: u64, at: u64, how: How, fault: &Fault) -> Result<u64, String> {
+/// `x`, or the fault if `x == at` (an `Err` gives `x` back, as `try_map` asks).
+fn step(x: u64, at: u64, how: How, fault: &Fault) -> Result<u64, (u64, String)> {
     if x == at {
         match how {
             How::Panic => fault.panic(at),
-            How::Err => return Err(fault.fire(at)),
+            How::Err => return Err((x, fault.fire(at))),
         }
     }
     Ok(x)
+}
+
+/// For `try_map` over items that carry their own `Err`: the item goes back with it.
+#[allow(clippy::type_complexity)]
+fn unwrap_item(
+    item: Result<u64, (u64, String)>,
+) -> Result<u64, flowstage::flow::Rejected<Result<u64, (u64, String)>>> {
+    match item {
+        Ok(x) => Ok(x),
+        Err((x, error)) => Err(flowstage::flow::Rejected::new(
+            Err((x, error.clone())),
+            error,
+        )),
+    }
 }
 
 /// A panic-only callback: `x`, or a panic if `x == at`.
@@ -328,7 +342,7 @@ proptest! {
                     .map(|x| x * 2)
                     .filter(|x| x % 2 == 0)
                     .map(|x| x / 2)
-                    .try_map(move |&x| step(x, at, how, &inner))
+                    .try_map(move |x| step(x, at, how, &inner))
                     .collect::<Vec<u64>>()
             },
         )?;
@@ -351,7 +365,7 @@ proptest! {
                         .emit_state()
                         .collect::<Vec<u64>>(),
                     How::Err => layer
-                        .try_map(move |&x| step(x, at, how, &inner))
+                        .try_map(move |x| step(x, at, how, &inner))
                         .reduce(|| 0u64, |x, sum| sum + x)
                         .emit_state()
                         .collect::<Vec<u64>>(),
@@ -411,7 +425,7 @@ proptest! {
                 });
                 Flow::from_iter(0..EVENTS)
                     .partition(partition(stages, 9).window(window))
-                    .try_map(move |&x| if panics { Ok(x) } else { step(x, at, how, &inner) })
+                    .try_map(move |x| if panics { Ok(x) } else { step(x, at, how, &inner) })
                     .reduce(|| 0u64, |x, sum| sum + x)
                     .emit_state()
                     .collect::<Vec<u64>>()
@@ -449,8 +463,8 @@ proptest! {
                     |sums, _| sums,
                 )
                 // The departition emits once, after every merge; an `Err` fires there.
-                .try_map(move |sums: &Vec<u64>| {
-                    if panics { Ok(sums.clone()) } else { step(at, at, how, &inner).map(|_| sums.clone()) }
+                .try_map(move |sums: Vec<u64>| {
+                    if panics { Ok(sums) } else { match step(at, at, how, &inner) { Ok(_) => Ok(sums), Err((_, e)) => Err((sums, e)) } }
                 })
                 .collect::<Vec<Vec<u64>>>()
             },
@@ -490,7 +504,7 @@ proptest! {
                     },
                     Shuffle::shuffle().stages(stages),
                 )
-                .try_map(move |&x| if how == How::Err { step(x, at, how, &inner) } else { Ok(x) })
+                .try_map(move |x| if how == How::Err { step(x, at, how, &inner) } else { Ok(x) })
                 .collect::<Vec<u64>>()
             },
         )?;
@@ -585,7 +599,7 @@ proptest! {
                         .restart(Restart::Permanent)
                         .max_restarts(0, Duration::from_secs(60)),
                     move |x: u64| {
-                        let result = step(x, at, how, &inner).map(|_| ()).map_err(StageError::from);
+                        let result = step(x, at, how, &inner).map(|_| ()).map_err(|(_, e)| StageError::from(e));
                         async move { result }
                     },
                 );
@@ -623,8 +637,8 @@ proptest! {
                         // (partition, sum, whether this is the chosen Done)
                         (vec![(partition.index, sum, done)], 0)
                     })
-                    .try_map(move |&(_, sum, done)| {
-                        if done && how == How::Err { Err(inner.fire(at)) } else { Ok(sum) }
+                    .try_map(move |event @ (_, sum, done): (usize, u64, bool)| {
+                        if done && how == How::Err { Err((event, inner.fire(at))) } else { Ok(sum) }
                     })
                     .collect::<Vec<u64>>()
             },
@@ -672,7 +686,7 @@ proptest! {
             move || {
                 let mut items = Flow::from_iter(0..EVENTS)
                     .partition(partition(stages, 6))
-                    .try_map(move |&x| match how {
+                    .try_map(move |x| match how {
                         How::Panic => Ok(boom(x, at, &inner)),
                         How::Err => step(x, at, how, &inner),
                     })
@@ -710,7 +724,7 @@ proptest! {
                 runtime.block_on(async move {
                     use futures::StreamExt;
                     let mut stream = Flow::from_iter(0..EVENTS)
-                        .try_map(move |&x| match how {
+                        .try_map(move |x| match how {
                             How::Panic => Ok(boom(x, at, &inner)),
                             How::Err => step(x, at, how, &inner),
                         })
@@ -963,7 +977,7 @@ proptest! {
             move || {
                 Flow::from_iter(0..EVENTS)
                     .partition(partition(stages, 10))
-                    .try_flat_map(move |&x| step(x, at, How::Err, &inner).map(|x| [x, x]))
+                    .try_flat_map(move |x| step(x, at, How::Err, &inner).map(|x| [x, x]))
                     .collect::<Vec<u64>>()
             },
         )?;
@@ -985,7 +999,7 @@ proptest! {
                     How::Panic => Ok(boom(x, at, &inner)),
                     How::Err => step(x, at, how, &inner),
                 }))
-                .try_map(|item: &Result<u64, String>| item.clone())
+                .try_map(unwrap_item)
                 .partition(partition(stages, 10))
                 .collect::<Vec<u64>>()
             },
@@ -1029,7 +1043,7 @@ proptest! {
                     How::Err => step(x, at, how, &inner),
                 });
                 Flow::from_stream(items)
-                    .try_map(|item: &Result<u64, String>| item.clone())
+                    .try_map(unwrap_item)
                     .partition(partition(stages, 10))
                     .collect::<Vec<u64>>()
             },
@@ -1085,7 +1099,7 @@ proptest! {
             fault,
             move || {
                 Flow::from_channel(rx)
-                    .try_map(move |&x| match how {
+                    .try_map(move |x| match how {
                         How::Panic => Ok(boom(x, at, &inner)),
                         How::Err => step(x, at, how, &inner),
                     })

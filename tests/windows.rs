@@ -493,11 +493,11 @@ fn a_failing_try_map_in_a_windowed_stage_ends_the_run() {
                     .stages(2)
                     .window(Window::fixed(Duration::from_millis(10), |t: &i64| *t)),
             )
-            .try_map(|t: &i64| {
-                if *t == 57 {
-                    Err("bad event 57")
+            .try_map(|t: i64| {
+                if t == 57 {
+                    Err((t, "bad event 57"))
                 } else {
-                    Ok(*t)
+                    Ok(t)
                 }
             })
             .reduce(|| 0i64, |t, sum| sum + t)
@@ -522,7 +522,13 @@ fn a_failing_try_map_after_a_join_ends_the_run() {
             |l: Option<&u32>, _r: Option<&u32>| l.copied().unwrap_or(0),
             Shuffle::shuffle().stages(2),
         )
-        .try_map(|x: &u32| if *x == 33 { Err("bad pair 33") } else { Ok(*x) })
+        .try_map(|x: u32| {
+            if x == 33 {
+                Err((x, "bad pair 33"))
+            } else {
+                Ok(x)
+            }
+        })
         .collect::<Vec<u32>>()
     });
     match joined {

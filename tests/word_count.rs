@@ -6,7 +6,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use flowstage::corpus::Corpus;
+#[path = "../examples/common/corpus.rs"]
+mod corpus;
+use corpus::Corpus;
 
 /// The example binary `cargo test` built next to this test.
 fn example() -> PathBuf {
@@ -170,4 +172,12 @@ fn a_missing_file_is_an_error_not_a_panic() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(output.stdout.is_empty());
+}
+
+#[test]
+fn the_generated_corpus_depends_on_its_seed_only() {
+    let text = Corpus::new(10_000).seed(7).generate();
+    assert!(text.len() >= 10_000);
+    assert_eq!(text, Corpus::new(10_000).seed(7).generate());
+    assert_ne!(text, Corpus::new(10_000).seed(8).generate());
 }

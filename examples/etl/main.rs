@@ -4,8 +4,11 @@
 //!
 //! Generates a CSV of 1 M orders (a few hundred of them malformed), parses and validates
 //! them in parallel (malformed rows go to `dead_letters.csv` with their line numbers and
-//! reasons), enriches them, aggregates revenue per customer per day, and loads the totals
-//! into SQLite (`orders.db`) in batched transactions. Prints a summary.
+//! reasons, written by a blocking sink that owns the CSV writer), enriches them,
+//! aggregates revenue per customer per day, and loads the totals into SQLite
+//! (`orders.db`) in batched transactions, from a blocking sink that owns the connection.
+//! A progress bar shows on stderr while the CSV is read; prints a summary and the run's
+//! per-stage report. Arguments are parsed with clap (`--help`).
 
 mod orders;
 
@@ -13,20 +16,29 @@ use std::error::Error;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::Parser;
+
+/// Parallel ETL over generated orders: CSV → validate → dead letters → aggregate → SQLite.
+#[derive(Parser)]
+struct Args {
+    /// Orders to generate.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+    /// Malformed rows among them.
+    #[arg(long, default_value_t = 300)]
+    malformed: u64,
+    /// Where the CSV, the dead letters and the database go (default: a temp directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
-    let mut rows = 1_000_000u64;
-    let mut malformed = 300u64;
-    let mut dir = std::env::temp_dir().join("flowstage-etl");
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--rows" => rows = value()?.parse()?,
-            "--malformed" => malformed = value()?.parse()?,
-            "--dir" => dir = PathBuf::from(value()?),
-            other => return Err(format!("unknown argument {other}; see the file's docs").into()),
-        }
-    }
+    let Args {
+        rows,
+        malformed,
+        dir,
+    } = Args::parse();
+    let dir = dir.unwrap_or_else(|| std::env::temp_dir().join("flowstage-etl"));
     std::fs::create_dir_all(&dir)?;
     let (csv, dead_letters, db) = (
         dir.join("orders.csv"),
@@ -44,7 +56,13 @@ fn main() -> Result<(), Box<dyn Error>> {
         csv.display()
     );
 
-    let summary = orders::run(&csv, &dead_letters, &db, flowstage::default_parallelism())?;
+    let summary = orders::run(
+        &csv,
+        &dead_letters,
+        &db,
+        flowstage::default_parallelism(),
+        true,
+    )?;
     let seconds = summary.elapsed.as_secs_f64();
     println!("rows in:       {}", summary.rows_in);
     println!("orders:        {}", summary.orders);
@@ -60,6 +78,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     );
     println!("elapsed:       {seconds:.2} s");
     println!("rows/s:        {:.0}", summary.rows_in as f64 / seconds);
+    println!("\n{}", summary.report);
     if summary.dead_letters != generated.malformed_lines.len() as u64 || summary.rows_in != rows {
         return Err("rows were lost: the counts do not add up".into());
     }

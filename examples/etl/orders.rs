@@ -11,13 +11,15 @@ use std::error::Error;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use flowstage::flow::{DeadLetter, ErrorPolicy, Flow, Partition, Plan};
+use flowstage::FlowError;
+use flowstage::flow::{Batch, DeadLetter, ErrorPolicy, Flow, Partition, Plan};
+use flowstage::sink;
 use flowstage::source::{BadRecord, CsvSource};
-use flowstage::stage::{Consumer, ConsumerContext};
-use flowstage::{FlowError, StageError};
+use flowstage::stage::Consumer;
 use serde::Deserialize;
 
 /// Days in the generated month (February 2024).
@@ -227,46 +229,25 @@ pub fn generate(path: &Path, rows: u64, malformed: u64) -> std::io::Result<Gener
     })
 }
 
-/// Writes dead letters as `line,reason,text` CSV rows. Shared by the readers, so behind
-/// a mutex: taken once per batch that has bad rows, never per good row.
-#[derive(Clone)]
-pub struct DeadLetterFile(Arc<Mutex<csv::Writer<File>>>);
-
-impl DeadLetterFile {
-    pub fn create(path: &Path) -> Result<Self, Box<dyn Error>> {
-        let mut writer = csv::Writer::from_path(path)?;
-        writer.write_record(["line", "reason", "text"])?;
-        Ok(DeadLetterFile(Arc::new(Mutex::new(writer))))
-    }
-
-    pub fn policy(&self) -> ErrorPolicy<BadRecord> {
-        let writer = self.0.clone();
-        ErrorPolicy::dead_letter(move |letters: Vec<DeadLetter<BadRecord>>| {
-            let mut writer = writer.lock().map_err(|_| "dead-letter writer poisoned")?;
-            for letter in letters {
-                let line = letter.event.line.to_string();
-                // The reason without the file and line, which have columns of their own.
-                let reason = match letter.error.downcast_ref::<FlowError>() {
-                    Some(FlowError::Record { message, .. }) => message.clone(),
-                    _ => letter.error.to_string(),
-                };
-                writer.write_record([
-                    line.as_str(),
-                    reason.as_str(),
-                    letter.event.text.as_str(),
-                ])?;
-            }
-            Ok(())
-        })
-    }
-
-    pub fn flush(&self) -> Result<(), Box<dyn Error>> {
-        self.0
-            .lock()
-            .map_err(|_| "dead-letter writer poisoned")?
-            .flush()?;
+/// Dead letters into `path` as `line,reason,text` CSV rows: a blocking sink that owns
+/// the CSV writer (no mutex), runs on tokio's blocking pool, and flushes at the end.
+pub fn dead_letters_into(path: &Path) -> Result<ErrorPolicy<BadRecord>, Box<dyn Error>> {
+    let mut writer = csv::Writer::from_path(path)?;
+    writer.write_record(["line", "reason", "text"])?;
+    let write = |writer: &mut csv::Writer<File>, letters: Vec<DeadLetter<BadRecord>>| {
+        for letter in letters {
+            let line = letter.event.line.to_string();
+            // The reason without the file and line, which have columns of their own.
+            let reason = match letter.error.downcast_ref::<FlowError>() {
+                Some(FlowError::Record { message, .. }) => message.clone(),
+                _ => letter.error.to_string(),
+            };
+            writer.write_record([line.as_str(), reason.as_str(), letter.event.text.as_str()])?;
+        }
         Ok(())
-    }
+    };
+    let sink = sink::blocking(writer, write).on_done(|mut writer| Ok(writer.flush()?));
+    Ok(ErrorPolicy::dead_letter(sink))
 }
 
 /// Totals per key; ahash as in the crate's own maps (and in the sequential reference).
@@ -302,25 +283,34 @@ pub fn aggregate(
     readers: usize,
     stages: usize,
 ) -> Flow<impl Plan<Item = (Key, Total)>> {
-    Flow::from_source(
+    aggregate_from(
         CsvSource::<Order>::new(csv)
             .readers(readers)
             .on_error(policy),
+        stages,
     )
-    .map(|order: Order| ((order.customer, order.date), (1u64, revenue(&order))))
-    .partition(
-        Partition::by_key(|pair: &(Key, Total)| pair.0)
-            .stages(stages)
-            .max_demand(4096),
-    )
-    .reduce(
-        Totals::new,
-        |(key, value): (Key, Total), mut totals: Totals| {
-            let total = totals.entry(key).or_default();
-            *total = add(*total, value);
-            totals
-        },
-    )
+}
+
+/// [`aggregate`] from a CSV source set up by the caller (with a progress bar, say).
+pub fn aggregate_from(
+    source: CsvSource<Order>,
+    stages: usize,
+) -> Flow<impl Plan<Item = (Key, Total)>> {
+    Flow::from_source(source)
+        .map(|order: Order| ((order.customer, order.date), (1u64, revenue(&order))))
+        .partition(
+            Partition::by_key(|pair: &(Key, Total)| pair.0)
+                .stages(stages)
+                .max_demand(4096),
+        )
+        .reduce(
+            Totals::new,
+            |(key, value): (Key, Total), mut totals: Totals| {
+                let total = totals.entry(key).or_default();
+                *total = add(*total, value);
+                totals
+            },
+        )
 }
 
 /// The same as [`aggregate`] without an exchange: each reader's stage folds its orders
@@ -365,67 +355,59 @@ pub fn aggregate_sequential(csv: &Path) -> Result<(Totals, Vec<u64>), Box<dyn Er
     Ok((totals, bad))
 }
 
-/// Loads `(key, total)` batches into SQLite, one transaction per batch.
-pub struct SqliteLoader {
-    connection: rusqlite::Connection,
-    pub loaded: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl SqliteLoader {
-    pub fn open(db: &Path) -> Result<Self, Box<dyn Error>> {
-        let _ = std::fs::remove_file(db);
-        let connection = rusqlite::Connection::open(db)?;
-        // WAL without a checkpoint (an fsync) every 4 MB: on this VM's disk those cost
-        // more than the inserts; the table is the primary key's B-tree (no rowid).
-        connection.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             PRAGMA cache_size = -65536;
-             PRAGMA wal_autocheckpoint = 100000;
-             CREATE TABLE daily_revenue (
-                 customer INTEGER NOT NULL,
-                 day TEXT NOT NULL,
-                 orders INTEGER NOT NULL,
-                 revenue_cents INTEGER NOT NULL,
-                 PRIMARY KEY (customer, day)
-             ) WITHOUT ROWID;",
-        )?;
-        Ok(SqliteLoader {
-            connection,
-            loaded: Arc::default(),
-        })
-    }
-}
-
-impl Consumer for SqliteLoader {
-    type Item = Vec<(Key, Total)>;
-
-    async fn handle_events(
-        &mut self,
-        batches: Vec<Vec<(Key, Total)>>,
-        _context: &mut ConsumerContext,
-    ) -> Result<(), StageError> {
-        for batch in batches {
-            let transaction = self.connection.transaction()?;
-            {
-                let mut insert = transaction.prepare_cached(
-                    "INSERT INTO daily_revenue (customer, day, orders, revenue_cents) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for ((customer, day), (orders, revenue)) in &batch {
-                    insert.execute(rusqlite::params![
-                        customer,
-                        day.to_string(),
-                        orders,
-                        revenue
-                    ])?;
-                }
+/// A sink that loads `(key, total)` batches into SQLite, one transaction per batch: a
+/// blocking sink that owns the connection (moved in; a `Connection` is `Send`, not
+/// `Sync`) and runs on tokio's blocking pool, never on the stages' threads. Returns the
+/// sink and the count of rows it loaded.
+#[allow(clippy::type_complexity)] // an `impl` type cannot be named by an alias
+pub fn sqlite_loader(
+    db: &Path,
+) -> Result<
+    (
+        impl Consumer<Item = Batch<(Key, Total)>> + use<>,
+        Arc<AtomicU64>,
+    ),
+    Box<dyn Error>,
+> {
+    let _ = std::fs::remove_file(db);
+    let connection = rusqlite::Connection::open(db)?;
+    // WAL without a checkpoint (an fsync) every 4 MB: on this VM's disk those cost
+    // more than the inserts; the table is the primary key's B-tree (no rowid).
+    connection.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = NORMAL;
+         PRAGMA cache_size = -65536;
+         PRAGMA wal_autocheckpoint = 100000;
+         CREATE TABLE daily_revenue (
+             customer INTEGER NOT NULL,
+             day TEXT NOT NULL,
+             orders INTEGER NOT NULL,
+             revenue_cents INTEGER NOT NULL,
+             PRIMARY KEY (customer, day)
+         ) WITHOUT ROWID;",
+    )?;
+    let loaded = Arc::new(AtomicU64::new(0));
+    let counted = loaded.clone();
+    let load = move |connection: &mut rusqlite::Connection, batch: Vec<(Key, Total)>| {
+        let transaction = connection.transaction()?;
+        {
+            let mut insert = transaction.prepare_cached(
+                "INSERT INTO daily_revenue (customer, day, orders, revenue_cents) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for ((customer, day), (orders, revenue)) in &batch {
+                insert.execute(rusqlite::params![
+                    customer,
+                    day.to_string(),
+                    orders,
+                    revenue
+                ])?;
             }
-            transaction.commit()?;
-            self.loaded
-                .fetch_add(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
+        transaction.commit()?;
+        counted.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(())
-    }
+    };
+    Ok((sink::blocking_batches(connection, load), loaded))
 }
 
 /// What a run of the whole pipeline did.
@@ -436,6 +418,8 @@ pub struct Summary {
     pub rows_loaded: u64,
     pub dead_letters: u64,
     pub elapsed: Duration,
+    /// The run's per-stage report.
+    pub report: flowstage::stage::Report,
 }
 
 /// The whole ETL: CSV → parse and validate (bad rows to `dead_letters`) → enrich →
@@ -445,28 +429,33 @@ pub fn run(
     dead_letters: &Path,
     db: &Path,
     readers: usize,
+    progress: bool,
 ) -> Result<Summary, Box<dyn Error>> {
     let started = Instant::now();
-    let letters = DeadLetterFile::create(dead_letters)?;
-    let policy = letters.policy();
+    let policy = dead_letters_into(dead_letters)?;
     let counters = policy.counters();
-    let loader = SqliteLoader::open(db)?;
-    let loaded = loader.loaded.clone();
-    let orders = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (loader, loaded) = sqlite_loader(db)?;
+    let orders = Arc::new(AtomicU64::new(0));
     let seen = orders.clone();
-    aggregate(csv, policy, readers, readers)
+    let mut source = CsvSource::<Order>::new(csv)
+        .readers(readers)
+        .on_error(policy);
+    if progress {
+        source = source.progress();
+    }
+    let report = aggregate_from(source, readers)
         .inspect(move |(_, (count, _))| {
-            seen.fetch_add(*count, std::sync::atomic::Ordering::Relaxed);
+            seen.fetch_add(*count, Ordering::Relaxed);
         })
         .batch(5_000, Duration::from_millis(100))
         .run_into(loader)?;
-    letters.flush()?;
-    let orders = orders.load(std::sync::atomic::Ordering::Relaxed);
+    let orders = orders.load(Ordering::Relaxed);
     let dead_letters = counters.dead_lettered();
     Ok(Summary {
         rows_in: orders + dead_letters,
         orders,
-        rows_loaded: loaded.load(std::sync::atomic::Ordering::Relaxed),
+        rows_loaded: loaded.load(Ordering::Relaxed),
+        report,
         dead_letters,
         elapsed: started.elapsed(),
     })

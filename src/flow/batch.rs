@@ -21,6 +21,91 @@ use super::plan::StageHead;
 use crate::error::{FlowError, Result, StageError};
 use crate::stage::{Consumer, ConsumerContext, ConsumerOptions, Produced, Producer};
 
+/// A batch of events made by [`Flow::batch`](super::Flow::batch): the flow's events
+/// after `batch` are `Batch<T>`, so a sink of batches says so in its type
+/// (`Consumer<Item = Batch<T>>`, or [`sink::blocking_batches`](crate::sink::blocking_batches),
+/// whose closure gets each batch as a `Vec`). A `Vec<T>` underneath: it derefs to one,
+/// iterates, and [`into_inner`](Batch::into_inner) gives it back.
+///
+/// ```
+/// use flowstage::flow::{Batch, Flow};
+/// use std::time::Duration;
+/// let batches: Vec<Batch<u32>> = Flow::from_iter(0..5u32).batch(2, Duration::from_secs(1)).collect()?;
+/// assert_eq!(batches, [vec![0, 1], vec![2, 3], vec![4]]);
+/// assert_eq!(batches[0].len(), 2);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+///
+/// A sink of single events does not take batches; the compiler says which it expected
+/// (here "expected `Batch<u32>`, found `u32`"):
+///
+/// ```compile_fail,E0271
+/// use flowstage::{flow::Flow, sink};
+/// use std::time::Duration;
+/// let events_sink = sink::blocking((), |_: &mut (), events: Vec<u32>| Ok(()));
+/// Flow::from_iter(0..5u32).batch(2, Duration::from_secs(1)).run_into(events_sink)?;
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Batch<T>(Vec<T>);
+
+impl<T> Batch<T> {
+    /// The events, as a `Vec`.
+    pub fn into_inner(self) -> Vec<T> {
+        self.0
+    }
+}
+
+impl<T> From<Vec<T>> for Batch<T> {
+    fn from(events: Vec<T>) -> Self {
+        Batch(events)
+    }
+}
+
+impl<T> From<Batch<T>> for Vec<T> {
+    fn from(batch: Batch<T>) -> Self {
+        batch.0
+    }
+}
+
+impl<T> std::ops::Deref for Batch<T> {
+    type Target = Vec<T>;
+
+    fn deref(&self) -> &Vec<T> {
+        &self.0
+    }
+}
+
+impl<T> std::ops::DerefMut for Batch<T> {
+    fn deref_mut(&mut self) -> &mut Vec<T> {
+        &mut self.0
+    }
+}
+
+impl<T: PartialEq> PartialEq<Vec<T>> for Batch<T> {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        self.0 == *other
+    }
+}
+
+impl<T> IntoIterator for Batch<T> {
+    type Item = T;
+    type IntoIter = std::vec::IntoIter<T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.into_iter()
+    }
+}
+
+impl<'a, T> IntoIterator for &'a Batch<T> {
+    type Item = &'a T;
+    type IntoIter = std::slice::Iter<'a, T>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
 /// The plan node of [`Flow::batch`](super::Flow::batch).
 #[derive(Debug)]
 pub struct BatchNode<P> {
@@ -32,7 +117,7 @@ pub struct BatchNode<P> {
 impl<P: Plan> StageHead for BatchNode<P> {}
 
 impl<P: Plan> Plan for BatchNode<P> {
-    type Item = Vec<P::Item>;
+    type Item = Batch<P::Item>;
 
     fn compile<'a, L>(
         self,
@@ -119,7 +204,7 @@ struct Batcher<T> {
     open: Vec<T>,
     opened_at: Option<Instant>,
     /// Full batches not yet asked for.
-    ready: VecDeque<Vec<T>>,
+    ready: VecDeque<Batch<T>>,
     closed: bool,
 }
 
@@ -139,19 +224,19 @@ impl<T> Batcher<T> {
 
     fn close_open(&mut self) {
         if !self.open.is_empty() {
-            self.ready.push_back(std::mem::take(&mut self.open));
+            self.ready.push_back(Batch(std::mem::take(&mut self.open)));
         }
         self.opened_at = None;
     }
 }
 
 impl<T: Send + 'static> Producer for Batcher<T> {
-    type Item = Vec<T>;
+    type Item = Batch<T>;
 
     async fn handle_demand(
         &mut self,
         demand: usize,
-    ) -> std::result::Result<Produced<Vec<T>>, StageError> {
+    ) -> std::result::Result<Produced<Batch<T>>, StageError> {
         let mut out = Vec::new();
         loop {
             while out.len() < demand {

@@ -157,6 +157,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }

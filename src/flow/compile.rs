@@ -226,13 +226,13 @@ impl<L: Logic> ProducerConsumer for LogicStage<L> {
         };
         self.logic.batch(events, &mut out);
         self.out_hint = out.len();
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.logic.done(&mut out);
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 }
 
@@ -264,7 +264,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
         self.windower
             .batch(context.from(), events, &mut self.logic, &mut out);
         context.count_late(self.windower.take_late());
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 
     async fn handle_upstream_done(
@@ -273,7 +273,7 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     ) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.upstream_done(from, &mut self.logic, &mut out);
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 
     async fn wakeup(&mut self) {
@@ -283,31 +283,44 @@ impl<L: Logic> ProducerConsumer for WindowedStage<L> {
     async fn handle_wakeup(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.wake(&mut self.logic, &mut out);
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 
     async fn handle_done(&mut self) -> std::result::Result<Vec<L::Out>, StageError> {
         let mut out = Vec::new();
         self.windower.done(&mut self.logic, &mut out);
-        checked(&mut self.logic, out)
+        settled(&mut self.logic, out).await
     }
 }
 
-/// A stage's output, unless a fallible operator of its chain failed the run meanwhile.
-fn checked<L: Logic>(
+/// A stage's output, unless a fallible operator of its chain failed the run meanwhile;
+/// once the chain's dead letters are on their way (see [`Logic::side_output`]).
+pub(crate) async fn settled<L: Logic>(
     logic: &mut L,
     out: Vec<L::Out>,
 ) -> std::result::Result<Vec<L::Out>, StageError> {
-    match logic.failure() {
-        Some(error) => Err(error),
-        None => Ok(out),
+    if let Some(error) = logic.failure() {
+        return Err(error);
     }
+    while let Some(wait) = logic.side_output() {
+        wait.await?;
+    }
+    Ok(out)
 }
 
 /// A consumer that hands each batch to a closure and calls another at the end.
 pub(crate) struct SinkConsumer<T, F> {
     pub(crate) handle: F,
     pub(crate) _events: std::marker::PhantomData<fn(T)>,
+}
+
+impl<T, F> SinkConsumer<T, F> {
+    pub(crate) fn new(handle: F) -> Self {
+        SinkConsumer {
+            handle,
+            _events: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<T, F> Consumer for SinkConsumer<T, F>

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use itertools::Itertools;
+
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Logic, PartitionInfo};
 use super::plan::layer;
@@ -88,6 +90,10 @@ impl<T: Send + 'static> Logic for Tag<T> {
     fn describe(&self, _names: &mut Vec<String>) {}
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
         None
     }
 }
@@ -245,6 +251,10 @@ where
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
     }
 
     fn has_reducer(&self) -> bool {
@@ -455,6 +465,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -516,9 +530,11 @@ where
 }
 
 /// The merging stage of `take_sort`: per window, the top `n` of every partition's list.
+/// Each list arrives sorted; they are kept as runs and merged k-way at the end
+/// (`Itertools::kmerge_by`), taking only the first `n`: no sort of all of them.
 pub(crate) struct MergeTopN<T, C, L> {
     smallest: Smallest<T, C>,
-    kept: Slots<Vec<T>>,
+    kept: Slots<Vec<Vec<T>>>,
     closing: Closing,
     rest: L,
 }
@@ -540,8 +556,13 @@ where
     L: Logic<In = Vec<T>>,
 {
     fn finish(&mut self, window: WindowInfo, out: &mut Vec<L::Out>) {
-        let kept = self.kept.take(window.id).unwrap_or_default();
-        let top = self.smallest.finish(kept);
+        let runs = self.kept.take(window.id).unwrap_or_default();
+        let cmp = &*self.smallest.cmp;
+        let top = runs
+            .into_iter()
+            .kmerge_by(|a, b| cmp(a, b) == Ordering::Less)
+            .take(self.smallest.n)
+            .collect();
         emit_done(&mut self.rest, window, top, out);
     }
 }
@@ -563,10 +584,7 @@ where
         match event {
             Tagged::Event(id, events) => {
                 self.kept.enter(id);
-                let kept = self.kept.current(Vec::new);
-                for event in events {
-                    self.smallest.push(kept, event);
-                }
+                self.kept.current(Vec::new).push(events);
             }
             Tagged::Closed(window) => {
                 if self.closing.close(&window) {
@@ -594,6 +612,10 @@ where
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
     }
 
     fn has_reducer(&self) -> bool {

@@ -9,6 +9,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::compile::settled;
 use super::logic::Logic;
 use crate::error::StageError;
 use crate::source::BoxedProducer;
@@ -314,16 +315,12 @@ where
             let ask = self.expansion.ask(demand);
             let before = out.len();
             let Read { read, ended } = self.reader.read(ask, &mut self.logic, &mut out).await?;
-            if let Some(error) = self.logic.failure() {
-                return Err(error);
-            }
+            out = settled(&mut self.logic, out).await?;
             self.expansion.record(read, out.len() - before, out.len());
             if ended {
                 self.finished = true;
                 self.logic.done(&mut out);
-                if let Some(error) = self.logic.failure() {
-                    return Err(error);
-                }
+                out = settled(&mut self.logic, out).await?;
                 return Ok(Produced::Finished(out));
             }
             // (A drain is seen by the stage, which then finishes the source, between two

@@ -125,6 +125,10 @@ where
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
     }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
 }
 
 /// `fold(identity, op)`: per stage, `op` over the events from `identity()`.

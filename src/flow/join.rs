@@ -382,6 +382,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     /// A join is not a reduce: a `reduce` may follow it in the same stage, folding the
     /// pairs as they are made (per window), instead of sending them to another layer.
     fn has_reducer(&self) -> bool {

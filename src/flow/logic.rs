@@ -98,6 +98,14 @@ pub trait Logic: Send {
     /// operator that forgot to forward would make a failing `try_map` after it drop
     /// events silently.
     fn failure(&mut self) -> Option<crate::error::StageError>;
+
+    /// Letters an operator of the chain could not hand to its dead-letter consumer at once
+    /// (see [`ErrorPolicy::dead_letter`](super::ErrorPolicy::dead_letter)): the stage
+    /// awaits each after a batch, before it takes more input, so a slow consumer slows the
+    /// stage. Operators with a `rest` forward the question to it. Required, as
+    /// [`failure`](Logic::failure) is: an operator that forgot to forward would let a
+    /// dead-letter step after it run ahead of its consumer without bound.
+    fn side_output(&mut self) -> Option<super::SideOutput>;
 }
 
 /// The end of every chain: passes events through.
@@ -153,6 +161,10 @@ impl<T: Send + 'static> Logic for Identity<T> {
     }
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
+        None
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
         None
     }
 }
@@ -226,6 +238,10 @@ macro_rules! stateless {
 
             fn failure(&mut self) -> Option<crate::error::StageError> {
                 self.rest.failure()
+            }
+
+            fn side_output(&mut self) -> Option<super::SideOutput> {
+                self.rest.side_output()
             }
 
             fn has_reducer(&self) -> bool {
@@ -364,6 +380,10 @@ where
         self.rest.failure()
     }
 
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
+    }
+
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }
@@ -449,6 +469,10 @@ where
 
     fn failure(&mut self) -> Option<crate::error::StageError> {
         self.rest.failure()
+    }
+
+    fn side_output(&mut self) -> Option<super::SideOutput> {
+        self.rest.side_output()
     }
 
     fn has_reducer(&self) -> bool {

@@ -94,9 +94,12 @@
 //! | errors in user code | the stage crashes and the caller exits | the run returns a [`FlowError`](crate::FlowError) naming the stage ([`root_cause`](crate::FlowError::root_cause) reaches the typed cause); fallible operators can skip or dead-letter ([`ErrorPolicy`]) |
 //! | a stage's index at start | `on_init`-style callbacks | [`map_init`](Flow::map_init) (rayon's name) |
 
+mod async_step;
 mod batch;
+mod blocking;
 mod combine;
 mod compile;
+mod dead_letter;
 mod departition;
 mod explain;
 pub(crate) mod fallible;
@@ -119,10 +122,13 @@ use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+pub use async_step::{AsIs, Completion, Fallible, Flatten};
+pub use batch::Batch;
 pub use combine::{COMBINER_CAPACITY, Combined};
 pub use compile::Plan;
+pub use dead_letter::SideOutput;
 pub use explain::Explain;
-pub use fallible::{DeadLetter, ErrorPolicy, OperatorError};
+pub use fallible::{DeadLetter, ErrorPolicy, OperatorError, Rejected};
 pub use iter::IterNode;
 pub use join::{JoinMode, Side};
 pub use logic::{Logic, PartitionInfo};
@@ -139,7 +145,9 @@ pub(crate) use logic::Identity;
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.
 pub mod nodes {
+    pub use super::async_step::{AsyncNode, StageErrors};
     pub use super::batch::BatchNode;
+    pub use super::blocking::MapBlockingNode;
     pub use super::combine::{CombineNode, CountByKeyNode, ReduceByKeyNode};
     pub use super::departition::{DepartitionNode, TakeSortNode};
     pub use super::fallible::{TryFlatMapNode, TryMapNode};
@@ -819,7 +827,7 @@ impl<P: Plan> Flow<P> {
     }
 
     /// [`reduce`](Flow::reduce) with the accumulator updated in place: `f(event, &mut
-    /// acc)` (as itertools' `fold_mut`). The same results and triggers as `reduce`; use it
+    /// acc)` (as `Iterator::for_each` over a `&mut` accumulator, rather than `fold`). The same results and triggers as `reduce`; use it
     /// when the accumulator is large (a map, a `Vec`): `reduce` moves it through `f` on
     /// every event, which a cheap step pays for — a keyed sum into a hash map spends
     /// about a fifth of its time moving the map.
@@ -1377,23 +1385,24 @@ impl<P: Plan + 'static> IntoIterator for Flow<P> {
 impl<P: Plan> Flow<P> {
     /// Applies a fallible `f` to each event (fused). What an `Err` does is the operator's
     /// [`ErrorPolicy`], set with [`on_error`](Flow::on_error): by default it ends the run
-    /// with the error, naming the stage and the operator. `f` takes the event by reference
-    /// so that a failed event is still whole for a dead-letter sink.
+    /// with the error, naming the stage and the operator. `f` takes the event by value, so
+    /// a good event moves into its result without a clone, and gives it back in its `Err`
+    /// (a [`Rejected`], or an `(event, error)` pair) for a dead-letter consumer.
     ///
     /// ```
     /// use flowstage::flow::{ErrorPolicy, Flow};
     /// let numbers: Vec<u32> = Flow::from_iter(["1", "2", "x"])
-    ///     .try_map(|s: &&str| s.parse::<u32>())
+    ///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
     ///     .on_error(ErrorPolicy::skip())
     ///     .collect()?;
     /// assert_eq!(numbers, [1, 2]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn try_map<U, E, F>(self, f: F) -> Flow<TryMapNode<P, F>>
+    pub fn try_map<U, R, F>(self, f: F) -> Flow<TryMapNode<P, F>>
     where
         U: Send + 'static,
-        E: Into<crate::StageError> + 'static,
-        F: Fn(&P::Item) -> std::result::Result<U, E> + Send + Sync,
+        R: Into<Rejected<P::Item>> + 'static,
+        F: Fn(P::Item) -> std::result::Result<U, R> + Send + Sync,
     {
         Flow {
             plan: TryMapNode::new(self.plan, f),
@@ -1406,17 +1415,19 @@ impl<P: Plan> Flow<P> {
     /// ```
     /// use flowstage::flow::Flow;
     /// let digits: Vec<u32> = Flow::from_iter(["12", "3"])
-    ///     .try_flat_map(|s: &&str| s.chars().map(|c| c.to_digit(10).ok_or("not a digit")).collect::<Result<Vec<_>, _>>())
+    ///     .try_flat_map(|s: &str| {
+    ///         s.chars().map(|c| c.to_digit(10).ok_or("not a digit")).collect::<Result<Vec<_>, _>>().map_err(|e| (s, e))
+    ///     })
     ///     .collect()?;
     /// assert_eq!(digits, [1, 2, 3]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn try_flat_map<I, E, F>(self, f: F) -> Flow<TryFlatMapNode<P, F>>
+    pub fn try_flat_map<I, R, F>(self, f: F) -> Flow<TryFlatMapNode<P, F>>
     where
         I: IntoIterator,
         I::Item: Send + 'static,
-        E: Into<crate::StageError> + 'static,
-        F: Fn(&P::Item) -> std::result::Result<I, E> + Send + Sync,
+        R: Into<Rejected<P::Item>> + 'static,
+        F: Fn(P::Item) -> std::result::Result<I, R> + Send + Sync,
     {
         Flow {
             plan: TryFlatMapNode::new(self.plan, f),
@@ -1424,16 +1435,170 @@ impl<P: Plan> Flow<P> {
     }
 }
 
+// Steps that await or block: stages of their own, under demand.
 impl<P: Plan> Flow<P> {
-    /// Groups events into batches of `size`, or fewer when `timeout` has passed since a
-    /// batch's first event (and at the end of the input): for bulk sinks. One batching
-    /// stage; operators after it are fused into it. `size` 0 is an error when the flow
-    /// runs.
+    /// Maps each event with an async `f` — a call to a service or a database — keeping
+    /// up to `concurrency` calls in flight per stage, and emitting the results in input
+    /// order (as futures' `buffered`; [`unordered`](Flow::unordered) emits them as they
+    /// complete, as `buffer_unordered`). The step runs in a stage of its own behind each
+    /// output of the layer before it (so `concurrency` is per stage: a flow read by 4
+    /// readers has up to `4 * concurrency` calls in flight), with the operators after it
+    /// fused into that stage. It takes events only as its own consumers ask: a slow
+    /// service slows the sources, and what is in flight stays bounded. `concurrency` 0
+    /// is an error when the flow runs.
     ///
     /// ```
     /// use flowstage::flow::Flow;
     /// use std::time::Duration;
-    /// let batches: Vec<Vec<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
+    ///
+    /// async fn price(sku: u32) -> u64 {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await; // the remote call
+    ///     u64::from(sku) * 100
+    /// }
+    /// let prices: Vec<u64> = Flow::from_iter(1..=50u32).map_async(16, price).collect()?;
+    /// assert_eq!(prices, (1..=50).map(|sku| sku * 100).collect::<Vec<u64>>());
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn map_async<U, Fut, F>(self, concurrency: usize, f: F) -> Flow<AsyncNode<P, F, AsIs>>
+    where
+        U: Send + 'static,
+        Fut: std::future::Future<Output = U> + Send + 'static,
+        F: Fn(P::Item) -> Fut + Send + Sync + 'static,
+    {
+        Flow {
+            plan: AsyncNode::new(self.plan, f, concurrency, AsIs, "map_async"),
+        }
+    }
+
+    /// Maps each event to any number of events with an async `f`; otherwise as
+    /// [`map_async`](Flow::map_async).
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let pages: Vec<u32> = Flow::from_iter([2u32, 3])
+    ///     .flat_map_async(4, |pages| async move { (1..=pages).collect::<Vec<u32>>() })
+    ///     .collect()?;
+    /// assert_eq!(pages, [1, 2, 1, 2, 3]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn flat_map_async<I, Fut, F>(
+        self,
+        concurrency: usize,
+        f: F,
+    ) -> Flow<AsyncNode<P, F, Flatten>>
+    where
+        I: IntoIterator + Send + 'static,
+        I::Item: Send + 'static,
+        Fut: std::future::Future<Output = I> + Send + 'static,
+        F: Fn(P::Item) -> Fut + Send + Sync + 'static,
+    {
+        Flow {
+            plan: AsyncNode::new(self.plan, f, concurrency, Flatten, "flat_map_async"),
+        }
+    }
+
+    /// Maps each event with a fallible async `f`, as [`map_async`](Flow::map_async);
+    /// an `Err` gives the event back (a [`Rejected`] or an `(event, error)` pair) and
+    /// goes to the step's [`ErrorPolicy`] (set with `on_error`; by default the run ends).
+    ///
+    /// ```
+    /// use flowstage::flow::{ErrorPolicy, Flow};
+    /// async fn lookup(id: u32) -> Result<String, (u32, &'static str)> {
+    ///     if id % 3 == 0 { Err((id, "not found")) } else { Ok(format!("user-{id}")) }
+    /// }
+    /// let policy = ErrorPolicy::skip();
+    /// let skipped = policy.counters();
+    /// let users: Vec<String> = Flow::from_iter(1..=6u32).try_map_async(8, lookup).on_error(policy).collect()?;
+    /// assert_eq!(users, ["user-1", "user-2", "user-4", "user-5"]);
+    /// assert_eq!(skipped.skipped(), 2);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn try_map_async<U, R, Fut, F>(
+        self,
+        concurrency: usize,
+        f: F,
+    ) -> Flow<AsyncNode<P, F, Fallible<P::Item>>>
+    where
+        U: Send + 'static,
+        R: Into<Rejected<P::Item>> + Send + 'static,
+        Fut: std::future::Future<Output = std::result::Result<U, R>> + Send + 'static,
+        F: Fn(P::Item) -> Fut + Send + Sync + 'static,
+    {
+        let kind = Fallible {
+            policy: ErrorPolicy::fail(),
+        };
+        Flow {
+            plan: AsyncNode::new(self.plan, f, concurrency, kind, "try_map_async"),
+        }
+    }
+
+    /// Maps each event with a blocking `f` (a synchronous client, a heavy computation) on
+    /// tokio's blocking pool, so that the threads running the stages never block. One
+    /// stage behind each output of the layer before it sends each chunk of input to the
+    /// pool and runs the operators after it, fused, over the results.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// let lengths: Vec<u64> = Flow::from_iter(["Cargo.toml", "no-such-file"])
+    ///     .map_blocking(|path: &str| std::fs::metadata(path).map_or(0, |m| m.len().min(1)))
+    ///     .collect()?;
+    /// assert_eq!(lengths, [1, 0]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn map_blocking<U, F>(self, f: F) -> Flow<MapBlockingNode<P, F>>
+    where
+        U: Send + 'static,
+        F: Fn(P::Item) -> U + Send + Sync + 'static,
+    {
+        Flow {
+            plan: MapBlockingNode {
+                inner: self.plan,
+                f: Arc::new(f),
+            },
+        }
+    }
+}
+
+impl<P, F, K> Flow<AsyncNode<P, F, K>> {
+    /// Emits the async step's results as they complete instead of in input order (as
+    /// futures' `buffer_unordered`): a slow call no longer holds back the ones after it.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use std::time::Duration;
+    /// let mut done: Vec<u64> = Flow::from_iter([30u64, 1, 1])
+    ///     .map_async(3, |ms| async move { tokio::time::sleep(Duration::from_millis(ms)).await; ms })
+    ///     .unordered()
+    ///     .collect()?;
+    /// done.sort();
+    /// assert_eq!(done, [1, 1, 30]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn unordered(mut self) -> Self {
+        self.plan.ordered = false;
+        self
+    }
+}
+
+impl<P: Plan, F> Flow<AsyncNode<P, F, Fallible<P::Item>>> {
+    /// What this `try_map_async` does with an `Err`; see [`ErrorPolicy`].
+    pub fn on_error(mut self, policy: ErrorPolicy<P::Item>) -> Self {
+        self.plan.kind = Fallible { policy };
+        self
+    }
+}
+
+impl<P: Plan> Flow<P> {
+    /// Groups events into [`Batch`]es of `size`, or fewer when `timeout` has passed since
+    /// a batch's first event (and at the end of the input): for bulk sinks, which take
+    /// `Batch<T>` events ([`sink::blocking_batches`], a
+    /// `Consumer<Item = Batch<T>>`). One batching stage; operators after it are fused
+    /// into it. `size` 0 is an error when the flow runs.
+    ///
+    /// ```
+    /// use flowstage::flow::{Batch, Flow};
+    /// use std::time::Duration;
+    /// let batches: Vec<Batch<u32>> = Flow::from_iter(0..10u32).batch(4, Duration::from_secs(1)).collect()?;
     /// assert_eq!(batches, [vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
@@ -1511,7 +1676,7 @@ impl<P: Plan, F> Flow<TryFlatMapNode<P, F>> {
     /// ```
     /// use flowstage::flow::{ErrorPolicy, Flow};
     /// let words: Vec<String> = Flow::from_iter(["a b", "", "c"])
-    ///     .try_flat_map(|s: &&str| if s.is_empty() { Err("empty line") } else { Ok(s.split(' ').map(str::to_owned).collect::<Vec<_>>()) })
+    ///     .try_flat_map(|s: &str| if s.is_empty() { Err((s, "empty line")) } else { Ok(s.split(' ').map(str::to_owned).collect::<Vec<_>>()) })
     ///     .on_error(ErrorPolicy::skip())
     ///     .collect()?;
     /// assert_eq!(words, ["a", "b", "c"]);

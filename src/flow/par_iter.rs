@@ -288,8 +288,7 @@ struct SplitFolder<L: Logic> {
 impl<L: Logic> SplitFolder<L> {
     /// Sends the output so far, or what failed; stops the splits if the flow is gone.
     fn send(&mut self) {
-        if let Some(error) = self.consumer.logic.failure() {
-            self.fail(error);
+        if !self.settle() {
             return;
         }
         if self.out.is_empty() {
@@ -308,6 +307,24 @@ impl<L: Logic> SplitFolder<L> {
 }
 
 impl<L: Logic> SplitFolder<L> {
+    /// Whether the chain may go on: fails the run with its error if it has one, and
+    /// otherwise waits (on this rayon thread) until its dead letters are on their way, as
+    /// a stage does between batches (see `compile::settled`). A rayon thread may block: the
+    /// dead-letter consumer runs on the stages' runtime.
+    fn settle(&mut self) -> bool {
+        if let Some(error) = self.consumer.logic.failure() {
+            self.fail(error);
+            return false;
+        }
+        while let Some(wait) = self.consumer.logic.side_output() {
+            if let Err(error) = futures::executor::block_on(wait) {
+                self.fail(error);
+                return false;
+            }
+        }
+        true
+    }
+
     /// Ends the run with the chain's error (`failure` hands it over once) and stops the
     /// splits.
     fn fail(&mut self, error: StageError) {
@@ -344,8 +361,7 @@ where
             self.batch.extend(iter.by_ref().take(BATCH));
             let left = BATCH - self.batch.len();
             self.consumer.logic.batch(&mut self.batch, &mut self.out);
-            if let Some(error) = self.consumer.logic.failure() {
-                self.fail(error);
+            if !self.settle() {
                 break;
             }
             if self.out.len() >= BATCH {

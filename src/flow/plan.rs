@@ -38,9 +38,7 @@ impl<S: Source> Plan for SourceNode<S> {
         Self: 'a,
         L: Logic<In = S::Item> + Clone + 'a,
     {
-        if let Some((operator, counters)) = self.source.error_counters() {
-            compiler.pipeline.inner().error_counters(operator, counters);
-        }
+        self.source.add_error_stages(compiler.pipeline.inner())?;
         let retry_interval = self.source.retry_interval();
         let producers = self.source.into_producers()?;
         if producers.is_empty() {

@@ -1,9 +1,10 @@
 //! Sinks: where a flow's events go — a collection, a blocking iterator, an async stream,
 //! any [`Consumer`](crate::stage::Consumer) (`Flow::run_into`: CSV and JSON-lines files,
-//! async writers), or nowhere. Each subscribes one consumer to every output of the flow's
+//! async writers, [`blocking`] work that owns its state), or nowhere. Each subscribes one consumer to every output of the flow's
 //! last layer; a consumer that is slow asks for less, which slows the sources.
 
 mod async_fn;
+mod blocking;
 #[cfg(feature = "csv")]
 mod csv;
 mod iter;
@@ -16,6 +17,7 @@ mod stream;
 use std::sync::{Arc, Mutex};
 
 pub use async_fn::{AsyncFn, async_fn};
+pub use blocking::{Blocking, BlockingResult, blocking, blocking_batches};
 #[cfg(feature = "csv")]
 pub use csv::CsvSink;
 pub use iter::FlowIter;
@@ -25,6 +27,7 @@ pub use json::JsonLinesSink;
 pub use redis::{Outgoing, RedisAck, RedisStreamSink};
 pub use stream::FlowStream;
 
+pub(crate) use blocking::off_workers;
 pub(crate) use iter::iter;
 pub(crate) use stream::stream;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::parsed::{self, BadRecord, ChunkParser};
+use super::parsed::{self, BadRecord, Bare, ChunkParser, Locate, Located};
 use super::{BoxedProducer, FileSource, Source};
 use crate::error::{FlowError, IoOperation, Result};
 use crate::flow::ErrorPolicy;
@@ -42,13 +42,13 @@ use crate::stage::ErrorCounters;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct CsvSource<T> {
+pub struct CsvSource<T, M = Bare> {
     path: PathBuf,
     file: FileSource,
     has_headers: bool,
     delimiter: u8,
     policy: ErrorPolicy<BadRecord>,
-    _records: PhantomData<fn() -> T>,
+    _records: PhantomData<fn() -> (T, M)>,
 }
 
 impl<T> CsvSource<T> {
@@ -62,6 +62,29 @@ impl<T> CsvSource<T> {
             policy: ErrorPolicy::fail(),
             _records: PhantomData,
         }
+    }
+
+    /// Each record with its file and line ([`Located`]), so that steps after the
+    /// source can still say where a record came from (see [`Located`]'s example).
+    pub fn located(self) -> CsvSource<T, Locate> {
+        CsvSource {
+            path: self.path,
+            file: self.file,
+            has_headers: self.has_headers,
+            delimiter: self.delimiter,
+            policy: self.policy,
+            _records: PhantomData,
+        }
+    }
+}
+
+impl<T, M> CsvSource<T, M> {
+    /// Shows a progress bar while the flow reads the file; see
+    /// [`FileSource::progress`](super::FileSource::progress). Feature `progress`.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.file = self.file.progress();
+        self
     }
 
     /// The number of parallel readers.
@@ -127,20 +150,56 @@ impl<T> CsvSource<T> {
     }
 }
 
-impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
-    type Item = T;
-
-    fn into_producers(self) -> Result<Vec<BoxedProducer<T>>> {
+impl<T, M> CsvSource<T, M> {
+    fn producers<R, W>(self, wrap: W) -> Result<Vec<BoxedProducer<R>>>
+    where
+        T: DeserializeOwned + Send + 'static,
+        R: Send + 'static,
+        W: Fn(&Arc<Path>, u64, T) -> R + Clone + Send + 'static,
+    {
         let parser = Arc::new(CsvParser::<T> {
             headers: self.headers()?,
             delimiter: self.delimiter,
             _records: PhantomData,
         });
-        parsed::producers(self.file, &self.path, parser, &self.policy, "csv")
+        parsed::producers(self.file, &self.path, parser, &self.policy, "csv", wrap)
+    }
+}
+
+impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T> {
+    type Item = T;
+
+    fn into_producers(self) -> Result<Vec<BoxedProducer<T>>> {
+        self.producers(|_: &Arc<Path>, _line, record: T| record)
     }
 
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
         Some(("csv", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "csv")
+    }
+}
+
+/// [`CsvSource::located`]: each record with its file and line.
+impl<T: DeserializeOwned + Send + 'static> Source for CsvSource<T, Locate> {
+    type Item = Located<T>;
+
+    fn into_producers(self) -> Result<Vec<BoxedProducer<Located<T>>>> {
+        self.producers(|path: &Arc<Path>, line, value: T| Located {
+            path: path.clone(),
+            line,
+            value,
+        })
+    }
+
+    fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
+        Some(("csv", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "csv")
     }
 }
 
@@ -174,7 +233,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for CsvParser<T> {
         &self,
         bytes: &[u8],
         first_line: u64,
-        out: &mut Vec<T>,
+        emit: &mut impl FnMut(u64, T),
         bad: &mut dyn FnMut(u64, &[u8], String),
     ) {
         let mut reader = csv::ReaderBuilder::new()
@@ -208,7 +267,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for CsvParser<T> {
                         }
                     }
                     match record.deserialize::<T>(self.headers.as_ref()) {
-                        Ok(value) => out.push(value),
+                        Ok(value) => emit(line, value),
                         Err(error) => bad(line, text, self.reason(&error)),
                     }
                 }

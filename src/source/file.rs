@@ -86,6 +86,9 @@ pub struct FileSource {
     /// The promise of the caller of the `unsafe` [`FileSource::mmap`]: map the file.
     pub(super) mmap: Option<super::mmap::Unchanging>,
     counters: Arc<FileCounters>,
+    /// The bar to draw while the flow reads (feature `progress`).
+    #[cfg(feature = "progress")]
+    progress: Option<indicatif::ProgressBar>,
 }
 
 impl FileSource {
@@ -98,7 +101,36 @@ impl FileSource {
             block_size: DEFAULT_BLOCK_SIZE,
             mmap: None,
             counters: Arc::default(),
+            #[cfg(feature = "progress")]
+            progress: None,
         }
+    }
+
+    /// Shows a progress bar on standard error while the flow reads the file (when
+    /// standard error is a terminal): bytes read of the file's length, rate, time left,
+    /// from the readers' byte counter. Feature `progress`.
+    ///
+    /// ```
+    /// use flowstage::flow::Flow;
+    /// use flowstage::source::FileSource;
+    /// # let path = std::env::temp_dir().join(format!("flowstage-doc-progress-{}.txt", std::process::id()));
+    /// # std::fs::write(&path, "a few words\n")?;
+    /// let chunks: Vec<_> = Flow::from_source(FileSource::new(&path).progress()).collect()?;
+    /// # assert!(!chunks.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[cfg(feature = "progress")]
+    pub fn progress(self) -> Self {
+        self.progress_with(super::progress::default_bar())
+    }
+
+    /// [`progress`](FileSource::progress) with a bar of the caller's (its style, its
+    /// `MultiProgress`); the source sets its length and position, and finishes it when
+    /// the readers are done.
+    #[cfg(feature = "progress")]
+    pub fn progress_with(mut self, bar: indicatif::ProgressBar) -> Self {
+        self.progress = Some(bar);
+        self
     }
 
     /// What the source's readers read, counted as they go ([`FileCounters`]).
@@ -191,6 +223,11 @@ impl Source for FileSource {
             }
             _ => None,
         };
+        #[cfg(feature = "progress")]
+        let ticker = self
+            .progress
+            .clone()
+            .map(|bar| super::progress::Ticker::start(bar, len, self.counters.clone()));
         let producers = (0..readers)
             .map(|i| {
                 let start = len * i / readers;
@@ -209,6 +246,8 @@ impl Source for FileSource {
                     finished: start >= end,
                     counters: self.counters.clone(),
                     len,
+                    #[cfg(feature = "progress")]
+                    _progress: ticker.clone(),
                 };
                 BoxedProducer::new(reader)
             })
@@ -237,6 +276,9 @@ struct RangeReader {
     /// The file's length when the flow started: an end of file before it means the file
     /// shrank while being read, and records were lost.
     len: u64,
+    /// The progress bar, finished when the last reader is gone.
+    #[cfg(feature = "progress")]
+    _progress: Option<Arc<super::progress::Ticker>>,
 }
 
 impl RangeReader {

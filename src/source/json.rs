@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use super::parsed::{self, BadRecord, ChunkParser, trim_line_end};
+use super::parsed::{self, BadRecord, Bare, ChunkParser, Locate, Located, trim_line_end};
 use super::{BoxedProducer, FileSource, Source};
 use crate::error::Result;
 use crate::flow::ErrorPolicy;
@@ -30,7 +30,7 @@ use crate::stage::ErrorCounters;
 /// std::fs::write(&path, "{\"user\":\"ann\"}\n\n{\"user\":\n{\"user\":\"bob\"}\n")?;
 /// let bad = Arc::new(Mutex::new(Vec::new()));
 /// let into = bad.clone();
-/// let policy = ErrorPolicy::dead_letter(move |letters: Vec<flowstage::flow::DeadLetter<flowstage::source::BadRecord>>| {
+/// let policy = ErrorPolicy::dead_letter_fn(move |letters: Vec<flowstage::flow::DeadLetter<flowstage::source::BadRecord>>| {
 ///     into.lock().unwrap().extend(letters.into_iter().map(|l| (l.event.line, l.event.text)));
 ///     Ok(())
 /// });
@@ -40,11 +40,11 @@ use crate::stage::ErrorCounters;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug)]
-pub struct JsonLinesSource<T> {
+pub struct JsonLinesSource<T, M = Bare> {
     path: PathBuf,
     file: FileSource,
     policy: ErrorPolicy<BadRecord>,
-    _records: PhantomData<fn() -> T>,
+    _records: PhantomData<fn() -> (T, M)>,
 }
 
 impl<T> JsonLinesSource<T> {
@@ -56,6 +56,27 @@ impl<T> JsonLinesSource<T> {
             policy: ErrorPolicy::fail(),
             _records: PhantomData,
         }
+    }
+
+    /// Each record with its file and line ([`Located`]), so that steps after the
+    /// source can still say where a record came from.
+    pub fn located(self) -> JsonLinesSource<T, Locate> {
+        JsonLinesSource {
+            path: self.path,
+            file: self.file,
+            policy: self.policy,
+            _records: PhantomData,
+        }
+    }
+}
+
+impl<T, M> JsonLinesSource<T, M> {
+    /// Shows a progress bar while the flow reads the file; see
+    /// [`FileSource::progress`](super::FileSource::progress). Feature `progress`.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self) -> Self {
+        self.file = self.file.progress();
+        self
     }
 
     /// The number of parallel readers.
@@ -84,11 +105,39 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<T>>> {
         let parser = Arc::new(JsonParser::<T>(PhantomData));
-        parsed::producers(self.file, &self.path, parser, &self.policy, "json")
+        let wrap = |_: &Arc<Path>, _line, record: T| record;
+        parsed::producers(self.file, &self.path, parser, &self.policy, "json", wrap)
     }
 
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
         Some(("json", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "json")
+    }
+}
+
+/// [`JsonLinesSource::located`]: each record with its file and line.
+impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T, Locate> {
+    type Item = Located<T>;
+
+    fn into_producers(self) -> Result<Vec<BoxedProducer<Located<T>>>> {
+        let parser = Arc::new(JsonParser::<T>(PhantomData));
+        let wrap = |path: &Arc<Path>, line, value: T| Located {
+            path: path.clone(),
+            line,
+            value,
+        };
+        parsed::producers(self.file, &self.path, parser, &self.policy, "json", wrap)
+    }
+
+    fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
+        Some(("json", self.policy.counters()))
+    }
+
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        self.policy.install(pipeline, "json")
     }
 }
 
@@ -101,7 +150,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for JsonParser<T> {
         &self,
         bytes: &[u8],
         first_line: u64,
-        out: &mut Vec<T>,
+        emit: &mut impl FnMut(u64, T),
         bad: &mut dyn FnMut(u64, &[u8], String),
     ) {
         let mut line = first_line;
@@ -111,7 +160,7 @@ impl<T: DeserializeOwned + Send + 'static> ChunkParser for JsonParser<T> {
             let text = trim_line_end(&rest[..end]);
             if !text.iter().all(u8::is_ascii_whitespace) {
                 match serde_json::from_slice::<T>(text) {
-                    Ok(value) => out.push(value),
+                    Ok(value) => emit(line, value),
                     Err(error) => bad(line, text, error.to_string()),
                 }
             }

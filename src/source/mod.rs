@@ -32,6 +32,9 @@ mod par_iter;
 mod parsed;
 #[forbid(unsafe_code)]
 mod poll;
+#[cfg(feature = "progress")]
+#[forbid(unsafe_code)]
+mod progress;
 #[forbid(unsafe_code)]
 mod reader;
 #[cfg(feature = "redis")]
@@ -60,7 +63,7 @@ pub use json::JsonLinesSource;
 pub use lines::LinesSource;
 pub use par_iter::ParIterSource;
 #[cfg(any(feature = "csv", feature = "json"))]
-pub use parsed::BadRecord;
+pub use parsed::{BadRecord, Bare, Locate, Located};
 pub use poll::{ChannelSource, PollSource};
 pub use reader::{ReaderSource, stdin};
 #[cfg(feature = "redis")]
@@ -125,6 +128,18 @@ pub trait Source: Send + 'static {
         &self,
     ) -> Option<(&'static str, std::sync::Arc<crate::stage::ErrorCounters>)> {
         None
+    }
+
+    /// Adds what the source's error policy needs to the run being built: its counters in
+    /// the report (from [`error_counters`](Source::error_counters), the default) and, for
+    /// a policy that sends dead letters to a consumer, that consumer's stages. The crate's
+    /// parsing sources override it; other sources keep the default.
+    #[doc(hidden)]
+    fn add_error_stages(&self, pipeline: &mut crate::stage::Pipeline) -> Result<()> {
+        if let Some((operator, counters)) = self.error_counters() {
+            pipeline.error_counters(operator, counters);
+        }
+        Ok(())
     }
 
     /// The share of worker `worker` (of `workers`, over every process) of this source,

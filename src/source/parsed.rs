@@ -32,29 +32,166 @@ pub struct BadRecord {
     pub text: String,
 }
 
+/// `{path, line, text}`, so that dead letters of a parsing source can go to a
+/// [`JsonLinesSink`](crate::sink::JsonLinesSink) as they are.
+impl serde::Serialize for BadRecord {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut record = serializer.serialize_struct("BadRecord", 3)?;
+        record.serialize_field("path", &self.path.display().to_string())?;
+        record.serialize_field("line", &self.line)?;
+        record.serialize_field("text", &self.text)?;
+        record.end()
+    }
+}
+
 /// Parses the records of one chunk.
 pub(crate) trait ChunkParser: Send + Sync + 'static {
     type Item: Send + 'static;
 
-    /// Parses `bytes`, whose first line is line `first_line` of the file, into `out`;
-    /// records that do not parse go to `bad` as `(line, text, reason)`.
+    /// Parses `bytes`, whose first line is line `first_line` of the file, handing each
+    /// record to `emit` with its line; records that do not parse go to `bad` as `(line,
+    /// text, reason)`.
     fn parse(
         &self,
         bytes: &[u8],
         first_line: u64,
-        out: &mut Vec<Self::Item>,
+        emit: &mut impl FnMut(u64, Self::Item),
         bad: &mut dyn FnMut(u64, &[u8], String),
     );
 }
 
-/// The producers of a parsing source: one per reader of `file`.
-pub(crate) fn producers<P: ChunkParser>(
+/// Marks a parsing source whose records come as they are (the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Bare;
+
+/// Marks a parsing source whose records come [`Located`] (after `located()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Locate;
+
+/// A record with the file and line it came from: what a parsing source emits after
+/// [`CsvSource::located`](super::CsvSource::located) or
+/// [`JsonLinesSource::located`](super::JsonLinesSource::located). Carried through the
+/// steps after the source (with [`map`](Located::map) and
+/// [`try_map`](Located::try_map)), it lets a later validation's dead letters still say
+/// where a bad record came from.
+///
+/// ```
+/// use flowstage::flow::{DeadLetter, ErrorPolicy, Flow};
+/// use flowstage::source::{CsvSource, Located};
+/// # let dir = std::env::temp_dir().join(format!("flowstage-doc-located-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// # let path = dir.join("ages.csv");
+/// #[derive(serde::Deserialize)]
+/// struct Person { name: String, age: u32 }
+///
+/// std::fs::write(&path, "name,age\nann,34\nbob,212\n")?;
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// let adults: Vec<String> = Flow::from_source(CsvSource::<Person>::new(&path).located())
+///     // Parsed fine, but not plausible: rejected with the person, and so with the line.
+///     .try_map(|person: Located<Person>| {
+///         person.try_map(|p| if p.age < 150 { Ok(p.name) } else { Err((p, "implausible age")) })
+///     })
+///     .on_error(ErrorPolicy::dead_letter_fn(move |letters: Vec<DeadLetter<Located<Person>>>| {
+///         for letter in letters {
+///             tx.send(format!("{}: {}", letter.event, letter.error))?;
+///         }
+///         Ok(())
+///     }))
+///     .map(|name: Located<String>| name.value)
+///     .collect()?;
+/// assert_eq!(adults, ["ann"]);
+/// assert!(rx.recv()?.ends_with("ages.csv:3: implausible age"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located<T> {
+    /// The file.
+    pub path: Arc<Path>,
+    /// The record's line, from 1.
+    pub line: u64,
+    /// The record.
+    pub value: T,
+}
+
+impl<T> Located<T> {
+    /// The same place, with `f(value)`.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Located<U> {
+        Located {
+            path: self.path,
+            line: self.line,
+            value: f(self.value),
+        }
+    }
+
+    /// The same place with `f(value)`, or, when `f` fails (giving the value back with
+    /// its error), the whole located record back: what `Flow::try_map` takes, so the
+    /// dead letter keeps the record's place.
+    pub fn try_map<U, R>(
+        self,
+        f: impl FnOnce(T) -> std::result::Result<U, R>,
+    ) -> std::result::Result<Located<U>, crate::flow::Rejected<Located<T>>>
+    where
+        R: Into<crate::flow::Rejected<T>>,
+    {
+        let Located { path, line, value } = self;
+        match f(value) {
+            Ok(value) => Ok(Located { path, line, value }),
+            Err(rejected) => {
+                let crate::flow::Rejected { event, error } = rejected.into();
+                Err(crate::flow::Rejected::new(
+                    Located {
+                        path,
+                        line,
+                        value: event,
+                    },
+                    error,
+                ))
+            }
+        }
+    }
+}
+
+/// `{path, line, value}`.
+impl<T: serde::Serialize> serde::Serialize for Located<T> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut record = serializer.serialize_struct("Located", 3)?;
+        record.serialize_field("path", &self.path.display().to_string())?;
+        record.serialize_field("line", &self.line)?;
+        record.serialize_field("value", &self.value)?;
+        record.end()
+    }
+}
+
+impl<T> std::fmt::Display for Located<T> {
+    /// The place: `path:line`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.path.display(), self.line)
+    }
+}
+
+/// The producers of a parsing source: one per reader of `file`; `wrap` makes each
+/// record an event (as it is, or [`Located`]).
+pub(crate) fn producers<P, W, O>(
     file: FileSource,
     path: &Path,
     parser: Arc<P>,
     policy: &ErrorPolicy<BadRecord>,
     operator: &'static str,
-) -> Result<Vec<BoxedProducer<P::Item>>> {
+    wrap: W,
+) -> Result<Vec<BoxedProducer<O>>>
+where
+    P: ChunkParser,
+    W: Fn(&Arc<Path>, u64, P::Item) -> O + Clone + Send + 'static,
+    O: Send + 'static,
+{
     let path: Arc<Path> = Arc::from(path);
     Ok(file
         .delimiter(Delimiter::Line)
@@ -67,22 +204,28 @@ pub(crate) fn producers<P: ChunkParser>(
                 path: path.clone(),
                 position: None,
                 errors: policy.handler(operator),
+                wrap: wrap.clone(),
             })
         })
         .collect())
 }
 
-struct Parsing<P: ChunkParser> {
+struct Parsing<P: ChunkParser, W> {
     chunks: BoxedProducer<Chunk>,
     parser: Arc<P>,
     path: Arc<Path>,
     /// The byte offset after the last chunk, and the line number there.
     position: Option<(u64, u64)>,
     errors: ErrorHandler<BadRecord>,
+    wrap: W,
 }
 
-impl<P: ChunkParser> Parsing<P> {
-    fn parse(&mut self, chunks: Vec<Chunk>) -> std::result::Result<Vec<P::Item>, StageError> {
+impl<P, W, O> Parsing<P, W>
+where
+    P: ChunkParser,
+    W: Fn(&Arc<Path>, u64, P::Item) -> O,
+{
+    fn parse(&mut self, chunks: Vec<Chunk>) -> std::result::Result<Vec<O>, StageError> {
         let mut out = Vec::new();
         for chunk in chunks {
             let line = match self.position {
@@ -91,9 +234,10 @@ impl<P: ChunkParser> Parsing<P> {
                 None => 1 + count_lines(&self.path, 0, chunk.offset())?,
             };
             let bytes = chunk.bytes();
-            let (errors, path) = (&mut self.errors, &self.path);
+            let (errors, path, wrap) = (&mut self.errors, &self.path, &self.wrap);
+            let mut emit = |line, record| out.push(wrap(path, line, record));
             self.parser
-                .parse(bytes, line, &mut out, &mut |line, text, reason| {
+                .parse(bytes, line, &mut emit, &mut |line, text, reason| {
                     let error = FlowError::Record {
                         path: path.to_path_buf(),
                         line,
@@ -117,17 +261,27 @@ impl<P: ChunkParser> Parsing<P> {
     }
 }
 
-impl<P: ChunkParser> Producer for Parsing<P> {
-    type Item = P::Item;
+impl<P, W, O> Producer for Parsing<P, W>
+where
+    P: ChunkParser,
+    W: Fn(&Arc<Path>, u64, P::Item) -> O + Send + 'static,
+    O: Send + 'static,
+{
+    type Item = O;
 
     async fn handle_demand(
         &mut self,
         demand: usize,
-    ) -> std::result::Result<Produced<P::Item>, StageError> {
-        Ok(match self.chunks.handle_demand(demand).await? {
+    ) -> std::result::Result<Produced<O>, StageError> {
+        let produced = match self.chunks.handle_demand(demand).await? {
             Produced::Events(chunks) => Produced::Events(self.parse(chunks)?),
             Produced::Finished(chunks) => Produced::Finished(self.parse(chunks)?),
-        })
+        };
+        // Dead letters the consumer could not take yet: wait for room before reading on.
+        while let Some(wait) = self.errors.side_output() {
+            wait.await?;
+        }
+        Ok(produced)
     }
 }
 

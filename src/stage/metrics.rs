@@ -5,6 +5,9 @@
 //! beyond atomicity of each counter is needed.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::error::StageInfo;
 
@@ -17,37 +20,82 @@ pub(crate) struct StageMetrics {
     buffered: AtomicU64,
     dropped: AtomicU64,
     late: AtomicU64,
+    /// Nanoseconds in the stage's own code, and waiting for demand with output made.
+    busy: AtomicU64,
+    waiting: AtomicU64,
+    /// The same counts in the `metrics` facade, once the run starts.
+    #[cfg(feature = "metrics")]
+    exported: std::sync::OnceLock<crate::observe::Exported>,
+}
+
+/// Runs `$body` with the stage's `metrics` facade handles, when the feature is on and the
+/// run has started.
+macro_rules! exported {
+    ($self:ident, |$exported:ident| $body:expr) => {
+        #[cfg(feature = "metrics")]
+        if let Some($exported) = $self.exported.get() {
+            $body;
+        }
+    };
 }
 
 impl StageMetrics {
+    /// Registers the stage's counters and gauges with the `metrics` facade's recorder
+    /// (feature `metrics`), labelled with the stage's name; a no-op without it.
+    pub(crate) fn export(&self, stage: &StageInfo) {
+        #[cfg(feature = "metrics")]
+        let _ = self.exported.set(crate::observe::Exported::new(stage));
+        let _ = stage;
+    }
+
     /// A batch of `n` events arrived.
     pub(crate) fn add_in(&self, n: usize) {
         self.events_in.fetch_add(n as u64, Relaxed);
         self.batches_in.fetch_add(1, Relaxed);
+        exported!(self, |exported| exported.events_in.increment(n as u64));
     }
 
     pub(crate) fn add_out(&self, n: usize) {
         self.events_out.fetch_add(n as u64, Relaxed);
+        exported!(self, |exported| exported.events_out.increment(n as u64));
     }
 
     pub(crate) fn set_demand(&self, n: usize) {
         self.demand.store(n as u64, Relaxed);
+        exported!(self, |exported| exported.demand.set(n as f64));
     }
 
     pub(crate) fn set_buffered(&self, n: usize) {
         self.buffered.store(n as u64, Relaxed);
+        exported!(self, |exported| exported.buffered.set(n as f64));
     }
 
     pub(crate) fn add_dropped(&self, n: usize) {
         if n > 0 {
             self.dropped.fetch_add(n as u64, Relaxed);
+            exported!(self, |exported| exported.dropped.increment(n as u64));
         }
     }
 
     pub(crate) fn add_late(&self, n: u64) {
         if n > 0 {
             self.late.fetch_add(n, Relaxed);
+            exported!(self, |exported| exported.late.increment(n));
         }
+    }
+
+    /// The stage's own code ran from `since` until now.
+    pub(crate) fn add_busy(&self, since: Instant) {
+        let nanos = nanos(since);
+        self.busy.fetch_add(nanos, Relaxed);
+        exported!(self, |exported| exported
+            .busy_microseconds
+            .increment(nanos / 1_000));
+    }
+
+    /// The stage waited for demand from `since` until now.
+    pub(crate) fn add_waiting(&self, since: Instant) {
+        self.waiting.fetch_add(nanos(since), Relaxed);
     }
 
     pub(crate) fn snapshot(&self, stage: &StageInfo) -> StageSnapshot {
@@ -60,8 +108,14 @@ impl StageMetrics {
             buffered: self.buffered.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
             late: self.late.load(Relaxed),
+            busy: Duration::from_nanos(self.busy.load(Relaxed)),
+            waiting_for_demand: Duration::from_nanos(self.waiting.load(Relaxed)),
         }
     }
+}
+
+fn nanos(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A stage's counters at one moment.
@@ -102,6 +156,12 @@ pub struct StageSnapshot {
     /// [`window`](crate::window)); with [`LateEvents`](crate::window::LateEvents) the user
     /// can read them.
     pub late: u64,
+    /// Time in the stage's own code: a producer making events (for a source, reading
+    /// included), a stage handling them, a consumer taking them.
+    pub busy: Duration,
+    /// Time the stage had events ready and no demand to send them: its consumers were
+    /// the bottleneck.
+    pub waiting_for_demand: Duration,
 }
 
 /// How many events a fallible operator's error policy skipped or sent to its dead-letter
@@ -112,7 +172,7 @@ pub struct StageSnapshot {
 /// let policy = ErrorPolicy::skip();
 /// let counters = policy.counters();
 /// let numbers: Vec<u32> = Flow::from_iter(["1", "x", "3"])
-///     .try_map(|s: &&str| s.parse::<u32>())
+///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
 ///     .on_error(policy)
 ///     .collect()?;
 /// assert_eq!(numbers, [1, 3]);
@@ -162,7 +222,7 @@ impl ErrorCounters {
 /// ```
 /// use flowstage::flow::{ErrorPolicy, Flow};
 /// let report = Flow::from_iter(["1", "x", "y"])
-///     .try_map(|s: &&str| s.parse::<u32>())
+///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
 ///     .on_error(ErrorPolicy::skip())
 ///     .run()?;
 /// assert_eq!(report.errors[0].operator, "try_map");

@@ -635,6 +635,7 @@ impl Pipeline {
         let mut metrics = Vec::with_capacity(self.stages.len());
         let mut prepared = Vec::with_capacity(self.stages.len());
         for entry in self.stages {
+            entry.metrics.export(&entry.info);
             prepared.push((entry.prepare)(entry.info.clone(), entry.metrics.clone())?);
             infos.push(entry.info);
             metrics.push(entry.metrics);
@@ -658,10 +659,19 @@ impl Pipeline {
 
 /// Runs one stage: catches its panics, and on its end tells its neighbours.
 async fn supervise(index: usize, info: StageInfo, stage: Prepared<'static>) -> (usize, Result<()>) {
-    let result = match AssertUnwindSafe(stage.body).catch_unwind().await {
+    let body = async {
+        crate::observe::started(&info);
+        AssertUnwindSafe(stage.body).catch_unwind().await
+    };
+    #[cfg(feature = "tracing")]
+    let body = tracing::Instrument::instrument(body, crate::observe::span(&info));
+    let result = match body.await {
         Ok(result) => result,
         Err(panic) => Err(FlowError::from_panic(&info, panic)),
     };
+    if let Err(error) = &result {
+        crate::observe::failed(&info, error);
+    }
     if result.is_err() {
         for notify in stage.notify_failure {
             notify();
@@ -706,7 +716,84 @@ pub struct Report {
     pub errors: Vec<ErrorSnapshot>,
 }
 
+/// A table, one line per stage — events in and out, time busy and time waiting for
+/// demand — then each error policy's counts and the tolerated failures. Shown by
+/// [`Running::report`] during the run too.
+///
+/// ```
+/// use flowstage::flow::{ErrorPolicy, Flow};
+/// let report = Flow::from_iter(["1", "x", "3"])
+///     .try_map(|s: &str| s.parse::<u32>().map_err(|e| (s, e)))
+///     .on_error(ErrorPolicy::skip())
+///     .run()?;
+/// let text = report.to_string();
+/// assert!(text.lines().next().unwrap().starts_with("stage"));
+/// assert!(text.contains("from_iter[0]"));
+/// assert!(text.contains("try_map: 1 skipped, 0 dead letters"));
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let width = self
+            .stages
+            .iter()
+            .map(|s| s.stage.name.len())
+            .max()
+            .unwrap_or(0)
+            .max("stage".len());
+        writeln!(
+            f,
+            "{:<width$}  {:>12}  {:>12}  {:>10}  {:>10}",
+            "stage", "events in", "events out", "busy", "waiting"
+        )?;
+        for stage in &self.stages {
+            writeln!(
+                f,
+                "{:<width$}  {:>12}  {:>12}  {:>10}  {:>10}",
+                stage.stage.name,
+                stage.events_in,
+                stage.events_out,
+                format!("{:.1?}", stage.busy),
+                format!("{:.1?}", stage.waiting_for_demand),
+            )?;
+        }
+        for errors in &self.errors {
+            writeln!(
+                f,
+                "{}: {} skipped, {} dead letters",
+                errors.operator, errors.skipped, errors.dead_lettered
+            )?;
+        }
+        for failure in &self.tolerated {
+            writeln!(f, "tolerated: {failure}")?;
+        }
+        Ok(())
+    }
+}
+
 impl Running {
+    /// The run so far, as a [`Report`] (its `Display` is the same table as at the end).
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new()?.block_on(async {
+    /// use flowstage::flow::Flow;
+    /// let running = Flow::from_iter(0..1000u32).spawn()?;
+    /// let now = running.report(); // live: counters so far
+    /// assert!(now.to_string().starts_with("stage"));
+    /// let end = running.join().await?;
+    /// assert_eq!(end.stages[0].events_out, 1000);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn report(&self) -> Report {
+        Report {
+            stages: self.metrics(),
+            tolerated: Vec::new(),
+            errors: self.error_counts(),
+        }
+    }
+
     /// Every stage's counters now.
     pub fn metrics(&self) -> Vec<StageSnapshot> {
         self.infos
@@ -738,6 +825,7 @@ impl Running {
                 Ok((_, Err(error))) => error,
                 Err(_) => FlowError::Cancelled,
             };
+            crate::observe::cancelled(self.tasks.len(), Some(&error));
             self.tasks.abort_all();
             while self.tasks.join_next().await.is_some() {}
             return Err(error);
@@ -800,6 +888,7 @@ impl Running {
 
     /// Cancels every stage and waits until they have stopped.
     pub async fn cancel(mut self) {
+        crate::observe::cancelled(self.tasks.len(), None);
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }

@@ -269,6 +269,7 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             // take it meanwhile and send what is already queued (another partition's
             // events, the buffer) — a producer waiting on one partition's behalf must not
             // hold back events another partition has credit for.
+            let started = Instant::now();
             let asked = producer.handle_demand(want);
             tokio::pin!(asked);
             let mut flushed = false;
@@ -302,6 +303,7 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
                     },
                 }
             };
+            metrics.add_busy(started);
             let (events, last) = match produced.map_err(|e| stage_error(&stage, e))? {
                 Produced::Events(events) => (events, false),
                 Produced::Finished(events) => (events, true),
@@ -317,6 +319,8 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             metrics.add_dropped(buffer.extend(left));
             continue;
         }
+        // Not finished, not waiting out a retry: what stops it is the lack of demand.
+        let waiting = (!finished && retry_at.is_none()).then(Instant::now);
         tokio::select! {
             msg = inbox.recv() => match msg {
                 Some(msg) => apply_control(dispatch.as_mut(), msg),
@@ -326,6 +330,17 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             () = sleep_until(retry_at), if retry_at.is_some() => {}
             () = shutdown.requested(), if !finished => {}
         }
+        if let Some(since) = waiting {
+            metrics.add_waiting(since);
+        }
+    }
+}
+
+/// Counts late events, and tells `tracing`.
+fn late(stage: &StageInfo, metrics: &StageMetrics, n: u64) {
+    if n > 0 {
+        metrics.add_late(n);
+        crate::observe::late(stage, n);
     }
 }
 
@@ -381,11 +396,13 @@ pub(crate) async fn run_consumer<C: Consumer>(
                 for chunk in chunks(events, inlets.chunk_size(from)) {
                     let n = chunk.len();
                     let mut context = ConsumerContext::new(from);
+                    let started = Instant::now();
                     consumer
                         .handle_events(chunk, &mut context)
                         .await
                         .map_err(|e| stage_error(&stage, e))?;
-                    metrics.add_late(context.take_late());
+                    metrics.add_busy(started);
+                    late(&stage, &metrics, context.take_late());
                     inlets.handled(from, n, &mut context);
                 }
             }
@@ -394,10 +411,13 @@ pub(crate) async fn run_consumer<C: Consumer>(
         }
     }
     inlets.cancel_all();
-    consumer
+    let started = Instant::now();
+    let done = consumer
         .handle_done()
         .await
-        .map_err(|e| stage_error(&stage, e))
+        .map_err(|e| stage_error(&stage, e));
+    metrics.add_busy(started);
+    done
 }
 
 pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
@@ -456,10 +476,12 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
         if output.is_empty() {
             if let Some(&Input::Ended(from)) = input.front() {
                 input.pop_front();
+                let started = Instant::now();
                 let made = inner
                     .handle_upstream_done(from)
                     .await
                     .map_err(|e| stage_error(&stage, e))?;
+                metrics.add_busy(started);
                 output = dispatch
                     .dispatch(made)
                     .map_err(|e| stage_error(&stage, e))?
@@ -473,13 +495,15 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
             let n = chunk.len();
             queued -= n;
             let mut context = ConsumerContext::new(from);
+            let started = Instant::now();
             let made = inner
                 .handle_events_in_place(&mut chunk, &mut context)
                 .await
                 .map_err(|e| stage_error(&stage, e))?;
+            metrics.add_busy(started);
             // The chunk's allocation goes back to the producers for a later batch.
             spares.put(chunk);
-            metrics.add_late(context.take_late());
+            late(&stage, &metrics, context.take_late());
             inlets.handled(from, n, &mut context);
             output = dispatch
                 .dispatch(made)
@@ -491,10 +515,12 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
             if !done_handled {
                 done_handled = true;
                 inlets.cancel_all();
+                let started = Instant::now();
                 let made = inner
                     .handle_done()
                     .await
                     .map_err(|e| stage_error(&stage, e))?;
+                metrics.add_busy(started);
                 output.extend(made);
                 continue;
             }
@@ -507,6 +533,10 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
         }
         // Idle: wait for a message, or for the stage's own wake-up (a timer, a message from
         // outside) — the latter only while no output waits, so it cannot pile up.
+        // Output made, or input to handle, and no demand: waiting on the consumers.
+        let waiting =
+            (!output.is_empty() || dispatch.pending() > 0 || (demand == 0 && !input.is_empty()))
+                .then(Instant::now);
         let woken = if output.is_empty() && !done_handled {
             tokio::select! {
                 msg = inbox.recv() => Woken::Msg(msg),
@@ -515,6 +545,9 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
         } else {
             Woken::Msg(inbox.recv().await)
         };
+        if let Some(since) = waiting {
+            metrics.add_waiting(since);
+        }
         match woken {
             Woken::Msg(Some(msg)) => receive(
                 msg,
@@ -530,10 +563,12 @@ pub(crate) async fn run_producer_consumer<'a, S: ProducerConsumer + 'a>(
                 return Ok(());
             }
             Woken::Stage => {
+                let started = Instant::now();
                 let made = inner
                     .handle_wakeup()
                     .await
                     .map_err(|e| stage_error(&stage, e))?;
+                metrics.add_busy(started);
                 output = dispatch
                     .dispatch(made)
                     .map_err(|e| stage_error(&stage, e))?

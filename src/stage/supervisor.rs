@@ -243,6 +243,7 @@ where
                     fatal.send_replace(Some(message.clone()));
                     return Err(message.into());
                 }
+                crate::observe::restarted(&message);
                 counters.restarts.fetch_add(1, Relaxed);
             }
         });

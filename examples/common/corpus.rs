@@ -1,15 +1,18 @@
-//! A deterministic text generator for tests, benchmarks and examples: Zipf-distributed
-//! words from a made-up vocabulary, in lines of varying length. The same seed and size
-//! give the same bytes on every machine.
+//! A deterministic text generator for the examples, tests and benchmarks (not part of
+//! the library): Zipf-distributed words from a made-up vocabulary, in lines of varying
+//! length. The same seed and size give the same bytes on every machine: a ChaCha8
+//! generator (`rand_chacha`, whose stream is fixed by its algorithm) and `rand_distr`'s
+//! Zipf distribution.
+//!
+//! Shared by path: `#[path = "common/corpus.rs"] mod corpus;` from an example,
+//! `#[path = "../examples/common/corpus.rs"] mod corpus;` from a test or a bench.
+#![allow(dead_code)] // each user takes the part it needs
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Zipf};
 
 /// Settings of a generated corpus.
-///
-/// ```
-/// use flowstage::corpus::Corpus;
-/// let text = Corpus::new(10_000).seed(7).generate();
-/// assert!(text.len() >= 10_000);
-/// assert_eq!(text, Corpus::new(10_000).seed(7).generate());
-/// ```
 #[derive(Debug, Clone)]
 pub struct Corpus {
     bytes: usize,
@@ -41,28 +44,20 @@ impl Corpus {
 
     /// Generates the text.
     pub fn generate(&self) -> Vec<u8> {
-        let mut rng = SplitMix64(self.seed);
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let words: Vec<Vec<u8>> = (0..self.vocabulary)
             .map(|rank| make_word(rank, &mut rng))
             .collect();
-        // Zipf with exponent 1: weight of rank r is 1 / (r + 1).
-        let mut cumulative = Vec::with_capacity(self.vocabulary);
-        let mut total = 0.0f64;
-        for rank in 0..self.vocabulary {
-            total += 1.0 / (rank as f64 + 1.0);
-            cumulative.push(total);
-        }
+        // Zipf with exponent 1 over ranks 1..=n: rank r is drawn with weight 1 / r.
+        let zipf = Zipf::new(self.vocabulary as f64, 1.0).expect("n >= 1 and s >= 0");
         let mut text = Vec::with_capacity(self.bytes + 128);
         while text.len() < self.bytes {
-            let words_in_line = 4 + (rng.next() % 12) as usize;
+            let words_in_line = rng.random_range(4..16);
             for index in 0..words_in_line {
                 if index > 0 {
                     text.push(b' ');
                 }
-                let target = rng.unit() * total;
-                let rank = cumulative
-                    .partition_point(|&c| c < target)
-                    .min(words.len() - 1);
+                let rank = (zipf.sample(&mut rng) as usize).clamp(1, words.len()) - 1;
                 text.extend_from_slice(&words[rank]);
             }
             text.push(b'\n');
@@ -72,18 +67,17 @@ impl Corpus {
 }
 
 /// A pseudo-word: syllables from a small alphabet, longer for rarer ranks.
-fn make_word(rank: usize, rng: &mut SplitMix64) -> Vec<u8> {
+fn make_word(rank: usize, rng: &mut ChaCha8Rng) -> Vec<u8> {
     const ONSETS: &[&[u8]] = &[
         b"b", b"c", b"d", b"f", b"g", b"h", b"l", b"m", b"n", b"p", b"r", b"s", b"t", b"v", b"st",
         b"tr", b"pl", b"gr", b"sh", b"th",
     ];
     const VOWELS: &[&[u8]] = &[b"a", b"e", b"i", b"o", b"u", b"ea", b"ou", b"ai"];
-    let syllables =
-        1 + (usize::BITS - rank.leading_zeros()) as usize / 5 + (rng.next() % 2) as usize;
+    let syllables = 1 + (usize::BITS - rank.leading_zeros()) as usize / 5 + rng.random_range(0..2);
     let mut word = Vec::new();
     for _ in 0..syllables {
-        word.extend_from_slice(ONSETS[(rng.next() % ONSETS.len() as u64) as usize]);
-        word.extend_from_slice(VOWELS[(rng.next() % VOWELS.len() as u64) as usize]);
+        word.extend_from_slice(ONSETS[rng.random_range(0..ONSETS.len())]);
+        word.extend_from_slice(VOWELS[rng.random_range(0..VOWELS.len())]);
     }
     // The rank in base 26 keeps every word distinct.
     let mut n = rank;
@@ -95,22 +89,4 @@ fn make_word(rank: usize, rng: &mut SplitMix64) -> Vec<u8> {
         }
     }
     word
-}
-
-/// splitmix64: small, fast, and good enough for test data.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)`.
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
 }
