@@ -273,3 +273,64 @@ fn dead_letters_into_a_json_lines_sink() {
         .collect();
     assert_eq!(lines, expected);
 }
+
+/// Every dead letter reaches a slow consumer whatever runs the fallible step — a shared
+/// source's readers, rayon's splits, a stage after `map_init` — so each of them waits for
+/// the letters as a stage does (without it, letters beyond the channel's room were never
+/// sent).
+#[test]
+fn every_dead_letter_arrives_whatever_runs_the_step() {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    const N: u64 = 20_000;
+    let odd = |n: u64| if n % 2 == 0 { Ok(n) } else { Err((n, "odd")) };
+    let slow = |eaten: Arc<AtomicUsize>| {
+        ErrorPolicy::dead_letter_fn(move |letters: Vec<DeadLetter<u64>>| {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+            eaten.fetch_add(letters.len(), SeqCst);
+            Ok(())
+        })
+    };
+    let evens = (0..N).filter(|n| n % 2 == 0);
+    for stages in [1, 2, 3] {
+        let eaten = Arc::new(AtomicUsize::new(0));
+        let count = Flow::from_iter(0..N)
+            .stages(stages)
+            .try_map(odd)
+            .on_error(slow(eaten.clone()))
+            .count()
+            .unwrap();
+        assert_eq!(count as u64, N / 2);
+        assert_eq!(eaten.load(SeqCst) as u64, N / 2, "count, {stages} stages");
+
+        let eaten = Arc::new(AtomicUsize::new(0));
+        let sum: u64 = Flow::from_par_iter((0..N).into_par_iter())
+            .stages(stages)
+            .try_map(odd)
+            .on_error(slow(eaten.clone()))
+            .sum()
+            .unwrap();
+        assert_eq!(sum, evens.clone().sum::<u64>());
+        assert_eq!(
+            eaten.load(SeqCst) as u64,
+            N / 2,
+            "from_par_iter, {stages} stages"
+        );
+
+        let eaten = Arc::new(AtomicUsize::new(0));
+        let mut mapped: Vec<u64> = Flow::from_iters(vec![0..N / 2, N / 2..N])
+            .shuffle(Shuffle::shuffle().stages(stages))
+            .map_init(|_| 1u64, |one, n| n + *one)
+            .try_map(move |n| odd(n - 1).map(|n| n + 1).map_err(|(n, e)| (n + 1, e)))
+            .on_error(slow(eaten.clone()))
+            .collect()
+            .unwrap();
+        mapped.sort_unstable();
+        assert_eq!(mapped, evens.clone().map(|n| n + 1).collect::<Vec<_>>());
+        assert_eq!(
+            eaten.load(SeqCst) as u64,
+            N / 2,
+            "map_init, {stages} stages"
+        );
+    }
+}
