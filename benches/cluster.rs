@@ -31,13 +31,15 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX};
+use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX, ENV_SECRET};
 use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word};
 
 /// Set in the child process of `timely_2x1`: the input file.
 const ENV_CHILD_INPUT: &str = "FLOWSTAGE_BENCH_CLUSTER_INPUT";
+/// The shared secret of the bench's two processes.
+const SECRET: &str = "flowstage bench cluster secret";
 
 const GENERATED_BYTES: usize = 32 << 20;
 
@@ -104,10 +106,13 @@ fn timely_2x1(path: &Path) -> Summary {
         .env(ENV_CHILD_INPUT, path)
         .env(ENV_INDEX, "1")
         .env(ENV_HOSTS, hosts.join(","))
+        .env(ENV_SECRET, SECRET)
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     let mut child = command.spawn().expect("process 1 starts");
-    let config = ClusterConfig::process(0, hosts).connect_timeout(Duration::from_secs(30));
+    let config = ClusterConfig::process(0, hosts)
+        .secret(SECRET)
+        .connect_timeout(Duration::from_secs(30));
     let counted = cluster_run(&config, path).expect("process 0 gathers");
     let status = child.wait().expect("process 1 ends");
     assert!(status.success(), "process 1 failed: {status}");

@@ -15,6 +15,11 @@
 //!   `total N`, `distinct N` and the top words (`--top N`, default 10).
 //! - `--threads W`: worker threads per process (default 1).
 //!
+//! The processes authenticate each other with the shared secret in
+//! `FLOWSTAGE_CLUSTER_SECRET` (the same in every process; the launcher makes a fresh one
+//! for its processes). It goes in the environment, not on the command line, where other
+//! users of the machine could read it.
+//!
 //! Every process must see FILE at the same path (a shared or copied file): each worker
 //! reads only its own byte ranges of it.
 
@@ -22,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flowstage::cluster::{self, ClusterConfig, ClusterPlan};
+use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_SECRET};
 use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{Chunk, FileSource, Word};
@@ -107,6 +112,11 @@ fn process(args: &Args, index: usize) -> Result<(), Box<dyn std::error::Error>> 
     }
     .threads(args.threads)
     .connect_timeout(Duration::from_secs(args.timeout));
+    let config = match std::env::var_os(ENV_SECRET) {
+        Some(secret) => config.secret(secret.as_encoded_bytes()),
+        // Without it, the run fails at once and says what to set.
+        None => config,
+    };
     let file = args.file.clone().ok_or("a cluster process needs FILE")?;
     if let Some(mut counts) = count(&config, file)? {
         report(&mut counts, args.top);
@@ -139,6 +149,10 @@ fn launch(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?
         .join(",");
     drop(listeners);
+    // A fresh secret for this cluster of local processes.
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
+    let secret: String = secret.iter().map(|b| format!("{b:02x}")).collect();
     let exe = std::env::current_exe()?;
     let out = std::env::temp_dir().join(format!(
         "flowstage-cluster-example-{}.out",
@@ -158,6 +172,7 @@ fn launch(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 &args.top.to_string(),
             ])
             .args(["--timeout", &args.timeout.to_string()])
+            .env(ENV_SECRET, &secret)
             .stdin(Stdio::null());
         if index == 0 {
             command.stdout(std::fs::File::create(&out)?);

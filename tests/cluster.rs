@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowstage::FlowError;
-use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
+use flowstage::cluster::{
+    self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS,
+};
 use flowstage::corpus::Corpus;
 use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
@@ -33,8 +35,12 @@ const ENV_OUT: &str = "FLOWSTAGE_CLUSTER_TEST_OUT";
 const ENV_CORPUS: &str = "FLOWSTAGE_CLUSTER_TEST_CORPUS";
 /// Where a child marks that its flow is running.
 const ENV_STARTED: &str = "FLOWSTAGE_CLUSTER_TEST_STARTED";
+/// A child's handshake timeout in milliseconds, when the test sets one.
+const ENV_HANDSHAKE: &str = "FLOWSTAGE_CLUSTER_TEST_HANDSHAKE_MS";
 /// How long a child may run before the parent kills it and fails the test.
 const CHILD_WATCHDOG: Duration = Duration::from_secs(60);
+/// The shared secret of the test clusters.
+const SECRET: &str = "flowstage test cluster secret";
 
 // ---------------------------------------------------------------------------------------
 // The flows under test, each run both locally and on the cluster.
@@ -161,9 +167,15 @@ fn run_child(part: impl FnOnce(ClusterConfig) -> flowstage::Result<Option<Vec<St
     let Some(out) = child_output() else {
         return false;
     };
-    let config = ClusterConfig::from_env()
+    let mut config = ClusterConfig::from_env()
         .expect("the parent sets a valid configuration")
         .connect_timeout(Duration::from_secs(20));
+    if let Some(ms) = std::env::var(ENV_HANDSHAKE)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+    {
+        config = config.handshake_timeout(Duration::from_millis(ms));
+    }
     let started = Instant::now();
     let text = match part(config) {
         Ok(Some(lines)) => format!("ok\n{}", lines.join("\n")),
@@ -262,6 +274,7 @@ impl Processes {
                     .env(ENV_INDEX, index.to_string())
                     .env(ENV_HOSTS, hosts.join(","))
                     .env(ENV_THREADS, threads.to_string())
+                    .env(ENV_SECRET, SECRET)
                     .envs(env.iter().map(|(k, v)| (k, v)))
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -637,6 +650,7 @@ fn a_process_whose_peer_never_starts_fails_to_connect() {
         Reported::Error { kind, text } => {
             assert_eq!(kind, "Cluster", "{text}");
             assert!(text.contains("could not connect"), "{text}");
+            assert!(text.contains("process 0 at"), "{text}");
         }
         other => panic!("expected a connect error, got {other:?}"),
     }
@@ -747,31 +761,130 @@ fn a_failing_process_makes_the_others_fail() {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Start-up: connections that are not the cluster's never kill the run.
+
+/// A connection that is not one of the cluster's processes.
+#[derive(Debug, Clone, Copy)]
+enum Intruder {
+    /// Connects and closes at once.
+    Closes,
+    /// Connects and sends nothing.
+    Silent,
+    /// Answers the challenge as process 1 would, without the secret.
+    WrongSecret,
+}
+
+/// Connects to `address` (retrying until it listens) and behaves as `intruder`; returns
+/// what the cluster sent it before closing the connection, once it did.
+fn intrude(address: &str, intruder: Intruder) -> Vec<u8> {
+    use std::io::Read;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Err(error) => panic!("{address} never listened: {error}"),
+        }
+    };
+    let mut received = Vec::new();
+    match intruder {
+        Intruder::Closes => {}
+        Intruder::Silent => {
+            let _ = stream.read_to_end(&mut received);
+        }
+        Intruder::WrongSecret => {
+            // The challenge is 8 bytes of magic and a 32-byte nonce; the answer the magic,
+            // the index 1, a nonce and a MAC — here one made without the secret.
+            let mut challenge = [0u8; 40];
+            stream.read_exact(&mut challenge).expect("the challenge");
+            let mut answer = challenge[..8].to_vec();
+            answer.extend(1u64.to_be_bytes());
+            answer.extend([0x5a; 64]);
+            stream.write_all(&answer).expect("the answer");
+            received.extend(challenge);
+            let _ = stream.read_to_end(&mut received);
+        }
+    }
+    received
+}
+
+/// Starts process 0 of 2, lets `intruder` connect to it while it waits for process 1,
+/// then starts process 1: the cluster runs and gives the local result.
+fn cluster_starts_despite(test: &str, intruder: Intruder) {
+    if run_child(|config| windowed_cluster(&config)) {
+        return;
+    }
+    let expected = windowed_local(2);
+    let hosts = free_hosts(2);
+    // A long handshake deadline: a silent intruder is still pending while process 1 joins,
+    // so the run shows that accepting does not wait on it.
+    let env = [(ENV_HANDSHAKE, "60000".to_string())];
+    let first = Processes::start(test, &hosts, &[0], 1, &env);
+    let address = hosts[0].clone();
+    let mut intruding = Some(std::thread::spawn(move || intrude(&address, intruder)));
+    if matches!(intruder, Intruder::Closes) {
+        intruding
+            .take()
+            .map(|t| t.join().expect("the intruder ran"));
+    } else {
+        // The intruder is connected (and pending) before process 1 starts.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let second = Processes::start(test, &hosts, &[1], 1, &env);
+    let mut reports = first.finish();
+    reports.extend(second.finish());
+    assert_gathered(&reports, &expected);
+    if let Some(intruding) = intruding {
+        // Process 0 dropped the intruder's connection: it got the challenge (40 bytes)
+        // and nothing more — no proof for a wrong secret.
+        let received = intruding.join().expect("the intruder ran");
+        assert_eq!(received.len(), 40, "the intruder received {received:?}");
+        assert_eq!(&received[..8], b"FLOWSTG\x01");
+    }
+}
+
 #[test]
-fn a_connection_from_another_cluster_is_not_taken_for_a_peer() {
-    // Process 0 of 2 waits for process 1; a stranger that knows the port and says it is
-    // process 1 (but of another host list) is not taken for it: process 0 times out.
+fn a_connection_that_closes_during_start_up_does_not_stop_the_cluster() {
+    cluster_starts_despite(
+        "a_connection_that_closes_during_start_up_does_not_stop_the_cluster",
+        Intruder::Closes,
+    );
+}
+
+#[test]
+fn a_silent_connection_during_start_up_does_not_stop_the_cluster() {
+    cluster_starts_despite(
+        "a_silent_connection_during_start_up_does_not_stop_the_cluster",
+        Intruder::Silent,
+    );
+}
+
+#[test]
+fn a_connection_with_the_wrong_secret_does_not_join_the_cluster() {
+    cluster_starts_despite(
+        "a_connection_with_the_wrong_secret_does_not_join_the_cluster",
+        Intruder::WrongSecret,
+    );
+}
+
+#[test]
+fn a_peer_that_never_comes_is_named_with_the_connections_dropped() {
+    // Process 0 of 2 waits for process 1; an intruder that knows the port and says it is
+    // process 1 (without the secret) is dropped, and process 0 times out naming process
+    // 1 and the dropped connection.
     let hosts = free_hosts(2);
     let target = hosts[0].clone();
-    let stranger = std::thread::spawn(move || {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            if let Ok(mut stream) = std::net::TcpStream::connect(&target) {
-                let mut hello = 1u64.to_be_bytes().to_vec();
-                hello.extend(0xdead_beef_u64.to_be_bytes());
-                let _ = stream.write_all(&hello);
-                std::thread::sleep(Duration::from_millis(1500));
-                return true;
-            }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    });
-    let config = ClusterConfig::process(0, hosts).connect_timeout(Duration::from_secs(1));
+    let intruder = std::thread::spawn(move || intrude(&target, Intruder::WrongSecret));
+    let config = ClusterConfig::process(0, hosts)
+        .secret(SECRET)
+        .connect_timeout(Duration::from_secs(1));
     let outcome = common::guarded(move || cluster::collect(&config, || Flow::from_iter(0..10u64)));
-    assert!(stranger.join().unwrap(), "the stranger connected");
+    assert_eq!(
+        intruder.join().unwrap().len(),
+        40,
+        "the intruder got no proof"
+    );
     match outcome {
         Err(FlowError::Cluster {
             process: 0,
@@ -781,7 +894,70 @@ fn a_connection_from_another_cluster_is_not_taken_for_a_peer() {
                 message.contains("no connection from process 1"),
                 "{message}"
             );
+            assert!(message.contains("shared secret"), "{message}");
         }
         other => panic!("expected a connect timeout, got {other:?}"),
     }
+}
+
+#[test]
+fn a_listener_without_the_secret_is_not_taken_for_a_peer() {
+    // Process 1 of 2 connects to process 0's address, where something that speaks the
+    // protocol but cannot prove the secret listens: process 1 gives up naming process 0.
+    let hosts = free_hosts(2);
+    let impostor = std::net::TcpListener::bind(&hosts[0]).expect("process 0's port");
+    let answering = std::thread::spawn(move || {
+        use std::io::Read;
+        impostor.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut answered = 0;
+        while Instant::now() < deadline {
+            let Ok((mut stream, _)) = impostor.accept() else {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
+            };
+            stream.set_nonblocking(false).unwrap();
+            let mut hello = b"FLOWSTG\x01".to_vec();
+            hello.extend([7u8; 32]);
+            let mut answer = [0u8; 80];
+            if stream.write_all(&hello).is_ok() && stream.read_exact(&mut answer).is_ok() {
+                let _ = stream.write_all(&[0u8; 32]);
+                answered += 1;
+            }
+        }
+        answered
+    });
+    let config = ClusterConfig::process(1, hosts)
+        .secret(SECRET)
+        .connect_timeout(Duration::from_secs(1));
+    let outcome = common::guarded(move || cluster::collect(&config, || Flow::from_iter(0..10u64)));
+    assert!(
+        answering.join().unwrap() > 0,
+        "process 1 reached the impostor"
+    );
+    match outcome {
+        Err(FlowError::Cluster {
+            process: 1,
+            message,
+        }) => {
+            assert!(message.contains("process 0 at"), "{message}");
+            assert!(message.contains("failed to prove"), "{message}");
+        }
+        other => panic!("expected a connect error naming process 0, got {other:?}"),
+    }
+}
+
+#[test]
+fn several_processes_need_a_shared_secret() {
+    let config = ClusterConfig::process(0, free_hosts(2));
+    let outcome = common::guarded(move || cluster::collect(&config, || Flow::from_iter(0..10u64)));
+    match outcome {
+        Err(FlowError::Config(message)) => {
+            assert!(message.contains(ENV_SECRET), "{message}");
+        }
+        other => panic!("expected a configuration error, got {other:?}"),
+    }
+    let empty = ClusterConfig::process(0, free_hosts(2)).secret("");
+    let outcome = common::guarded(move || cluster::collect(&empty, || Flow::from_iter(0..10u64)));
+    assert!(matches!(outcome, Err(FlowError::Config(m)) if m.contains("empty")));
 }

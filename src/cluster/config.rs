@@ -7,7 +7,8 @@ use crate::error::{FlowError, Result};
 
 /// Where a cluster run takes place and how it is bounded: the processes (one address per
 /// process, the same list in every process), this process's index, the worker threads
-/// per process, and the limits of the run (connect timeout, backpressure).
+/// per process, the shared secret the processes authenticate each other with, and the
+/// limits of the run (connect timeout, backpressure).
 ///
 /// Every process runs the same program with the same hosts and its own index.
 ///
@@ -23,6 +24,7 @@ use crate::error::{FlowError, Result};
 /// let hosts = ["10.0.0.1:7000", "10.0.0.1:7001", "10.0.0.2:7000"];
 /// let config = ClusterConfig::process(1, hosts)
 ///     .threads(2)
+///     .secret("a long random string, the same in every process")
 ///     .connect_timeout(Duration::from_secs(30))
 ///     .max_epochs_ahead(4);
 /// assert_eq!((config.workers(), config.index()), (6, 1));
@@ -37,6 +39,34 @@ pub struct ClusterConfig {
     pub(crate) peer_timeout: Duration,
     pub(crate) epochs_ahead: u64,
     pub(crate) epoch_events: usize,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) handshake_timeout: Duration,
+}
+
+/// The cluster's shared secret, kept only as the key derived from it (never printed).
+#[derive(Clone)]
+pub(crate) struct Secret {
+    key: [u8; 32],
+    empty: bool,
+}
+
+impl Secret {
+    pub(crate) fn new(secret: &[u8]) -> Self {
+        Secret {
+            key: blake3::derive_key("flowstage cluster handshake v1", secret),
+            empty: secret.is_empty(),
+        }
+    }
+
+    pub(crate) fn key(&self) -> [u8; 32] {
+        self.key
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Environment variables read by [`ClusterConfig::from_env`].
@@ -47,6 +77,9 @@ pub const ENV_HOSTS: &str = "FLOWSTAGE_CLUSTER_HOSTS";
 pub const ENV_HOSTFILE: &str = "FLOWSTAGE_CLUSTER_HOSTFILE";
 /// Worker threads per process (see [`ClusterConfig::from_env`]).
 pub const ENV_THREADS: &str = "FLOWSTAGE_CLUSTER_THREADS";
+/// The cluster's shared secret (see [`ClusterConfig::secret`] and
+/// [`ClusterConfig::from_env`]).
+pub const ENV_SECRET: &str = "FLOWSTAGE_CLUSTER_SECRET";
 
 impl ClusterConfig {
     fn new(threads: usize, index: usize, hosts: Vec<String>) -> Self {
@@ -58,6 +91,8 @@ impl ClusterConfig {
             peer_timeout: Duration::from_secs(2),
             epochs_ahead: 8,
             epoch_events: 1024,
+            secret: None,
+            handshake_timeout: Duration::from_secs(5),
         }
     }
 
@@ -100,13 +135,13 @@ impl ClusterConfig {
 
     /// The configuration from the environment: [`ENV_INDEX`] (this process, default 0),
     /// [`ENV_HOSTS`] (comma-separated `host:port`s) or [`ENV_HOSTFILE`] (a host file, see
-    /// [`from_hostfile`](Self::from_hostfile)), and [`ENV_THREADS`] (default 1). Without
-    /// hosts: one process.
+    /// [`from_hostfile`](Self::from_hostfile)), [`ENV_THREADS`] (default 1) and
+    /// [`ENV_SECRET`] (the shared [`secret`](Self::secret)). Without hosts: one process.
     ///
     /// ```
     /// use flowstage::cluster::ClusterConfig;
     /// // With none of the variables set: one process, one worker.
-    /// # for var in ["FLOWSTAGE_CLUSTER_INDEX", "FLOWSTAGE_CLUSTER_HOSTS", "FLOWSTAGE_CLUSTER_HOSTFILE", "FLOWSTAGE_CLUSTER_THREADS"] {
+    /// # for var in ["FLOWSTAGE_CLUSTER_INDEX", "FLOWSTAGE_CLUSTER_HOSTS", "FLOWSTAGE_CLUSTER_HOSTFILE", "FLOWSTAGE_CLUSTER_THREADS", "FLOWSTAGE_CLUSTER_SECRET"] {
     /// #     assert!(std::env::var_os(var).is_none());
     /// # }
     /// let config = ClusterConfig::from_env()?;
@@ -137,7 +172,11 @@ impl ClusterConfig {
             config.index = index;
             config
         };
-        Ok(config.threads(threads))
+        let config = config.threads(threads);
+        Ok(match std::env::var_os(ENV_SECRET) {
+            Some(secret) => config.secret(secret.as_encoded_bytes()),
+            None => config,
+        })
     }
 
     /// Worker threads per process (default 1).
@@ -158,6 +197,33 @@ impl ClusterConfig {
     /// A peer that dies is reported at once.
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = timeout;
+        self
+    }
+
+    /// The cluster's shared secret. Every connection between two processes starts with a
+    /// challenge–response handshake in which both prove they hold it (keyed BLAKE3 over
+    /// fresh nonces from both sides; the secret itself never crosses the network), so
+    /// knowing the host list is not enough to join a cluster. Required for a run of
+    /// several processes; every process must have the same. Use a long random string
+    /// (`openssl rand -hex 32`), kept like a password; see the
+    /// [module docs](crate::cluster#security) for what it does not protect.
+    ///
+    /// ```
+    /// use flowstage::cluster::ClusterConfig;
+    /// let config = ClusterConfig::process(0, ["10.0.0.1:7000", "10.0.0.2:7000"])
+    ///     .secret("3f1c…a long random string");
+    /// // Never printed:
+    /// assert!(!format!("{config:?}").contains("3f1c"));
+    /// ```
+    pub fn secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.secret = Some(Secret::new(secret.as_ref()));
+        self
+    }
+
+    /// How long a connection may take to complete its handshake (default 5 s): a
+    /// connection that stays silent longer is dropped, and accepting goes on meanwhile.
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
         self
     }
 
@@ -205,6 +271,23 @@ impl ClusterConfig {
             return Err(FlowError::Config(
                 "a cluster epoch needs at least 1 event".into(),
             ));
+        }
+        if self.hosts.len() > 1 {
+            match &self.secret {
+                None => {
+                    return Err(FlowError::Config(format!(
+                        "a cluster of {} processes needs a shared secret: set \
+                         ClusterConfig::secret or {ENV_SECRET}, the same in every process",
+                        self.hosts.len()
+                    )));
+                }
+                Some(secret) if secret.empty => {
+                    return Err(FlowError::Config(
+                        "the cluster's shared secret is empty".into(),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         if self.index >= self.processes() {
             return Err(FlowError::Config(format!(

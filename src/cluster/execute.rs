@@ -3,8 +3,6 @@
 //! [`FlowError`].
 
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -193,7 +191,7 @@ fn connect(
             .try_build_with(hooks(shared))
             .map_err(cluster_error);
     }
-    let sockets = sockets(config)?;
+    let sockets = super::connect::sockets(config)?;
     let hooks = hooks(shared);
     let process =
         ProcessBuilder::new_typed_vector(config.threads, hooks.refill.clone(), hooks.spill.clone());
@@ -204,128 +202,6 @@ fn connect(
         builders.into_iter().map(AllocatorBuilder::Tcp).collect(),
         Box::new(guard),
     ))
-}
-
-/// One connection to every other process, in process order (`None` for this one), made
-/// within the connect timeout: this process connects to the processes before it and
-/// accepts the ones after it, which introduce themselves by their index (as in timely's
-/// own set-up, which retries forever and polls once a second) and the host list's
-/// fingerprint.
-fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
-    let (index, hosts) = (config.index, &config.hosts);
-    let deadline = Instant::now() + config.connect_timeout;
-    let cluster_error = |message: String| FlowError::Cluster {
-        process: index,
-        message,
-    };
-    let timed_out = |waiting: &str| {
-        cluster_error(format!(
-            "could not connect to all {} processes ({}) within {:?}: {waiting}",
-            hosts.len(),
-            hosts.join(", "),
-            config.connect_timeout
-        ))
-    };
-    // Processes introduce themselves by index and by a fingerprint of the host list, so
-    // that a connection from another cluster is not taken for one of ours.
-    let fingerprint = hosts
-        .iter()
-        .flat_map(|host| host.bytes().chain([b'\n']))
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        })
-        .to_be_bytes();
-    let listener = TcpListener::bind(&hosts[index])
-        .map_err(|error| cluster_error(format!("cannot listen on {}: {error}", hosts[index])))?;
-    listener.set_nonblocking(true)?;
-    let later = hosts.len() - index - 1;
-    std::thread::scope(|scope| {
-        // Accepts the processes after this one, on a thread of its own.
-        let accepting = scope.spawn(|| -> Result<Vec<Option<TcpStream>>> {
-            let mut accepted: Vec<Option<TcpStream>> = (0..later).map(|_| None).collect();
-            while accepted.iter().any(Option::is_none) {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        stream.set_nonblocking(false)?;
-                        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        let mut hello = [0u8; 16];
-                        stream.read_exact(&mut hello)?;
-                        stream.set_read_timeout(None)?;
-                        stream.set_nodelay(true)?;
-                        let (peer, cluster) = hello.split_at(8);
-                        let peer = u64::from_be_bytes(peer.try_into().unwrap_or_default());
-                        let slot = (peer as usize).checked_sub(index + 1);
-                        match slot {
-                            // Another cluster's process (a stale host file, a reused
-                            // port): not ours; keep waiting for ours.
-                            _ if cluster != fingerprint => {}
-                            Some(slot) if slot < later && accepted[slot].is_none() => {
-                                accepted[slot] = Some(stream);
-                            }
-                            _ => {
-                                return Err(cluster_error(format!(
-                                    "a connection introduced itself as process {peer}"
-                                )));
-                            }
-                        }
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                        if Instant::now() >= deadline {
-                            let missing: Vec<String> = accepted
-                                .iter()
-                                .enumerate()
-                                .filter(|(_, s)| s.is_none())
-                                .map(|(slot, _)| (index + 1 + slot).to_string())
-                                .collect();
-                            return Err(timed_out(&format!(
-                                "no connection from process {}",
-                                missing.join(", ")
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(2));
-                    }
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            Ok(accepted)
-        });
-        // Connects to the processes before this one, retrying until the deadline.
-        let mut sockets: Vec<Option<TcpStream>> = Vec::with_capacity(hosts.len());
-        let mut connecting = Ok(());
-        for (peer, host) in hosts.iter().enumerate().take(index) {
-            let connected = loop {
-                match TcpStream::connect(host.as_str()) {
-                    Ok(stream) => break Ok(stream),
-                    Err(_) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err(error) => {
-                        break Err(timed_out(&format!("process {peer} at {host}: {error}")));
-                    }
-                }
-            };
-            let introduced = connected.and_then(|mut stream| {
-                stream.set_nodelay(true)?;
-                stream.write_all(&(index as u64).to_be_bytes())?;
-                stream.write_all(&fingerprint)?;
-                Ok(stream)
-            });
-            match introduced {
-                Ok(stream) => sockets.push(Some(stream)),
-                Err(error) => {
-                    connecting = Err(error);
-                    break;
-                }
-            }
-        }
-        let accepted = accepting
-            .join()
-            .map_err(|payload| cluster_error(panic_message(payload.as_ref())))?;
-        connecting?;
-        sockets.push(None);
-        sockets.extend(accepted?);
-        Ok(sockets)
-    })
 }
 
 /// Where a worker's output goes.

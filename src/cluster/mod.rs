@@ -94,8 +94,13 @@
 //! - A process that cannot reach every peer within
 //!   [`connect_timeout`](ClusterConfig::connect_timeout) gets
 //!   [`FlowError::Cluster`](crate::FlowError::Cluster), naming the processes it waited
-//!   for. (flowstage makes the connections itself, then hands them to timely: timely's
-//!   own set-up retries forever and polls once a second.)
+//!   for and the connections it dropped meanwhile. (flowstage makes the connections
+//!   itself, then hands them to timely: timely's own set-up retries forever, polls once a
+//!   second, and fails on the first connection that is not a peer.)
+//! - During start-up, a connection that is not one of the cluster's processes — one that
+//!   closes, stays silent past [`handshake_timeout`](ClusterConfig::handshake_timeout),
+//!   speaks another protocol or cannot prove the secret — is dropped, and accepting goes
+//!   on: it never fails the run nor holds up the real peers.
 //! - A peer that dies (its connection breaks) makes every other process end its run with
 //!   `FlowError::Cluster` at once; a peer that leaves early and cleanly (its run failed on
 //!   its side) does so after [`peer_timeout`](ClusterConfig::peer_timeout).
@@ -106,14 +111,32 @@
 //! - Once the run is complete everywhere (timely's frontier is empty), the result stands:
 //!   a process waits at most `peer_timeout` for its network threads to flush and end,
 //!   and a peer that dies then does not turn it into an error.
+//!
+//! # Security
+//!
+//! A run of several processes needs a shared [`secret`](ClusterConfig::secret) (or
+//! [`ENV_SECRET`]). Every connection starts with a challenge–response handshake: each
+//! side proves it holds the secret with keyed BLAKE3 over fresh random nonces from both
+//! sides, the host list and both processes' indices; the secret itself never crosses the
+//! network, and a recorded handshake cannot be replayed. So knowing the host list (or
+//! being able to connect to the ports) is not enough to join a cluster or to pose as one
+//! of its processes, and a process of another cluster is never taken for a peer.
+//!
+//! What it does not do: the events exchanged afterwards travel unencrypted and are not
+//! authenticated per message, so someone who can read or rewrite the traffic between the
+//! machines (on the path, not merely able to connect) can see or alter it. Run a cluster
+//! on a private network, or tunnel it (WireGuard, an SSH tunnel, a VPN). Events are
+//! decoded only from peers that proved the secret.
 
 mod config;
+mod connect;
 mod execute;
+mod handshake;
 mod operators;
 mod plan;
 mod window;
 
-pub use config::{ClusterConfig, ENV_HOSTFILE, ENV_HOSTS, ENV_INDEX, ENV_THREADS};
+pub use config::{ClusterConfig, ENV_HOSTFILE, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS};
 pub use execute::{collect, for_each};
 #[doc(hidden)]
 pub use plan::{ClusterCompiler, ClusterStream, Stamp};
