@@ -4,6 +4,11 @@
 //! bounded channel of batches: rayon's workers fill batches and block when the channel is
 //! full (backpressure), and the flow's producers — one per core, sharing the channel —
 //! take batches as their consumers ask.
+//!
+//! A panic inside the rayon job (in the user's closures) is caught there and handed to
+//! the producer that reads next, which panics with it in its stage: the run ends with
+//! `FlowError::StagePanicked` naming that stage, as for a panic anywhere else. (Uncaught,
+//! a panic in a `rayon::spawn` job aborts the process.)
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +30,10 @@ pub struct ParIterSource<I> {
     pub(crate) readers: usize,
 }
 
-type Shared<T> = Arc<Mutex<mpsc::Receiver<Vec<T>>>>;
+/// What the rayon job sends: a batch, or the payload of a panic that ended it.
+type Message<T> = std::result::Result<Vec<T>, Box<dyn std::any::Any + Send>>;
+
+type Shared<T> = Arc<Mutex<mpsc::Receiver<Message<T>>>>;
 
 /// The rayon job, taken by whichever producer is asked first.
 type StartJob = Arc<std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>>;
@@ -43,33 +51,16 @@ where
     type Item = I::Item;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<I::Item>>> {
-        let (tx, rx) = mpsc::channel::<Vec<I::Item>>(self.readers.max(1) * 2);
+        let (tx, rx) = mpsc::channel::<Message<I::Item>>(self.readers.max(1) * 2);
         let iter = self.iter;
         let job: Box<dyn FnOnce() + Send> = Box::new(move || {
             rayon::spawn(move || {
-                // Set when a send finds the flow gone (its output dropped, or it failed):
-                // `while_some` then stops the whole job, which would otherwise hold rayon's
-                // pool until the iterator is exhausted — forever, for an unbounded one.
-                // Written once; a stale read costs at most a few items, so `Relaxed`.
-                let gone = Arc::new(AtomicBool::new(false));
-                let (sender, stop) = (tx.clone(), gone.clone());
-                let leftovers = iter
-                    .map(move |item| (!gone.load(Ordering::Relaxed)).then_some(item))
-                    .while_some()
-                    .fold(Vec::new, move |mut batch, item| {
-                        batch.push(item);
-                        if batch.len() >= BATCH
-                            && sender.blocking_send(std::mem::take(&mut batch)).is_err()
-                        {
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                        batch
-                    });
-                leftovers.for_each(|batch| {
-                    if !batch.is_empty() {
-                        let _ = tx.blocking_send(batch);
-                    }
-                });
+                let panicked = tx.clone();
+                let job = std::panic::AssertUnwindSafe(move || drive(iter, tx));
+                if let Err(payload) = std::panic::catch_unwind(job) {
+                    // The readers see it after every batch sent before it.
+                    let _ = panicked.blocking_send(Err(payload));
+                }
             });
         });
         let start = Arc::new(std::sync::Mutex::new(Some(job)));
@@ -83,6 +74,35 @@ where
             })
             .collect())
     }
+}
+
+/// Runs `iter` to its end (or until the flow is gone), sending its items in batches.
+fn drive<I: ParallelIterator>(iter: I, tx: mpsc::Sender<Message<I::Item>>) {
+    // Set when a send finds the flow gone (its output dropped, or it failed): `while_some`
+    // then stops the whole job, which would otherwise hold rayon's pool until the iterator
+    // is exhausted — forever, for an unbounded one. Written once; a stale read costs at
+    // most a few items, so `Relaxed`.
+    let gone = Arc::new(AtomicBool::new(false));
+    let (sender, stop) = (tx.clone(), gone.clone());
+    let leftovers = iter
+        .map(move |item| (!gone.load(Ordering::Relaxed)).then_some(item))
+        .while_some()
+        .fold(Vec::new, move |mut batch, item| {
+            batch.push(item);
+            if batch.len() >= BATCH
+                && sender
+                    .blocking_send(Ok(std::mem::take(&mut batch)))
+                    .is_err()
+            {
+                stop.store(true, Ordering::Relaxed);
+            }
+            batch
+        });
+    leftovers.for_each(|batch| {
+        if !batch.is_empty() {
+            let _ = tx.blocking_send(Ok(batch));
+        }
+    });
 }
 
 impl<T: Send + 'static> Producer for ParIterProducer<T> {
@@ -101,7 +121,10 @@ impl<T: Send + 'static> Producer for ParIterProducer<T> {
         // A batch may exceed the demand by less than one batch; the surplus waits in the
         // stage's buffer.
         match self.batches.lock().await.recv().await {
-            Some(batch) => Ok(Produced::Events(batch)),
+            Some(Ok(batch)) => Ok(Produced::Events(batch)),
+            // The user's closure panicked on a rayon thread: panic here, in this stage, so
+            // that the run ends naming it.
+            Some(Err(payload)) => std::panic::resume_unwind(payload),
             None => Ok(Produced::Finished(Vec::new())),
         }
     }

@@ -4,6 +4,7 @@
 //! block), and hands them over a channel of two: memory stays at a few blocks however long
 //! the input is. The flow's one producer takes a chunk per call.
 
+use std::cell::Cell;
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -77,9 +78,9 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
                 self.name.display()
             )));
         }
-        let (tx, rx) = mpsc::channel::<std::result::Result<Chunk, FlowError>>(2);
+        let (tx, rx) = mpsc::channel::<Message>(2);
         let ReaderSource {
-            mut reader,
+            reader,
             name,
             delimiter,
             block_size,
@@ -88,65 +89,116 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
         let spawned = std::thread::Builder::new()
             .name("flowstage-reader".into())
             .spawn(move || {
-                let mut offset = 0u64;
-                let mut carry: Vec<u8> = Vec::new();
-                loop {
-                    let mut block = std::mem::take(&mut carry);
-                    let kept = block.len();
-                    block.reserve(block_size);
-                    let read = (&mut reader)
-                        .take(block_size as u64)
-                        .read_to_end(&mut block);
-                    let read = match read {
-                        Ok(read) => read,
-                        Err(source) => {
-                            let _ = tx.blocking_send(Err(FlowError::Io {
-                                path: thread_name.to_path_buf(),
-                                offset: Some(offset + kept as u64),
-                                source,
-                            }));
-                            return;
-                        }
-                    };
-                    if read == 0 {
-                        if !block.is_empty() {
-                            let _ = tx.blocking_send(Ok(Chunk::owned(
-                                block,
-                                offset,
-                                thread_name.clone(),
-                            )));
-                        }
-                        return;
-                    }
-                    // Cut after the last delimiter; the unfinished record waits for more.
-                    let cut = delimiter.rfind(&block[kept..]).map_or(0, |i| kept + i + 1);
-                    if cut == 0 {
-                        carry = block;
-                        continue;
-                    }
-                    carry = block.split_off(cut);
-                    let length = block.len() as u64;
-                    if tx
-                        .blocking_send(Ok(Chunk::owned(block, offset, thread_name.clone())))
-                        .is_err()
-                    {
-                        // The flow has stopped.
-                        return;
-                    }
-                    offset += length;
-                }
+                // Bytes handed on so far, still readable after a panic.
+                let offset = Cell::new(0u64);
+                let read = std::panic::AssertUnwindSafe(|| {
+                    read_blocks(reader, &thread_name, delimiter, block_size, &tx, &offset)
+                });
+                let last = match std::panic::catch_unwind(read) {
+                    Ok(last) => last,
+                    // The user's `Read` panicked: the flow must not take that for the end
+                    // of the input.
+                    Err(payload) => Message::Panicked {
+                        message: crate::error::panic_message(payload.as_ref()),
+                        offset: offset.get(),
+                    },
+                };
+                let _ = tx.blocking_send(last);
             });
         spawned.map_err(|source| FlowError::Io {
             path: name.to_path_buf(),
             offset: None,
             source,
         })?;
-        Ok(vec![BoxedProducer::new(ChannelReader { chunks: rx })])
+        Ok(vec![BoxedProducer::new(ChannelReader {
+            chunks: rx,
+            name,
+            ended: false,
+        })])
+    }
+}
+
+/// What the reader thread sends. The input ends only with `End`: a channel that closes
+/// without it means the thread died.
+enum Message {
+    Chunk(Chunk),
+    /// Reading failed.
+    Failed(FlowError),
+    /// The reader panicked after `offset` bytes were handed on.
+    Panicked {
+        message: String,
+        offset: u64,
+    },
+    /// The reader reached the end of its input.
+    End,
+}
+
+/// Reads `reader` to its end in blocks cut after their last delimiter, sending a chunk per
+/// block; returns the last message (`End`, or the read error). `offset` follows the bytes
+/// sent.
+fn read_blocks(
+    mut reader: impl Read,
+    name: &Arc<Path>,
+    delimiter: Delimiter,
+    block_size: usize,
+    tx: &mpsc::Sender<Message>,
+    offset: &Cell<u64>,
+) -> Message {
+    let mut carry: Vec<u8> = Vec::new();
+    loop {
+        let at = offset.get();
+        let mut block = std::mem::take(&mut carry);
+        let kept = block.len();
+        block.reserve(block_size);
+        let read = match (&mut reader)
+            .take(block_size as u64)
+            .read_to_end(&mut block)
+        {
+            Ok(read) => read,
+            Err(source) => {
+                return Message::Failed(FlowError::Io {
+                    path: name.to_path_buf(),
+                    offset: Some(at + kept as u64),
+                    source,
+                });
+            }
+        };
+        if read == 0 {
+            if !block.is_empty() {
+                let length = block.len() as u64;
+                if tx
+                    .blocking_send(Message::Chunk(Chunk::owned(block, at, name.clone())))
+                    .is_err()
+                {
+                    return Message::End;
+                }
+                offset.set(at + length);
+            }
+            return Message::End;
+        }
+        // Cut after the last delimiter; the unfinished record waits for more.
+        let cut = delimiter.rfind(&block[kept..]).map_or(0, |i| kept + i + 1);
+        if cut == 0 {
+            carry = block;
+            continue;
+        }
+        carry = block.split_off(cut);
+        let length = block.len() as u64;
+        if tx
+            .blocking_send(Message::Chunk(Chunk::owned(block, at, name.clone())))
+            .is_err()
+        {
+            // The flow has stopped.
+            return Message::End;
+        }
+        offset.set(at + length);
     }
 }
 
 struct ChannelReader {
-    chunks: mpsc::Receiver<std::result::Result<Chunk, FlowError>>,
+    chunks: mpsc::Receiver<Message>,
+    name: Arc<Path>,
+    ended: bool,
 }
 
 impl Producer for ChannelReader {
@@ -156,10 +208,50 @@ impl Producer for ChannelReader {
         &mut self,
         _demand: usize,
     ) -> std::result::Result<Produced<Chunk>, StageError> {
-        match self.chunks.recv().await {
-            Some(Ok(chunk)) => Ok(Produced::Events(vec![chunk])),
-            Some(Err(error)) => Err(Box::new(error)),
-            None => Ok(Produced::Finished(Vec::new())),
+        if self.ended {
+            return Ok(Produced::Finished(Vec::new()));
         }
+        match self.chunks.recv().await {
+            Some(Message::Chunk(chunk)) => Ok(Produced::Events(vec![chunk])),
+            Some(Message::End) => {
+                self.ended = true;
+                Ok(Produced::Finished(Vec::new()))
+            }
+            Some(Message::Failed(error)) => Err(Box::new(error)),
+            // A panic in the user's reader is a panic of this stage.
+            Some(Message::Panicked { message, offset }) => std::panic::panic_any(format!(
+                "the reader of `{}` panicked after {offset} bytes: {message}",
+                self.name.display()
+            )),
+            None => Err(Box::new(FlowError::Io {
+                path: self.name.to_path_buf(),
+                offset: None,
+                source: std::io::Error::other(
+                    "the reader thread ended before the end of its input",
+                ),
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_channel_closed_without_the_end_message_is_an_error_not_the_end() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let (tx, rx) = mpsc::channel(2);
+        drop(tx);
+        let mut reader = ChannelReader {
+            chunks: rx,
+            name: Arc::from(Path::new("pipe")),
+            ended: false,
+        };
+        let produced = runtime.block_on(reader.handle_demand(1));
+        let error = produced.expect_err("a dead reader thread is an error");
+        assert!(error.to_string().contains("pipe"), "{error}");
     }
 }
