@@ -128,16 +128,21 @@
 //! on a private network, or tunnel it (WireGuard, an SSH tunnel, a VPN). Events are
 //! decoded only from peers that proved the secret.
 
+mod batch;
 mod config;
 mod connect;
+mod emit;
 mod execute;
 mod handshake;
-mod operators;
+mod layer;
 mod plan;
+mod report;
+mod source;
 mod window;
+mod wire;
 
 pub use config::{ClusterConfig, ENV_HOSTFILE, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS};
-pub use execute::{collect, for_each};
+pub use execute::{collect, for_each, run};
 #[doc(hidden)]
-pub use plan::{ClusterCompiler, ClusterStream, Stamp};
+pub use plan::{ClusterCompiler, ClusterStream, EventTime, Stamp};
 pub use plan::{ClusterPlan, Time, Wire};

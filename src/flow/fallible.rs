@@ -417,14 +417,28 @@ macro_rules! fallible_node {
             where
                 L: Logic<In = Self::Item> + Clone,
             {
-                compiler.pipeline.error_counters($label, self.policy.counters());
+                let (inner, label, counters, logic) = self.into_logic(logic);
+                compiler.pipeline.error_counters(label, counters);
+                inner.compile(compiler, logic, dispatch)
+            }
+        }
+
+        impl<P: Plan, F> $node<P, F> {
+            /// The node's input, its name and policy counters, and its logic before
+            /// `rest`, for either backend.
+            #[allow(clippy::type_complexity)]
+            pub(crate) fn into_logic<L>(
+                self,
+                rest: L,
+            ) -> (P, &'static str, Arc<ErrorCounters>, $logic<P::Item, F, L>) {
+                let counters = self.policy.counters();
                 let logic = $logic {
                     f: self.f,
                     errors: self.policy.handler($label),
-                    rest: logic,
+                    rest,
                     _in: PhantomData,
                 };
-                self.inner.compile(compiler, logic, dispatch)
+                (self.inner, $label, counters, logic)
             }
         }
     };

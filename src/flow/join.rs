@@ -221,6 +221,28 @@ impl<A, B, K, KA, KB, F, L: Clone> Clone for Join<A, B, K, KA, KB, F, L> {
     }
 }
 
+impl<A, B, K, KA, KB, F, L> Join<A, B, K, KA, KB, F, L> {
+    /// The join logic of one stage (one cluster worker), before `rest`.
+    pub(crate) fn new(
+        mode: JoinMode,
+        left_key: Arc<KA>,
+        right_key: Arc<KB>,
+        join: Arc<F>,
+        rest: L,
+    ) -> Self {
+        Join {
+            mode,
+            left_key,
+            right_key,
+            join,
+            state: Slots::default(),
+            windowed: false,
+            table: Table::new(),
+            rest,
+        }
+    }
+}
+
 impl<A, B, K, KA, KB, F, O, L> Join<A, B, K, KA, KB, F, L>
 where
     K: Hash + Eq,
@@ -481,16 +503,7 @@ where
                 "a join needs producers on both sides".into(),
             ));
         }
-        let join = Join {
-            mode: self.mode,
-            left_key: self.left_key,
-            right_key: self.right_key,
-            join: self.join,
-            state: Slots::default(),
-            windowed: false,
-            table: Table::new(),
-            rest: logic,
-        };
+        let join = Join::new(self.mode, self.left_key, self.right_key, self.join, logic);
         layer_deferring(
             compiler,
             "join",

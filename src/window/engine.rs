@@ -683,6 +683,30 @@ impl<T: Send + 'static> Windower<T> {
         }
     }
 
+    /// Upstream `from` has moved to event time `t` without sending an event: the cluster
+    /// backend's layers have one such upstream, timely's frontier (no earlier event can
+    /// arrive from anywhere), and feed their events with a `from` that is no upstream.
+    /// Closes what the new watermark passes (the cursor stays where events put it).
+    pub(crate) fn advance<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        t: i64,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        self.start(chain, out);
+        let Some(upstream) = self.upstreams.get_mut(from) else {
+            return;
+        };
+        if upstream.latest.is_none_or(|latest| latest < t) {
+            upstream.latest = Some(t);
+            self.recompute_watermark();
+        }
+        // Also when the watermark stayed: a first event may have opened a window it
+        // had passed already.
+        self.close(chain, out);
+    }
+
     /// Upstream `from` finished: it no longer holds the watermark back.
     pub(crate) fn upstream_done<L: Logic<In = T>>(
         &mut self,

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses the part it needs
 
+#[cfg(feature = "timely")]
+pub mod processes;
+
 use std::any::Any;
 use std::panic::resume_unwind;
 use std::sync::mpsc::{RecvTimeoutError, channel};

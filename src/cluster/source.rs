@@ -1,0 +1,224 @@
+//! Source operators: one per share of a source, on every worker (timely needs the same
+//! operators on all of them); the worker's own shares read, the others end at once.
+//!
+//! A source operator reads its producer, runs the fused logic after it, and emits at
+//! `(window, epoch)`: `window` is the largest granule of anything it read (its watermark,
+//! see [`window`](super::window)), `epoch` counts its reads. It holds its capability
+//! there, so timely's frontier at any operator downstream is the smallest watermark of all
+//! sources everywhere that can still send — and it waits while the run's probe shows the
+//! cluster more than `max_epochs_ahead` epochs behind it (backpressure).
+//!
+//! With `idle_timeout`, a share that read nothing for that long stops holding windows
+//! back: its capability moves to the end of event time, where it stays (a capability
+//! never moves back), and the layer then takes the largest event time it has seen as its
+//! watermark when no share holds windows any more (as locally when every producer is
+//! idle).
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use timely::dataflow::ProbeHandle;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::source;
+
+use super::emit::emit;
+use super::plan::{ClusterCompiler, ClusterStream, Stamp, Time};
+use super::report::Counters;
+use crate::error::{FlowError, StageError, StageInfo, StageKind};
+use crate::flow::{Logic, PartitionInfo};
+use crate::source::BoxedProducer;
+use crate::stage::{Produced, Producer};
+
+/// The window half of a released share's capability: after every event time.
+pub(crate) const RELEASED: u64 = u64::MAX;
+
+/// Records the first failure of the worker's operators; the worker ends the run with it.
+pub(crate) fn report(
+    failure: &Rc<RefCell<Option<FlowError>>>,
+    stage: &StageInfo,
+    error: StageError,
+) {
+    let mut failure = failure.borrow_mut();
+    if failure.is_none() {
+        *failure = Some(FlowError::from_stage_error(stage, error));
+    }
+}
+
+/// One source operator per share.
+pub(crate) fn sources<'s, T, L>(
+    compiler: &mut ClusterCompiler<'s>,
+    label: &'static str,
+    shares: Vec<Option<BoxedProducer<T>>>,
+    logic: L,
+    stamp: Stamp<L::Out>,
+) -> ClusterStream<'s, L::Out>
+where
+    T: Send + 'static,
+    L: Logic<In = T> + Clone,
+{
+    let count = shares.len();
+    let operator = compiler.report.borrow_mut().operator();
+    let streams: Vec<_> = shares
+        .into_iter()
+        .enumerate()
+        .map(|(index, share)| {
+            let partition = PartitionInfo { index, count };
+            let share = share.map(|producer| {
+                let name = format!("{label}[{index}]");
+                let counters = compiler.report.borrow_mut().stage(
+                    operator,
+                    name.clone(),
+                    StageKind::Producer,
+                    index,
+                );
+                let stage = StageInfo {
+                    name,
+                    kind: StageKind::Producer,
+                    index,
+                };
+                (producer, stage, counters)
+            });
+            ClusterStream {
+                stream: source_operator(
+                    compiler,
+                    label,
+                    partition,
+                    share,
+                    logic.clone(),
+                    stamp.clone(),
+                ),
+                instances: 1,
+            }
+        })
+        .collect();
+    let mut stream = super::layer::concatenate(compiler, streams);
+    stream.instances = count;
+    stream
+}
+
+/// What a source operator holds while it reads.
+struct Reader<T, L: Logic> {
+    producer: BoxedProducer<T>,
+    logic: L,
+    capability: Capability<Time>,
+    out: Vec<L::Out>,
+    stage: StageInfo,
+    counters: Rc<Counters>,
+    /// When it last read an event, for `idle_timeout`.
+    read_at: Instant,
+}
+
+/// How a source paces itself: the probe it checks, how far ahead it may run, and the
+/// probes it waits for before reading at all.
+struct Pace {
+    probe: ProbeHandle<Time>,
+    ahead: u64,
+    gates: Vec<ProbeHandle<Time>>,
+}
+
+impl Pace {
+    /// Whether the source at `(window, epoch)` must wait.
+    fn waits(&self, (window, epoch): Time) -> bool {
+        if self.gates.iter().any(|gate| !gate.done()) {
+            return true;
+        }
+        if epoch <= self.ahead {
+            return false;
+        }
+        if window == RELEASED {
+            // A released share is after everything in event time: it paces itself on the
+            // epoch of the cluster's slowest part instead.
+            return self
+                .probe
+                .with_frontier(|frontier| frontier.iter().any(|t| t.1 + self.ahead < epoch));
+        }
+        self.probe.less_than(&(window, epoch - self.ahead))
+    }
+}
+
+fn source_operator<'s, T, L>(
+    compiler: &mut ClusterCompiler<'s>,
+    label: &'static str,
+    partition: PartitionInfo,
+    share: Option<(BoxedProducer<T>, StageInfo, Rc<Counters>)>,
+    mut logic: L,
+    stamp: Stamp<L::Out>,
+) -> timely::dataflow::StreamVec<'s, Time, L::Out>
+where
+    T: Send + 'static,
+    L: Logic<In = T>,
+{
+    let scope = compiler.scope;
+    let runtime = compiler.runtime.clone();
+    let failure = compiler.failure.clone();
+    let pace = Pace {
+        probe: compiler.probe.clone(),
+        ahead: compiler.epochs_ahead,
+        gates: compiler.gates.clone(),
+    };
+    let batch = compiler.epoch_events;
+    let idle = stamp.as_ref().and_then(|time| time.idle);
+    let name = format!("{label}[{}]", partition.index);
+    source(scope, &name, move |capability, info| {
+        let activator = scope.activator_for(info.address);
+        logic.start(partition);
+        let mut reader = share.map(|(producer, stage, counters)| Reader {
+            producer,
+            logic,
+            capability,
+            out: Vec::new(),
+            stage,
+            counters,
+            read_at: Instant::now(),
+        });
+        move |output| {
+            let Some(state) = reader.as_mut() else {
+                return;
+            };
+            let (window, epoch) = *state.capability.time();
+            if pace.waits((window, epoch)) {
+                activator.activate_after(Duration::from_micros(200));
+                return;
+            }
+            let (mut events, last) = match runtime.block_on(state.producer.handle_demand(batch)) {
+                Ok(Produced::Events(events)) => (events, false),
+                Ok(Produced::Finished(events)) => (events, true),
+                Err(error) => {
+                    report(&failure, &state.stage, error);
+                    reader = None;
+                    return;
+                }
+            };
+            let read = events.len();
+            state.logic.batch(&mut events, &mut state.out);
+            if last {
+                state.logic.done(&mut state.out);
+            }
+            if let Some(error) = state.logic.failure() {
+                report(&failure, &state.stage, error);
+                reader = None;
+                return;
+            }
+            state.counters.add_out(state.out.len());
+            let largest = emit(output, &state.capability, &mut state.out, &stamp);
+            if last {
+                reader = None;
+                return;
+            }
+            let now = Instant::now();
+            if read > 0 {
+                state.read_at = now;
+            }
+            let released = idle.is_some_and(|idle| now.duration_since(state.read_at) >= idle);
+            let window = if released { RELEASED } else { largest };
+            state.capability.downgrade(&(window, epoch + 1));
+            if read == 0 {
+                // Nothing to read right now (a polling producer): ask again in a while.
+                activator.activate_after(Duration::from_millis(1));
+            } else {
+                activator.activate();
+            }
+        }
+    })
+}
