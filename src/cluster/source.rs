@@ -39,10 +39,29 @@ pub(crate) fn report(
     stage: &StageInfo,
     error: StageError,
 ) {
+    fail(failure, FlowError::from_stage_error(stage, error));
+}
+
+fn fail(failure: &Rc<RefCell<Option<FlowError>>>, error: FlowError) {
     let mut failure = failure.borrow_mut();
     if failure.is_none() {
-        *failure = Some(FlowError::from_stage_error(stage, error));
+        *failure = Some(error);
     }
+}
+
+/// How long a source operator waits for its producer before it lets the worker's other
+/// operators run (and tries again later).
+const PATIENCE: Duration = Duration::from_millis(1);
+
+type Answer<T> = (BoxedProducer<T>, std::result::Result<Produced<T>, StageError>);
+
+/// A producer and its demand in flight: `handle_demand` runs as a task on the worker's
+/// runtime, so that a producer with nothing to give yet (a quiet stream, a channel)
+/// never holds the worker's thread — the worker's other operators run meanwhile.
+enum Reading<T> {
+    Idle(BoxedProducer<T>),
+    Asked(tokio::task::JoinHandle<Answer<T>>),
+    Gone,
 }
 
 /// One source operator per share.
@@ -99,7 +118,7 @@ where
 
 /// What a source operator holds while it reads.
 struct Reader<T, L: Logic> {
-    producer: BoxedProducer<T>,
+    reading: Reading<T>,
     logic: L,
     capability: Capability<Time>,
     out: Vec<L::Out>,
@@ -164,7 +183,7 @@ where
         let activator = scope.activator_for(info.address);
         logic.start(partition);
         let mut reader = share.map(|(producer, stage, counters)| Reader {
-            producer,
+            reading: Reading::Idle(producer),
             logic,
             capability,
             out: Vec::new(),
@@ -181,7 +200,42 @@ where
                 activator.activate_after(Duration::from_micros(200));
                 return;
             }
-            let (mut events, last) = match runtime.block_on(state.producer.handle_demand(batch)) {
+            let asked = match std::mem::replace(&mut state.reading, Reading::Gone) {
+                Reading::Idle(mut producer) => runtime.spawn(async move {
+                    let answer = producer.handle_demand(batch).await;
+                    (producer, answer)
+                }),
+                Reading::Asked(asked) => asked,
+                Reading::Gone => return,
+            };
+            let mut asked = asked;
+            let answer =
+                runtime.block_on(async { tokio::time::timeout(PATIENCE, &mut asked).await });
+            let answer = match answer {
+                Ok(Ok((producer, answer))) => {
+                    state.reading = Reading::Idle(producer);
+                    answer
+                }
+                Ok(Err(joined)) => {
+                    let error = match joined.try_into_panic() {
+                        Ok(payload) => FlowError::from_panic(&state.stage, payload),
+                        Err(_) => FlowError::Cancelled,
+                    };
+                    fail(&failure, error);
+                    reader = None;
+                    return;
+                }
+                Err(_elapsed) => {
+                    // Nothing yet: let the worker's other operators run meanwhile.
+                    state.reading = Reading::Asked(asked);
+                    if idle.is_some_and(|idle| state.read_at.elapsed() >= idle) {
+                        state.capability.downgrade(&(RELEASED, epoch));
+                    }
+                    activator.activate_after(PATIENCE);
+                    return;
+                }
+            };
+            let (mut events, last) = match answer {
                 Ok(Produced::Events(events)) => (events, false),
                 Ok(Produced::Finished(events)) => (events, true),
                 Err(error) => {
@@ -206,11 +260,10 @@ where
                 reader = None;
                 return;
             }
-            let now = Instant::now();
             if read > 0 {
-                state.read_at = now;
+                state.read_at = Instant::now();
             }
-            let released = idle.is_some_and(|idle| now.duration_since(state.read_at) >= idle);
+            let released = idle.is_some_and(|idle| state.read_at.elapsed() >= idle);
             let window = if released { RELEASED } else { largest };
             state.capability.downgrade(&(window, epoch + 1));
             if read == 0 {
