@@ -75,18 +75,27 @@
 //! ```
 
 #![deny(missing_docs, missing_debug_implementations, unreachable_pub)]
-// The one `unsafe` is the call that maps a file (`FileSource::mmap`), allowed where it is.
+// `unsafe` is forbidden in every module but `source`, where only `source::mmap` (mapping
+// a file: the `unsafe` opt-in `FileSource::mmap`) allows it.
 #![deny(unsafe_code)]
 
 #[cfg(feature = "timely")]
+#[forbid(unsafe_code)]
 pub mod cluster;
+#[forbid(unsafe_code)]
 pub mod corpus;
+#[forbid(unsafe_code)]
 pub mod error;
+#[forbid(unsafe_code)]
 pub mod flow;
+#[forbid(unsafe_code)]
 mod runtime;
+#[forbid(unsafe_code)]
 pub mod sink;
 pub mod source;
+#[forbid(unsafe_code)]
 pub mod stage;
+#[forbid(unsafe_code)]
 pub mod window;
 
 /// Test support for `tests/loom.rs` (only with `--cfg flowstage_loom`); not public API.

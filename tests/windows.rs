@@ -190,15 +190,60 @@ fn fixed_windows_out_of_order_with_lateness_fire_watermark_then_done_oldest_firs
 }
 
 #[test]
-fn skipped_fixed_windows_fire_empty() {
+fn only_fixed_windows_with_events_fire() {
     let (fired, _) = fixed_sums(vec![1, 35], None, 1000);
     assert_eq!(
         fired,
+        [(0, TriggerName::Done, 1), (30, TriggerName::Done, 35)]
+    );
+}
+
+#[test]
+fn fire_empty_fires_the_empty_windows_of_short_gaps_only() {
+    let fired = |events: Vec<i64>, lateness: Option<Duration>| {
+        guarded(move || {
+            let mut window = Window::fixed(Duration::from_millis(10), |t: &i64| *t).fire_empty(3);
+            if let Some(lateness) = lateness {
+                window = window.allowed_lateness(lateness);
+            }
+            Flow::from_iter(events)
+                .partition(Partition::new().stages(1).window(window))
+                .reduce(|| 0i64, |t, sum| sum + t)
+                .on_trigger(|sum, _, trigger| {
+                    (vec![(trigger.window.id, trigger.name.clone(), sum)], sum)
+                })
+                .collect::<Vec<Fired>>()
+                .unwrap()
+        })
+    };
+    use TriggerName::{Done, Watermark};
+    // A gap of 2 empty windows fires them; one of 5 (40..=80) fires none.
+    assert_eq!(
+        fired(vec![1, 35, 95, 120], None),
         [
-            (0, TriggerName::Done, 1),
-            (10, TriggerName::Done, 0),
-            (20, TriggerName::Done, 0),
-            (30, TriggerName::Done, 35)
+            (0, Done, 1),
+            (10, Done, 0),
+            (20, Done, 0),
+            (30, Done, 35),
+            (90, Done, 95),
+            (100, Done, 0),
+            (110, Done, 0),
+            (120, Done, 120)
+        ]
+    );
+    // With lateness the empty windows linger like the others and take late events.
+    assert_eq!(
+        fired(vec![1, 35, 12, 45], Some(Duration::from_secs(3600))),
+        [
+            (0, Watermark, 1),
+            (10, Watermark, 0),
+            (20, Watermark, 0),
+            (30, Watermark, 35),
+            (0, Done, 1),
+            (10, Done, 12),
+            (20, Done, 0),
+            (30, Done, 35),
+            (40, Done, 45)
         ]
     );
 }
@@ -479,5 +524,138 @@ fn a_failing_try_map_after_a_join_ends_the_run() {
     match joined {
         Err(error) => assert!(error.to_string().contains("bad pair 33"), "{error}"),
         Ok(pairs) => panic!("the failure was lost: {pairs:?}"),
+    }
+}
+
+/// Counts per window of one in-order producer's timestamps `ts` through `window` over
+/// `stages` stages, as (window id, events) over all stages; and the late events.
+fn counts_per_window(ts: Vec<i64>, window: Window<i64>, stages: usize) -> (Vec<(i64, u64)>, u64) {
+    guarded(move || {
+        let late = LateEvents::keep();
+        let mut fired: Vec<(i64, u64)> = Flow::from_iter(ts)
+            .partition(
+                Partition::by_key(|t: &i64| *t)
+                    .stages(stages)
+                    .window(window.late_events(&late)),
+            )
+            .reduce(|| 0u64, |_, n| n + 1)
+            .on_trigger(|n, _, trigger| {
+                let out = if trigger.is_done() {
+                    vec![(trigger.window.id, n)]
+                } else {
+                    vec![]
+                };
+                (out, n)
+            })
+            .collect()
+            .unwrap();
+        // (A window's events may be in several stages.)
+        let mut merged = std::collections::BTreeMap::new();
+        for (id, n) in fired.drain(..) {
+            *merged.entry(id).or_insert(0) += n;
+        }
+        (merged.into_iter().collect(), late.count())
+    })
+}
+
+/// `(window id, events)` from a reference assignment of each timestamp to its windows.
+fn reference(ts: &[i64], windows_of: impl Fn(i128) -> Vec<i128>) -> Vec<(i64, u64)> {
+    let clamp = |v: i128| v.clamp(i64::MIN.into(), i64::MAX.into()) as i64;
+    let mut counts = std::collections::BTreeMap::new();
+    for &t in ts {
+        let mut ids: Vec<i64> = windows_of(t.into()).into_iter().map(clamp).collect();
+        ids.dedup();
+        for id in ids {
+            *counts.entry(id).or_insert(0u64) += 1;
+        }
+    }
+    counts.into_iter().collect()
+}
+
+#[test]
+fn event_time_windows_take_any_i64_timestamp_and_skip_huge_gaps() {
+    let extremes = vec![
+        i64::MIN,
+        i64::MIN + 1,
+        i64::MIN + 9,
+        -1,
+        0,
+        5,
+        100_000_000,
+        10_000_000_000,
+        i64::MAX - 10,
+        i64::MAX - 1,
+        i64::MAX,
+    ];
+    let ms = Duration::from_millis;
+    for stages in [1, 2] {
+        // Fixed, with and without lateness and fire_empty: only windows with events fire,
+        // however far apart (10 ms windows; the old engine fired every window between).
+        let fixed = reference(&extremes, |t| vec![t.div_euclid(10) * 10]);
+        for variant in 0..3 {
+            let mut window = Window::fixed(ms(10), |t: &i64| *t);
+            match variant {
+                1 => window = window.allowed_lateness(Duration::from_secs(3600)),
+                2 => window = window.fire_empty(1000),
+                _ => {}
+            }
+            let (fired, late) = counts_per_window(extremes.clone(), window, stages);
+            assert_eq!(late, 0, "variant {variant}, {stages} stages");
+            assert_eq!(fired, fixed, "variant {variant}, {stages} stages");
+        }
+        // Sliding (30 ms every 10 ms): each event in its three windows, the windows that
+        // would start below i64::MIN being one.
+        let sliding = reference(&extremes, |t| {
+            let first = (t - 30).div_euclid(10) + 1;
+            (first..=t.div_euclid(10)).map(|k| k * 10).collect()
+        });
+        let (fired, late) = counts_per_window(
+            extremes.clone(),
+            Window::sliding(ms(30), ms(10), |t: &i64| *t),
+            stages,
+        );
+        assert_eq!(late, 0);
+        assert_eq!(fired, sliding, "{stages} stages");
+        // Sessions (gap 10 ms): the runs of timestamps less than 10 apart.
+        let mut sessions: Vec<(i64, u64)> = Vec::new();
+        let mut previous: Option<i64> = None;
+        for &t in &extremes {
+            match (previous, sessions.last_mut()) {
+                (Some(p), Some(session)) if i128::from(t) - i128::from(p) < 10 => session.1 += 1,
+                _ => sessions.push((t, 1)),
+            }
+            previous = Some(t);
+        }
+        if stages == 1 {
+            let (fired, late) =
+                counts_per_window(extremes.clone(), Window::session(ms(10), |t: &i64| *t), 1);
+            assert_eq!(late, 0);
+            assert_eq!(fired, sessions);
+        }
+    }
+}
+
+#[test]
+fn two_events_a_day_of_windows_apart_fire_two_windows() {
+    // 0 and 1e8 ms with 10 ms windows: 10 000 001 windows between them used to fire (1.7 s,
+    // 163 MB); 1e10 ms apart, a 4 GB allocation aborted the process.
+    for gap in [100_000_000i64, 10_000_000_000, i64::MAX] {
+        let (fired, _) = counts_per_window(
+            vec![0, gap],
+            Window::fixed(Duration::from_millis(10), |t: &i64| *t),
+            1,
+        );
+        assert_eq!(fired.len(), 2, "gap {gap}: {} windows", fired.len());
+        let (fired, _) = counts_per_window(
+            vec![0, gap],
+            Window::fixed(Duration::from_millis(10), |t: &i64| *t).fire_empty(1_000_000),
+            1,
+        );
+        assert_eq!(
+            fired.len(),
+            2,
+            "gap {gap} with fire_empty: {} windows",
+            fired.len()
+        );
     }
 }

@@ -113,9 +113,6 @@ fn pact<T: Wire, R: Route<T>>(
 struct Core<T: Send + 'static, L: Logic<In = T>, R> {
     logic: L,
     windower: Option<Windower<T>>,
-    /// Whether the windower has had an event: it takes the frontier as its watermark only
-    /// then, so that no window before the first event fires, as locally.
-    fed: bool,
     /// With `idle_timeout`: the largest granule the layer received, its watermark once
     /// every share has stopped holding windows.
     seen: Option<(EventTime<T>, u64)>,
@@ -163,9 +160,6 @@ where
                         *seen = (*seen).max((time.granule)(event));
                     }
                 }
-                if !events.is_empty() {
-                    self.fed = true;
-                }
                 // From no upstream: only the frontier moves the watermark.
                 windower.batch(1, events, &mut self.logic, &mut self.out);
                 self.counters.add_late(windower.take_late());
@@ -179,14 +173,13 @@ where
     fn frontier(&mut self, passed: Option<Time>) {
         let before = self.out.len();
         match (&mut self.windower, passed) {
-            (Some(windower), Some((window, _))) if self.fed => {
+            (Some(windower), Some((window, _))) => {
                 let window = match &self.seen {
                     Some((_, seen)) if window == RELEASED => *seen,
                     _ => window,
                 };
                 windower.advance(0, decode(window), &mut self.logic, &mut self.out);
             }
-            (Some(_), Some(_)) => {}
             (Some(windower), None) => windower.done(&mut self.logic, &mut self.out),
             (None, Some(_)) => {}
             (None, None) => self.logic.done(&mut self.out),
@@ -311,7 +304,6 @@ where
         Core {
             logic,
             windower,
-            fed: false,
             seen,
             messages,
             out: Vec::new(),

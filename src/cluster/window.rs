@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use super::plan::{EventTime, Stamp};
-use crate::window::{Kind, Window};
+use crate::window::{Kind, Window, bounds};
 
 /// The event time the sources of a layer with `window` stamp their events with; `None`
 /// for windows without event time (global, count, periodic).
@@ -30,14 +30,9 @@ pub(crate) fn event_time<T: 'static>(window: Option<&Window<T>>) -> Stamp<T> {
     };
     let granule = granule.max(1);
     Some(EventTime {
-        granule: Arc::new(move |event: &T| encode(floor_to(ts(event), granule))),
+        granule: Arc::new(move |event: &T| encode(bounds::fixed(ts(event), granule).0)),
         idle: window.idle_timeout,
     })
-}
-
-/// The largest multiple of `step` at or below `t`, saturating at `i64::MIN`.
-fn floor_to(t: i64, step: i64) -> i64 {
-    t.div_euclid(step).saturating_mul(step)
 }
 
 fn gcd(a: i64, b: i64) -> i64 {

@@ -8,8 +8,8 @@
 //!
 //! Each reader streams its range in blocks (default 64 KiB) and emits one [`Chunk`] — whole
 //! records, ending on a delimiter — per call, whatever the demand: memory per reader is a
-//! block or two, never the file. With [`FileSource::mmap`] the chunks are slices of one
-//! shared mapping instead of copies.
+//! block or two, never the file. With [`FileSource::mmap`] (`unsafe`: see there) the chunks
+//! are slices of one shared mapping instead of copies.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -83,7 +83,8 @@ pub struct FileSource {
     readers: usize,
     delimiter: Delimiter,
     block_size: usize,
-    mmap: bool,
+    /// The promise of the caller of the `unsafe` [`FileSource::mmap`]: map the file.
+    pub(super) mmap: Option<super::mmap::Unchanging>,
     counters: Arc<FileCounters>,
 }
 
@@ -95,7 +96,7 @@ impl FileSource {
             readers: crate::runtime::default_parallelism(),
             delimiter: Delimiter::Whitespace,
             block_size: DEFAULT_BLOCK_SIZE,
-            mmap: false,
+            mmap: None,
             counters: Arc::default(),
         }
     }
@@ -122,14 +123,6 @@ impl FileSource {
     /// runs).
     pub fn block_size(mut self, block_size: usize) -> Self {
         self.block_size = block_size;
-        self
-    }
-
-    /// Map the file instead of reading it: chunks are slices of the mapping, no copies.
-    /// The file must not change while the flow runs: a mapped file that shrinks faults
-    /// (`SIGBUS`) where a read one fails the run with an error.
-    pub fn mmap(mut self, mmap: bool) -> Self {
-        self.mmap = mmap;
         self
     }
 }
@@ -181,15 +174,12 @@ impl Source for FileSource {
         }
         let len = metadata.len();
         let readers = (self.readers as u64).min(len.max(1));
-        let map = if self.mmap && len > 0 {
-            // SAFETY: the mapping is read-only; the caller promises (see `mmap`) that the
-            // file does not change while the flow runs. The crate's only `unsafe`: a
-            // system call Miri cannot run, with nothing of ours inside it to check.
-            #[allow(unsafe_code)]
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(&path, None, e))?;
-            Some(Arc::new(map))
-        } else {
-            None
+        let map = match self.mmap {
+            Some(promise) if len > 0 => {
+                let map = super::mmap::map(&file, promise).map_err(|e| io_error(&path, None, e))?;
+                Some(Arc::new(map))
+            }
+            _ => None,
         };
         let producers = (0..readers)
             .map(|i| {

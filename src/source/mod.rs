@@ -7,23 +7,39 @@
 //! producers) are in this module, one per file; users implement [`Source`] for their own
 //! systems.
 
+// `unsafe` is forbidden in every module here but `mmap`, the one that maps files.
+#[forbid(unsafe_code)]
 mod chunk;
 #[cfg(feature = "csv")]
+#[forbid(unsafe_code)]
 mod csv;
+#[forbid(unsafe_code)]
 mod file;
+#[forbid(unsafe_code)]
 mod iter;
 #[cfg(feature = "json")]
+#[forbid(unsafe_code)]
 mod json;
+#[forbid(unsafe_code)]
 mod lines;
+mod mmap;
+#[forbid(unsafe_code)]
 mod par_iter;
 #[cfg(any(feature = "csv", feature = "json"))]
+#[forbid(unsafe_code)]
 mod parsed;
+#[forbid(unsafe_code)]
 mod poll;
+#[forbid(unsafe_code)]
 mod reader;
 #[cfg(feature = "redis")]
+#[forbid(unsafe_code)]
 pub(crate) mod redis;
+#[forbid(unsafe_code)]
 mod stages;
+#[forbid(unsafe_code)]
 mod stream;
+#[forbid(unsafe_code)]
 mod word;
 
 use std::future::Future;

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::{
     CustomTrigger, Decision, Kind, Trigger, TriggerName, TriggerSpec, Window, WindowInfo,
-    WindowSignal,
+    WindowSignal, bounds,
 };
 use crate::flow::Logic;
 
@@ -43,8 +43,8 @@ struct Slot<T> {
 
 /// An open session: its events wait until it closes.
 struct Session<T> {
-    /// The last timestamp plus the gap.
-    end: i64,
+    /// The last timestamp plus the gap (exclusive; in `i128`, as it may pass `i64::MAX`).
+    end: i128,
     events: Vec<T>,
 }
 
@@ -59,16 +59,18 @@ pub(crate) struct Windower<T> {
     upstreams: Vec<Upstream>,
     watermark: Option<i64>,
     slots: BTreeMap<i64, Slot<T>>,
-    /// Event-time windows: the first window start not closed yet. It moves back only
-    /// while there is no watermark: once there is, every window before it was passed.
-    cursor: Option<i64>,
+    /// Event-time windows: every slot below this id was closed by the watermark and waits
+    /// out its allowed lateness; the slots from here on are open.
+    open_from: i64,
+    /// Event-time windows: the newest window that got a slot (for `fire_empty`).
+    newest: Option<i64>,
     /// The window the chain was last told to enter.
     entered: Option<i64>,
     /// `count` and `periodic`: the current window.
     current: i64,
     sessions: BTreeMap<i64, Session<T>>,
     /// The largest end of a closed session.
-    closed_end: i64,
+    closed_end: i128,
     /// The next tick of each `periodically` trigger.
     ticks: Vec<(Duration, Option<Instant>)>,
     messages: Vec<broadcast::Receiver<String>>,
@@ -115,9 +117,16 @@ impl<T> Iterator for Run<'_, '_, T> {
     }
 }
 
-#[inline]
-fn floor_to(ts: i64, size: i64) -> i64 {
-    ts.div_euclid(size) * size
+/// The moment of tick `n` of `period` after `epoch` (far in the future when that does
+/// not fit an `Instant`).
+fn tick_at(epoch: Instant, period: Duration, n: u128) -> Instant {
+    let far = |epoch: Instant| epoch.checked_add(Duration::from_secs(86_400 * 365 * 100));
+    let nanos = period.as_nanos().saturating_mul(n);
+    u64::try_from(nanos)
+        .ok()
+        .and_then(|nanos| epoch.checked_add(Duration::from_nanos(nanos)))
+        .or_else(|| far(epoch))
+        .unwrap_or(epoch)
 }
 
 impl<T: Send + 'static> Windower<T> {
@@ -158,11 +167,12 @@ impl<T: Send + 'static> Windower<T> {
             ],
             watermark: None,
             slots: BTreeMap::new(),
-            cursor: None,
+            open_from: i64::MIN,
+            newest: None,
             entered: None,
             current: 0,
             sessions: BTreeMap::new(),
-            closed_end: i64::MIN,
+            closed_end: i128::from(i64::MIN),
             ticks,
             messages,
             pending_messages: Vec::new(),
@@ -264,6 +274,9 @@ impl<T: Send + 'static> Windower<T> {
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
+        if self.grid().is_some() && !self.slots.contains_key(&id) {
+            self.open_window(id, chain, out);
+        }
         let mut left = len;
         while left > 0 {
             let (spec, slots) = (&*self.spec, &mut self.slots);
@@ -310,6 +323,28 @@ impl<T: Send + 'static> Windower<T> {
             for name in fires {
                 self.fire(id, name, chain, out);
             }
+        }
+    }
+
+    /// Gives event-time window `id` its slot, as its first events come. With
+    /// [`fire_empty`](Window::fire_empty), a gap of few enough empty windows since the
+    /// newest window gets theirs too, and those the watermark already passed close now.
+    fn open_window<L: Logic<In = T>>(&mut self, id: i64, chain: &mut L, out: &mut Vec<L::Out>) {
+        let gap = match (self.spec.fire_empty, self.newest, self.grid()) {
+            (Some(max), Some(newest), Some((_, step))) if newest < id => {
+                bounds::between(newest, id, step, max).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
+        self.newest = Some(self.newest.map_or(id, |newest| newest.max(id)));
+        let spec = self.spec.clone();
+        for empty in gap.iter().copied().chain([id]) {
+            self.slots
+                .entry(empty)
+                .or_insert_with(|| Self::new_slot(&spec));
+        }
+        if !gap.is_empty() {
+            self.close(chain, out);
         }
     }
 
@@ -405,9 +440,9 @@ impl<T: Send + 'static> Windower<T> {
         let total = stamps.len();
         while let Some(&t) = stamps.get(total - events.len()) {
             let at = total - events.len();
-            let id = floor_to(t, size);
-            self.observe(from, t, id, chain, out);
-            if self.is_closed(id) {
+            let (id, last) = bounds::fixed(t, size);
+            self.observe(from, t, chain, out);
+            if !self.accepts(id, last) {
                 if let Some(event) = events.next() {
                     self.late(event);
                 }
@@ -416,7 +451,6 @@ impl<T: Send + 'static> Windower<T> {
             // The run: the following events of the same window that close nothing. (A
             // range check, not a division per event; the upstream's latest timestamp is
             // only updated, and the watermark recomputed, when an event passes it.)
-            let end = id.saturating_add(size);
             // (`i64::MIN` for none: the run's first event was just observed, so only an
             // unknown upstream has none, and nothing is observed for it anyway.)
             let latest_of = |windower: &Self| {
@@ -429,11 +463,11 @@ impl<T: Send + 'static> Windower<T> {
             let mut latest = latest_of(self);
             let mut len = 1;
             for &t in &stamps[at + 1..] {
-                if t < id || t >= end {
+                if t < id || t > last {
                     break;
                 }
                 if t > latest {
-                    if !self.observe_quietly(from, t) {
+                    if !self.observe_quietly(from, t, last) {
                         break;
                     }
                     latest = latest_of(self);
@@ -457,15 +491,13 @@ impl<T: Send + 'static> Windower<T> {
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
-        let last = floor_to(t, slide);
-        // The first window start above t - size.
-        let first = floor_to(t - size, slide) + slide;
-        self.observe(from, t, first, chain, out);
-        let open: Vec<i64> = (0..)
-            .map(|k| first + k * slide)
-            .take_while(|&start| start <= last)
-            .filter(|&start| !self.is_closed(start))
-            .collect();
+        self.observe(from, t, chain, out);
+        let mut open = Vec::new();
+        for id in bounds::sliding(t, size, slide) {
+            if self.accepts(id, bounds::last(id, size)) {
+                open.push(id);
+            }
+        }
         let Some((&final_window, earlier)) = open.split_last() else {
             self.late(event);
             return;
@@ -487,9 +519,9 @@ impl<T: Send + 'static> Windower<T> {
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
-        self.observe(from, t, t, chain, out);
-        let end = t.saturating_add(gap);
-        if t < self.closed_end || self.watermark.is_some_and(|w| end <= w) {
+        self.observe(from, t, chain, out);
+        let end = i128::from(t) + i128::from(gap);
+        if i128::from(t) < self.closed_end || self.watermark.is_some_and(|w| end <= i128::from(w)) {
             self.late(event);
             return;
         }
@@ -497,9 +529,9 @@ impl<T: Send + 'static> Windower<T> {
         // ending after it.
         let touching: Vec<i64> = self
             .sessions
-            .range(..end)
+            .range(..=bounds::clamp(end - 1))
             .rev()
-            .take_while(|(_, session)| session.end > t)
+            .take_while(|(_, session)| session.end > i128::from(t))
             .map(|(&start, _)| start)
             .collect();
         let mut start = t;
@@ -520,19 +552,14 @@ impl<T: Send + 'static> Windower<T> {
 
     // ---- the watermark ------------------------------------------------------------------
 
-    /// Takes event time `t` from upstream `from`, for an event whose first window is
-    /// `first`; closes what the watermark passed.
+    /// Takes event time `t` from upstream `from`; closes what the watermark passed.
     fn observe<L: Logic<In = T>>(
         &mut self,
         from: usize,
         t: i64,
-        first: i64,
         chain: &mut L,
         out: &mut Vec<L::Out>,
     ) {
-        if self.watermark.is_none() && self.cursor.is_none_or(|c| first < c) {
-            self.cursor = Some(first);
-        }
         let Some(upstream) = self.upstreams.get_mut(from) else {
             return;
         };
@@ -545,9 +572,9 @@ impl<T: Send + 'static> Windower<T> {
         }
     }
 
-    /// Like [`observe`](Self::observe) for an event inside the current run: applies it only
-    /// if it closes nothing, and says whether it did.
-    fn observe_quietly(&mut self, from: usize, t: i64) -> bool {
+    /// Like [`observe`](Self::observe) for an event inside the current run, whose window
+    /// ends at `run_last`: applies it only if it closes nothing, and says whether it did.
+    fn observe_quietly(&mut self, from: usize, t: i64, run_last: i64) -> bool {
         let Some(upstream) = self.upstreams.get(from) else {
             return true;
         };
@@ -556,25 +583,50 @@ impl<T: Send + 'static> Windower<T> {
         }
         let before = (self.upstreams[from].latest, self.watermark);
         self.upstreams[from].latest = Some(t);
-        self.recompute_watermark();
-        if self
-            .next_close()
-            .is_some_and(|end| self.watermark.is_some_and(|w| w >= end))
-        {
+        if !self.recompute_watermark() {
+            return true;
+        }
+        let next_close = self
+            .oldest_open_last()
+            .map_or(run_last, |last| last.min(run_last));
+        if self.watermark.is_some_and(|w| w > next_close) {
             (self.upstreams[from].latest, self.watermark) = before;
             return false;
         }
         true
     }
 
-    /// The end of the oldest window still to close.
-    fn next_close(&self) -> Option<i64> {
+    /// Event-time windows: the size and step of their grid.
+    fn grid(&self) -> Option<(i64, i64)> {
         match &self.spec.kind {
-            Kind::Fixed { size, .. } | Kind::Sliding { size, .. } => {
-                self.cursor.map(|c| c.saturating_add(*size))
-            }
+            Kind::Fixed { size, .. } => Some((*size, *size)),
+            Kind::Sliding { size, slide, .. } => Some((*size, *slide)),
             _ => None,
         }
+    }
+
+    /// The last millisecond of event-time window `id`.
+    fn last_of(&self, id: i64) -> i64 {
+        self.grid()
+            .map_or(i64::MAX, |(size, _)| bounds::last(id, size))
+    }
+
+    /// The last millisecond of the oldest open window that has a slot.
+    fn oldest_open_last(&self) -> Option<i64> {
+        let (&id, _) = self.slots.range(self.open_from..).next()?;
+        Some(self.last_of(id))
+    }
+
+    /// Whether event-time window `id` (ending at `last`) still takes events: the
+    /// watermark has not passed it, or it waits out its allowed lateness. A window that
+    /// had no events when the watermark passed it never existed (unless
+    /// [`fire_empty`](Window::fire_empty) made it): it takes none later.
+    fn accepts(&self, id: i64, last: i64) -> bool {
+        self.watermark.is_none_or(|watermark| watermark <= last)
+            || self
+                .slots
+                .get(&id)
+                .is_some_and(|slot| slot.late_until.is_some())
     }
 
     /// Recomputes the watermark (it never goes back); says whether it moved.
@@ -600,71 +652,45 @@ impl<T: Send + 'static> Windower<T> {
         }
     }
 
-    fn is_closed(&self, start: i64) -> bool {
-        self.watermark.is_some()
-            && self.cursor.is_some_and(|c| start < c)
-            && self
-                .slots
-                .get(&start)
-                .is_none_or(|slot| slot.late_until.is_none())
-    }
-
-    /// Closes every window the watermark passed: event-time windows in order, skipped
-    /// (empty) ones included; sessions that ended.
+    /// Closes every window the watermark passed: event-time windows with a slot, in
+    /// order; sessions that ended.
     fn close<L: Logic<In = T>>(&mut self, chain: &mut L, out: &mut Vec<L::Out>) {
         let Some(watermark) = self.watermark else {
             return;
         };
-        match &self.spec.kind {
-            Kind::Fixed { size, .. } => {
-                let size = *size;
-                self.close_windows(watermark, size, size, chain, out)
+        if self.grid().is_some() {
+            let passed: Vec<i64> = self
+                .slots
+                .range(self.open_from..)
+                .map(|(&id, _)| id)
+                .take_while(|&id| self.last_of(id) < watermark)
+                .collect();
+            for id in passed {
+                self.close_window(id, chain, out);
             }
-            Kind::Sliding { size, slide, .. } => {
-                let (size, slide) = (*size, *slide);
-                self.close_windows(watermark, size, slide, chain, out)
-            }
-            Kind::Session { .. } => {
-                while let Some((&start, session)) = self.sessions.first_key_value() {
-                    if session.end > watermark {
-                        break;
-                    }
-                    self.close_session(start, chain, out);
+        } else if let Kind::Session { .. } = self.spec.kind {
+            while let Some((&start, session)) = self.sessions.first_key_value() {
+                if session.end > i128::from(watermark) {
+                    break;
                 }
+                self.close_session(start, chain, out);
             }
-            _ => {}
         }
     }
 
-    fn close_windows<L: Logic<In = T>>(
-        &mut self,
-        watermark: i64,
-        size: i64,
-        step: i64,
-        chain: &mut L,
-        out: &mut Vec<L::Out>,
-    ) {
-        while let Some(start) = self.cursor {
-            if start.saturating_add(size) > watermark {
-                break;
-            }
-            self.close_window(start, chain, out);
-            self.cursor = Some(start + step);
-        }
-    }
-
-    fn close_window<L: Logic<In = T>>(&mut self, start: i64, chain: &mut L, out: &mut Vec<L::Out>) {
+    /// Closes event-time window `id`, which has a slot: `Watermark` and its allowed
+    /// lateness, or `Done`.
+    fn close_window<L: Logic<In = T>>(&mut self, id: i64, chain: &mut L, out: &mut Vec<L::Out>) {
+        self.open_from = self.open_from.max(id.saturating_add(1));
         match self.spec.lateness {
             Some(lateness) => {
-                let spec = self.spec.clone();
-                let slot = self
-                    .slots
-                    .entry(start)
-                    .or_insert_with(|| Self::new_slot(&spec));
-                slot.late_until = Some(Instant::now() + lateness);
-                self.fire(start, TriggerName::Watermark, chain, out);
+                let until = Instant::now() + lateness;
+                if let Some(slot) = self.slots.get_mut(&id) {
+                    slot.late_until = Some(until);
+                }
+                self.fire(id, TriggerName::Watermark, chain, out);
             }
-            None => self.fire(start, TriggerName::Done, chain, out),
+            None => self.fire(id, TriggerName::Done, chain, out),
         }
     }
 
@@ -686,7 +712,7 @@ impl<T: Send + 'static> Windower<T> {
     /// Upstream `from` has moved to event time `t` without sending an event: the cluster
     /// backend's layers have one such upstream, timely's frontier (no earlier event can
     /// arrive from anywhere), and feed their events with a `from` that is no upstream.
-    /// Closes what the new watermark passes (the cursor stays where events put it).
+    /// Closes what the new watermark passes.
     pub(crate) fn advance<L: Logic<In = T>>(
         &mut self,
         from: usize,
@@ -695,16 +721,7 @@ impl<T: Send + 'static> Windower<T> {
         out: &mut Vec<L::Out>,
     ) {
         self.start(chain, out);
-        let Some(upstream) = self.upstreams.get_mut(from) else {
-            return;
-        };
-        if upstream.latest.is_none_or(|latest| latest < t) {
-            upstream.latest = Some(t);
-            self.recompute_watermark();
-        }
-        // Also when the watermark stayed: a first event may have opened a window it
-        // had passed already.
-        self.close(chain, out);
+        self.observe(from, t, chain, out);
     }
 
     /// Upstream `from` finished: it no longer holds the watermark back.
@@ -732,7 +749,11 @@ impl<T: Send + 'static> Windower<T> {
         let mut consider = |at: Instant| next = Some(next.map_or(at, |n| n.min(at)));
         if let Kind::Periodic(period) = self.spec.kind {
             if let Some(epoch) = self.epoch.get() {
-                consider(*epoch + period * (self.current as u32 + 1));
+                consider(tick_at(
+                    *epoch,
+                    period,
+                    u128::try_from(self.current).unwrap_or(0) + 1,
+                ));
             }
         }
         for (_, tick) in &self.ticks {
@@ -839,7 +860,7 @@ impl<T: Send + 'static> Windower<T> {
             if next.is_some_and(|at| at <= now) {
                 fired.push(*period);
                 let ticks = now.saturating_duration_since(epoch).as_nanos() / period.as_nanos();
-                *next = Some(epoch + *period * (ticks as u32 + 1));
+                *next = Some(tick_at(epoch, *period, ticks + 1));
             }
         }
         for period in fired {
@@ -887,23 +908,19 @@ impl<T: Send + 'static> Windower<T> {
                 let id = self.current;
                 self.fire(id, TriggerName::Done, chain, out);
             }
-            Kind::Fixed { size: step, .. } | Kind::Sliding { slide: step, .. } => {
-                let step = *step;
-                // Windows in their lateness (before the cursor), then the cursor up to the
-                // newest window, empty ones included.
-                let last = self.slots.keys().next_back().copied();
-                let lingering: Vec<i64> = match self.cursor {
-                    Some(c) => self.slots.range(..c).map(|(&id, _)| id).collect(),
-                    None => Vec::new(),
-                };
+            Kind::Fixed { .. } | Kind::Sliding { .. } => {
+                // Windows in their lateness, then the open ones, oldest first.
+                let lingering: Vec<i64> = self
+                    .slots
+                    .range(..self.open_from)
+                    .map(|(&id, _)| id)
+                    .collect();
                 for id in lingering {
                     self.fire(id, TriggerName::Done, chain, out);
                 }
-                if let (Some(mut start), Some(last)) = (self.cursor, last) {
-                    while start <= last {
-                        self.fire(start, TriggerName::Done, chain, out);
-                        start += step;
-                    }
+                let open: Vec<i64> = self.slots.keys().copied().collect();
+                for id in open {
+                    self.fire(id, TriggerName::Done, chain, out);
                 }
             }
             Kind::Session { .. } => {

@@ -20,9 +20,15 @@
 //! finished nor idle (see [`idle_timeout`](Window::idle_timeout); when every producer is
 //! idle, the largest). A window closes — fires `Done`, or `Watermark` first with
 //! [`allowed_lateness`](Window::allowed_lateness) — once the watermark reaches its end.
-//! Windows skipped over fire too, empty. An event for a closed window is *late*: it is
+//! Only windows that received events fire: the empty windows between them cost nothing,
+//! however far apart the events' timestamps are (ask for them with
+//! [`fire_empty`](Window::fire_empty)). An event for a closed window is *late*: it is
 //! counted in the stage's metrics and, with [`late_events`](Window::late_events), kept
 //! for the user to read. At the end of input every open window fires `Done`, oldest first.
+//!
+//! Timestamps may be any `i64`: window bounds are computed without overflow. The window
+//! that would start below `i64::MIN` has the id `i64::MIN`; a window that would end above
+//! `i64::MAX` closes only at the end of input.
 //!
 //! For a single upstream producer results never depend on batch sizes or demand: windows
 //! close, and `every(n)` fires, at the exact event, splitting batches where needed.
@@ -41,6 +47,7 @@
 //! # Ok::<(), flowstage::FlowError>(())
 //! ```
 
+pub(crate) mod bounds;
 mod engine;
 mod slots;
 
@@ -391,6 +398,7 @@ impl<T> Clone for Window<T> {
             lateness: self.lateness,
             idle_timeout: self.idle_timeout,
             late: self.late.clone(),
+            fire_empty: self.fire_empty,
             error: self.error.clone(),
         }
     }
@@ -411,6 +419,8 @@ pub struct Window<T> {
     pub(crate) lateness: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) late: Option<LateEvents<T>>,
+    /// Event-time windows: fire the empty windows of gaps of at most this many.
+    pub(crate) fire_empty: Option<u64>,
     /// The first invalid setting, reported when the flow is built into stages.
     pub(crate) error: Option<String>,
 }
@@ -438,6 +448,7 @@ impl<T: Send + 'static> Window<T> {
             lateness: None,
             idle_timeout: None,
             late: None,
+            fire_empty: None,
             error: None,
         }
     }
@@ -623,6 +634,42 @@ impl<T: Send + 'static> Window<T> {
             return self.invalid("idle_timeout must be above zero".into());
         }
         self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// Fixed and sliding windows: the empty windows between two windows with events fire
+    /// too — entered, then closed like the others (`Done`, or `Watermark` and `Done` with
+    /// allowed lateness), so that a reduce emits its initial state for them and a series
+    /// of windows has no holes — as long as a gap holds at most `max_gap` of them. A longer
+    /// gap (a jump in event time rather than a quiet period) fires none of its empty
+    /// windows: what the stage does stays bounded by its input, whatever the timestamps.
+    /// Without it (the default) only windows with events fire.
+    ///
+    /// ```
+    /// use flowstage::flow::{Flow, Partition};
+    /// use flowstage::window::Window;
+    /// use std::time::Duration;
+    /// let count = |window: Window<i64>| {
+    ///     Flow::from_iter(vec![5i64, 35, 1_000_000_000])
+    ///         .partition(Partition::new().stages(1).window(window))
+    ///         .reduce(|| 0u64, |_, n| n + 1)
+    ///         .emit_state()
+    ///         .collect::<Vec<u64>>()
+    /// };
+    /// let ten_ms = || Window::fixed(Duration::from_millis(10), |t: &i64| *t);
+    /// assert_eq!(count(ten_ms())?, [1, 1, 1]);
+    /// // Windows 10 and 20 are empty; the 99 999 996 before the last event are too many.
+    /// assert_eq!(count(ten_ms().fire_empty(1000))?, [1, 0, 0, 1, 1]);
+    /// # Ok::<(), flowstage::FlowError>(())
+    /// ```
+    pub fn fire_empty(mut self, max_gap: u64) -> Self {
+        if !matches!(self.kind, Kind::Fixed { .. } | Kind::Sliding { .. }) {
+            let kind = self.kind_name();
+            return self.invalid(format!(
+                "fire_empty applies to fixed and sliding windows, not to a {kind} window"
+            ));
+        }
+        self.fire_empty = Some(max_gap);
         self
     }
 
