@@ -78,11 +78,35 @@ pub enum FlowError {
         /// The panic's message.
         message: String,
     },
-    /// A file could not be opened or read.
-    #[error("{}{}: {source}", path.display(), offset.map(|o| format!(" at byte {o}")).unwrap_or_default())]
+    /// An I/O operation failed: on a file (or standard input, a pipe) the library reads or
+    /// writes — naming it, and the byte offset where known — or anywhere else: a
+    /// `std::io::Error` that user code turns into a `FlowError` with `?` becomes one too,
+    /// as [`IoOperation::Unknown`] without a path (use [`FlowError::io`] to say what and
+    /// where).
+    ///
+    /// ```
+    /// use flowstage::{FlowError, IoOperation};
+    ///
+    /// fn load(path: &str) -> flowstage::Result<String> {
+    ///     Ok(std::fs::read_to_string(path)?)
+    /// }
+    /// let error = load("/nonexistent/flowstage.toml").unwrap_err();
+    /// assert!(matches!(error, FlowError::Io { operation: IoOperation::Unknown, .. }));
+    /// assert!(error.to_string().starts_with("I/O error: "), "{error}");
+    ///
+    /// let path = "/nonexistent/flowstage.toml";
+    /// let error = std::fs::read_to_string(path)
+    ///     .map_err(|e| FlowError::io(IoOperation::Read, path, e))
+    ///     .unwrap_err();
+    /// assert!(error.to_string().starts_with("cannot read /nonexistent/flowstage.toml: "));
+    /// ```
+    #[error("{}", io_message(*operation, path.as_deref(), *offset, source))]
     Io {
-        /// The file (`-` for standard input).
-        path: std::path::PathBuf,
+        /// What was being done.
+        operation: IoOperation,
+        /// The file (`-` for standard input, the name given to a reader); `None` when
+        /// unknown (an error converted with `?`).
+        path: Option<std::path::PathBuf>,
         /// Where in the file, when known.
         offset: Option<u64>,
         /// What went wrong.
@@ -136,12 +160,92 @@ pub enum FlowError {
     /// The run was cancelled before it finished (its handle was dropped or cancelled).
     #[error("the run was cancelled")]
     Cancelled,
-    /// The runtime could not be started.
+    /// The runtime could not be started (the operating system refused its threads).
+    /// Only that: other I/O errors are [`FlowError::Io`].
     #[error("could not start the runtime: {0}")]
-    Runtime(#[from] std::io::Error),
+    Runtime(std::io::Error),
+}
+
+/// What an I/O operation was doing when it failed: see [`FlowError::Io`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum IoOperation {
+    /// Opening a file (or a folder) to read it.
+    Open,
+    /// Reading.
+    Read,
+    /// Creating a file to write it.
+    Create,
+    /// Writing (flushing included).
+    Write,
+    /// Starting the thread that reads an input.
+    Spawn,
+    /// Not known: a `std::io::Error` converted into a `FlowError` with `?` says nothing of
+    /// what was being done.
+    Unknown,
+}
+
+impl fmt::Display for IoOperation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            IoOperation::Open => "open",
+            IoOperation::Read => "read",
+            IoOperation::Create => "create",
+            IoOperation::Write => "write",
+            IoOperation::Spawn => "start the reader thread of",
+            IoOperation::Unknown => "I/O",
+        })
+    }
+}
+
+/// `cannot read data.csv at byte 120: ...`; `I/O error: ...` when nothing is known.
+fn io_message(
+    operation: IoOperation,
+    path: Option<&std::path::Path>,
+    offset: Option<u64>,
+    source: &std::io::Error,
+) -> String {
+    let mut message = match (operation, path) {
+        (IoOperation::Unknown, None) => "I/O error".to_string(),
+        (IoOperation::Unknown, Some(path)) => format!("I/O error on {}", path.display()),
+        (operation, None) => format!("cannot {operation}"),
+        (operation, Some(path)) => format!("cannot {operation} {}", path.display()),
+    };
+    if let Some(offset) = offset {
+        message.push_str(&format!(" at byte {offset}"));
+    }
+    format!("{message}: {source}")
+}
+
+/// A `std::io::Error` met with `?` — in user code, typically — is a [`FlowError::Io`]
+/// whose operation and path are unknown (never a [`FlowError::Runtime`]).
+impl From<std::io::Error> for FlowError {
+    fn from(source: std::io::Error) -> Self {
+        FlowError::Io {
+            operation: IoOperation::Unknown,
+            path: None,
+            offset: None,
+            source,
+        }
+    }
 }
 
 impl FlowError {
+    /// An I/O error that says what was being done to which file (no byte offset):
+    /// `FlowError::io(IoOperation::Open, "data.csv", error)`. See [`FlowError::Io`].
+    pub fn io(
+        operation: IoOperation,
+        path: impl AsRef<std::path::Path>,
+        source: std::io::Error,
+    ) -> Self {
+        FlowError::Io {
+            operation,
+            path: Some(path.as_ref().to_path_buf()),
+            offset: None,
+            source,
+        }
+    }
+
     /// The stage the error happened in, if it happened in one.
     pub fn stage(&self) -> Option<&StageInfo> {
         match self {

@@ -104,5 +104,5 @@ pub mod window;
 #[path = "loom_support.rs"]
 pub mod __loom;
 
-pub use error::{FlowError, Result, StageError, StageInfo, StageKind};
+pub use error::{FlowError, IoOperation, Result, StageError, StageInfo, StageKind};
 pub use runtime::{default_parallelism, runtime_metrics};

@@ -30,7 +30,7 @@ pub fn runtime_metrics() -> Option<tokio::runtime::RuntimeMetrics> {
 /// per process, started on first use, one worker per core — as rayon keeps one pool.
 /// A runtime per run cost thread start-up every time and, measured on the literal word
 /// count over 500 MB in one process, ~20% in allocator churn across fresh threads.
-pub(crate) fn shared() -> std::io::Result<&'static tokio::runtime::Runtime> {
+pub(crate) fn shared() -> crate::Result<&'static tokio::runtime::Runtime> {
     if let Some(runtime) = SHARED.get() {
         return Ok(runtime);
     }
@@ -39,11 +39,13 @@ pub(crate) fn shared() -> std::io::Result<&'static tokio::runtime::Runtime> {
     Ok(SHARED.get_or_init(|| runtime))
 }
 
-/// A multi-threaded runtime with one worker per core, time enabled.
-pub(crate) fn build() -> std::io::Result<tokio::runtime::Runtime> {
+/// A multi-threaded runtime with one worker per core, time enabled; failing to start one
+/// is the one [`FlowError::Runtime`](crate::FlowError::Runtime).
+pub(crate) fn build() -> crate::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(default_parallelism())
         .thread_name("flowstage")
         .enable_all()
         .build()
+        .map_err(crate::FlowError::Runtime)
 }

@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::guarded;
-use flowstage::FlowError;
 use flowstage::flow::{Flow, Partition};
 use flowstage::source::{
     Chunk, Delimiter, FileSource, LinesSource, ReaderSource, is_word_separator,
 };
 use flowstage::window::Window;
+use flowstage::{FlowError, IoOperation};
 use proptest::prelude::*;
 
 fn temp_dir() -> PathBuf {
@@ -174,7 +174,7 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
     let error = read_lines(&path, 2).unwrap_err();
     match cause(&error) {
         FlowError::Io {
-            path: named,
+            path: Some(named),
             source,
             ..
         } => {
@@ -183,6 +183,11 @@ fn a_missing_file_of_lines_is_a_typed_error_naming_it() {
         }
         other => panic!("expected FlowError::Io, got {other:?}"),
     }
+    let shown = cause(&error).to_string();
+    assert!(
+        shown.starts_with(&format!("cannot open {}: ", path.display())),
+        "{shown}"
+    );
 }
 
 #[test]
@@ -190,8 +195,62 @@ fn a_directory_of_lines_is_a_typed_error_naming_it() {
     let dir = temp_dir();
     let error = read_lines(&dir, 2).unwrap_err();
     match cause(&error) {
-        FlowError::Io { path, .. } => assert_eq!(path, &dir),
+        FlowError::Io {
+            path: Some(path), ..
+        } => assert_eq!(path, &dir),
         other => panic!("expected FlowError::Io, got {other:?}"),
+    }
+}
+
+/// `?` on a `std::io::Error` in user code returning `flowstage::Result` is an I/O error,
+/// not "could not start the runtime" (`FlowError::Runtime` converted every I/O error).
+#[test]
+fn an_io_error_met_with_question_mark_in_user_code_is_an_io_error_not_a_runtime_one() {
+    fn job(config: &Path) -> flowstage::Result<Vec<usize>> {
+        let text = std::fs::read_to_string(config)?;
+        Flow::from_iter(text.lines().map(str::len).collect::<Vec<_>>()).collect()
+    }
+    let error = job(&temp_dir().join("no-such-config.txt")).unwrap_err();
+    match &error {
+        FlowError::Io {
+            operation: IoOperation::Unknown,
+            path: None,
+            offset: None,
+            source,
+        } => {
+            assert_eq!(source.kind(), ErrorKind::NotFound);
+            assert_eq!(error.to_string(), format!("I/O error: {source}"));
+        }
+        other => panic!("expected an unlocated FlowError::Io, got {other:?}"),
+    }
+    assert!(!error.to_string().contains("runtime"), "{error}");
+}
+
+/// Sinks that cannot create their file name it and say so.
+#[test]
+fn sinks_that_cannot_create_their_file_name_it() {
+    let path = temp_dir().join("no-such-folder").join("out");
+    let errors = [
+        flowstage::sink::CsvSink::<(u32,)>::create(&path).unwrap_err(),
+        flowstage::sink::JsonLinesSink::<u32>::create(&path).unwrap_err(),
+    ];
+    for error in errors {
+        match &error {
+            FlowError::Io {
+                operation: IoOperation::Create,
+                path: Some(named),
+                source,
+                ..
+            } => {
+                assert_eq!(named, &path);
+                assert_eq!(source.kind(), ErrorKind::NotFound);
+                assert_eq!(
+                    error.to_string(),
+                    format!("cannot create {}: {source}", path.display())
+                );
+            }
+            other => panic!("expected FlowError::Io, got {other:?}"),
+        }
     }
 }
 
@@ -202,7 +261,7 @@ fn assert_permission_denied(path: &Path) {
     let error = read_lines(path, 2).unwrap_err();
     match cause(&error) {
         FlowError::Io {
-            path: named,
+            path: Some(named),
             source,
             ..
         } => {
@@ -334,10 +393,12 @@ fn a_file_that_shrinks_while_read_fails_the_run_instead_of_losing_lines() {
     assert!(taken <= cut / line.len() as u64, "{taken} lines");
     match cause(&error) {
         FlowError::Io {
-            path: named,
+            operation,
+            path: Some(named),
             offset,
             source,
         } => {
+            assert_eq!(*operation, IoOperation::Read);
             assert_eq!(named, &path);
             assert_eq!(*offset, Some(cut), "where the file ended");
             assert_eq!(source.kind(), ErrorKind::UnexpectedEof);

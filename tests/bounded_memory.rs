@@ -250,6 +250,13 @@ fn measure(shape: Shape, stages: usize, bound: usize) {
         "{shape:?}: peak live heap {peak} bytes above baseline over {EVENTS} events (bound \
          {bound}; all events at once would be {unbounded})"
     );
+    let key = format!("bounded_memory.{shape:?}").to_lowercase();
+    common::figure(&format!("{key}.peak"), common::kilobytes(peak as u64));
+    common::figure(&format!("{key}.bound"), common::megabytes(bound as u64));
+    common::figure(
+        &format!("{key}.unbounded"),
+        common::megabytes(unbounded as u64),
+    );
     assert!(peak <= bound, "peak {peak} above the bound {bound}");
     assert!(bound * 50 < unbounded, "the bound must mean something");
 }

@@ -101,6 +101,14 @@ fn check(what: &str, counters: &FileCounters, read_before: u64, bound: u64) {
     eprintln!(
         "{what}: read {read} bytes of a {FILE_SIZE}-byte file (bound {bound}); rchar grew by {witnessed}"
     );
+    common::figure(
+        &format!("cancellation.{what}.read"),
+        common::megabytes(read),
+    );
+    common::figure(
+        &format!("cancellation.{what}.bound"),
+        common::megabytes(bound),
+    );
     assert!(read > 0, "{what}: nothing was read");
     assert!(read <= bound, "{what}: read {read} bytes, bound {bound}");
     assert!(

@@ -178,7 +178,7 @@ fn sinks_write_what_sources_read_back() {
 fn a_sink_that_cannot_write_names_its_file() {
     let error = CsvSink::<Row>::create("/nonexistent-dir/x.csv").unwrap_err();
     assert!(
-        matches!(&error, FlowError::Io { path, .. } if path.ends_with("x.csv")),
+        matches!(&error, FlowError::Io { path: Some(path), .. } if path.ends_with("x.csv")),
         "{error:?}"
     );
 }

@@ -31,7 +31,7 @@
 //! `tests/stages_prop.rs`).
 //!
 //! Every case runs under the shared watchdog (`tests/common`): a hang fails the case.
-//! 1 000 cases by default; for 10 000:
+//! 1 000 cases by default; CI (`.ci/run`) runs 10 000, as does:
 //!
 //! ```text
 //! FLOWSTAGE_PROP_CASES=10000 cargo test --release --test exactly_once

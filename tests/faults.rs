@@ -6,11 +6,23 @@
 //! input (`handle_done`, a `Done` trigger, `departition`'s `done`), and seen through the
 //! `into_iter` and `into_stream` terminals, where the error is the last item.
 //!
+//! Every callback kind the flow API takes panics itself in some test: besides those above,
+//! [`CALLBACKS`] faults fused operators (`map`, `filter`, `flat_map`, `filter_map`,
+//! `inspect`, `map_batch`), partition keys (`by_key`, `by_hash`), `reduce_mut`,
+//! `group_by` and `uniq_by` keys and the timestamp function of fixed, sliding and session
+//! windows. And every source kind fails: `from_par_iter` (the rayon job's closure),
+//! `ReaderSource` (the reader panics, or returns an I/O error), `from_stream` (a panic in
+//! `poll_next`), `from_poll`, `from_channel` (the stage reading it fails; the blocked
+//! sender is released); the Redis source in `tests/redis.rs` (its connection killed at a
+//! random entry; a panic processing its entries, recovered by the next run).
+//!
 //! Every run must end with a [`FlowError`] that names the stage and carries the message,
 //! within 1 s of the fault (measured from the moment the fault fires to the moment the
 //! run returns), and never hang (the shared watchdog, `tests/common`, fails a hung run).
-//! Where the API has no fallible form of a callback (reduce, triggers, departition, join),
-//! the `Err` case uses a `try_map` fused into the same stage.
+//! Only `try_map` and `try_flat_map` return `Err`: where a callback has no fallible form
+//! (reduce, triggers, departition, join, keys, timestamps) the `Err` case uses a `try_map`
+//! fused into the same stage, and a source whose items cannot be errors (an iterator, a
+//! stream) carries them as `Result` items to a `try_map` fused into the source.
 //!
 //! Each property runs 24 random cases (`FLOWSTAGE_FAULT_CASES` for more): the failing
 //! event, panic or `Err`, the number of stages and the demand are drawn by proptest.
@@ -708,5 +720,404 @@ proptest! {
                 })
             },
         )?;
+    }
+}
+
+/// A user callback with no fallible form, panicking at event `at`: the flow it sits in,
+/// the stage that must fail (a part of its name) and that stage's kind.
+struct Callback {
+    name: &'static str,
+    stage: &'static str,
+    kind: StageKind,
+    /// Runs `0..EVENTS` through the callback over `stages` partitions; `Ok` is the
+    /// number of items that came out.
+    run: fn(at: u64, fault: Fault, stages: usize) -> flowstage::Result<usize>,
+}
+
+/// Event time of event `x`: 1 ms apart, so every window kind closes windows mid-run.
+fn stamp(x: u64, at: u64, fault: &Fault) -> i64 {
+    boom(x, at, fault) as i64
+}
+
+/// Sums per window (or per partition) of `layer`, counted.
+fn window_sums(layer: Flow<impl flowstage::flow::Plan<Item = u64>>) -> flowstage::Result<usize> {
+    layer
+        .reduce(|| 0u64, |x, sum| sum + x)
+        .emit_state()
+        .collect::<Vec<u64>>()
+        .map(|sums| sums.len())
+}
+
+/// Every callback kind the flow API takes that `proptest!` above does not already fault
+/// (reduce, `on_trigger`, custom triggers, departition, join key and join function):
+/// fused operators, partition keys, an in-place reduce, group and uniq keys, and the
+/// timestamp function of each event-time window kind.
+const CALLBACKS: &[Callback] = &[
+    Callback {
+        name: "map",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .map(move |x| boom(x, at, &fault))
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "filter",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .filter(move |&x| boom(x, at, &fault) % 2 == 0)
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "flat_map",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .flat_map(move |x| [boom(x, at, &fault), x])
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "filter_map",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .filter_map(move |x| Some(boom(x, at, &fault)))
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "inspect",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .inspect(move |&x| {
+                    boom(x, at, &fault);
+                })
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "map_batch",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, _| {
+            Flow::from_iter(0..EVENTS)
+                .map_batch(move |batch: Vec<u64>| {
+                    batch
+                        .into_iter()
+                        .map(|x| boom(x, at, &fault))
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    // A partition's key function runs where events are routed: in the stage before.
+    Callback {
+        name: "partition by_key",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, stages| {
+            Flow::from_iter(0..EVENTS)
+                .partition(Partition::by_key(move |&x: &u64| boom(x, at, &fault)).stages(stages))
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "partition by_hash",
+        stage: "from_iter[0]",
+        kind: StageKind::Producer,
+        run: |at, fault, stages| {
+            Flow::from_iter(0..EVENTS)
+                .partition(
+                    Partition::by_hash(move |&x: &u64, n| Some(boom(x, at, &fault) as usize % n))
+                        .stages(stages),
+                )
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "reduce_mut",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            Flow::from_iter(0..EVENTS)
+                .partition(partition(stages, 10))
+                .reduce_mut(|| 0u64, move |x, sum| *sum += boom(x, at, &fault))
+                .emit_state()
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "group_by key",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            Flow::from_iter(0..EVENTS)
+                .partition(partition(stages, 10))
+                .group_by(move |&x: &u64| boom(x, at, &fault) % 7, |x: u64| x)
+                .collect::<Vec<_>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "uniq_by key",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            Flow::from_iter(0..EVENTS)
+                .partition(partition(stages, 10))
+                .uniq_by(move |&x: &u64| boom(x, at, &fault))
+                .collect::<Vec<u64>>()
+                .map(|v| v.len())
+        },
+    },
+    Callback {
+        name: "fixed window timestamp",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            let window = Window::fixed(Duration::from_millis(10), move |&x| stamp(x, at, &fault));
+            window_sums(Flow::from_iter(0..EVENTS).partition(partition(stages, 10).window(window)))
+        },
+    },
+    Callback {
+        name: "sliding window timestamp",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            let window = Window::sliding(
+                Duration::from_millis(20),
+                Duration::from_millis(10),
+                move |&x| stamp(x, at, &fault),
+            );
+            window_sums(Flow::from_iter(0..EVENTS).partition(partition(stages, 10).window(window)))
+        },
+    },
+    Callback {
+        name: "session window timestamp",
+        stage: "partition[",
+        kind: StageKind::ProducerConsumer,
+        run: |at, fault, stages| {
+            // Every tenth event starts a new session.
+            let window = Window::session(Duration::from_millis(5), move |&x| {
+                stamp(x, at, &fault) + (x as i64 / 10) * 10
+            });
+            window_sums(Flow::from_iter(0..EVENTS).partition(partition(stages, 10).window(window)))
+        },
+    },
+];
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Every callback kind of [`CALLBACKS`], in each case, panics at a random event: the
+    /// stage it runs in fails, naming itself and carrying the message.
+    #[test]
+    fn a_panicking_callback_fails_the_stage_it_runs_in(at in 0..EVENTS, stages in 2usize..=4) {
+        for callback in CALLBACKS {
+            let fault = Fault::default();
+            let inner = fault.clone();
+            let run = callback.run;
+            check(
+                Expect { how: How::Panic, stage: callback.stage, kind: callback.kind, at },
+                fault,
+                move || run(at, inner, stages),
+            )
+            .map_err(|e| TestCaseError::fail(format!("{}: {e}", callback.name)))?;
+        }
+    }
+
+    /// The `Err` of a `try_flat_map` (the fallible operators are `try_map`, faulted above,
+    /// and `try_flat_map`) fails the stage it is fused into.
+    #[test]
+    fn a_failing_try_flat_map_fails_its_stage(at in 0..EVENTS, stages in 1usize..=4) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how: How::Err, stage: "partition[", kind: StageKind::ProducerConsumer, at },
+            fault,
+            move || {
+                Flow::from_iter(0..EVENTS)
+                    .partition(partition(stages, 10))
+                    .try_flat_map(move |&x| step(x, at, How::Err, &inner).map(|x| [x, x]))
+                    .collect::<Vec<u64>>()
+            },
+        )?;
+    }
+
+    /// `from_par_iter`: the user's closure in the rayon job panics (it aborted the
+    /// process); or the items carry an `Err`, which a `try_map` fused into the source
+    /// stage turns into the run's error.
+    #[test]
+    fn a_failing_par_iter_fails_its_source(at in 0..EVENTS, how in how(), stages in 1usize..=4) {
+        use rayon::prelude::*;
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how, stage: "from_par_iter[", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                Flow::from_par_iter((0..EVENTS).into_par_iter().map(move |x| match how {
+                    How::Panic => Ok(boom(x, at, &inner)),
+                    How::Err => step(x, at, how, &inner),
+                }))
+                .try_map(|item: &Result<u64, String>| item.clone())
+                .partition(partition(stages, 10))
+                .collect::<Vec<u64>>()
+            },
+        )?;
+    }
+
+    /// A `ReaderSource`'s reader panics, or fails with an I/O error, at a random line: the
+    /// source fails (a panic once ended the run `Ok` with the rest missing); the `Err` is
+    /// a `FlowError::Io` naming the reader, with the reader's message.
+    #[test]
+    fn a_failing_reader_fails_its_source(at in 0..EVENTS, how in how(), block in 1usize..64) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how, stage: "source", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                let reader = FaultyReader { line: 0, pending: Vec::new(), at, how, fault: inner };
+                Flow::from_source(
+                    flowstage::source::ReaderSource::new(reader, "faulty-reader").block_size(block),
+                )
+                .map(|chunk| chunk.bytes().len())
+                .collect::<Vec<usize>>()
+            },
+        )?;
+    }
+
+    /// A `futures::Stream` panics in `poll_next` at a random item; or its items carry an
+    /// `Err`, turned into the run's error by a `try_map` fused into the source.
+    #[test]
+    fn a_failing_stream_fails_its_source(at in 0..EVENTS, how in how(), stages in 1usize..=4) {
+        use futures::StreamExt;
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how, stage: "from_stream[0]", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                let items = futures::stream::iter(0..EVENTS).map(move |x| match how {
+                    How::Panic => Ok(boom(x, at, &inner)),
+                    How::Err => step(x, at, how, &inner),
+                });
+                Flow::from_stream(items)
+                    .try_map(|item: &Result<u64, String>| item.clone())
+                    .partition(partition(stages, 10))
+                    .collect::<Vec<u64>>()
+            },
+        )?;
+    }
+
+    /// A `from_poll` function panics at a random event (it has no `Err`: what it returns
+    /// is what it made).
+    #[test]
+    fn a_panicking_poll_fails_its_source(at in 0..EVENTS, stages in 1usize..=4) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        check(
+            Expect { how: How::Panic, stage: "from_poll[0]", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                let mut next = 0u64;
+                Flow::from_poll(
+                    move |demand| {
+                        let end = (next + demand as u64).min(EVENTS);
+                        let events = (next..end).map(|x| boom(x, at, &inner)).collect();
+                        next = end;
+                        if next == EVENTS {
+                            Produced::Finished(events)
+                        } else {
+                            Produced::Events(events)
+                        }
+                    },
+                    Duration::from_millis(1),
+                )
+                .partition(partition(stages, 10))
+                .collect::<Vec<u64>>()
+            },
+        )?;
+    }
+
+    /// A fault in the stage reading a channel (a channel cannot fail by itself: its
+    /// senders closing is the end of its input) ends the run with the error, and the
+    /// sender, blocked on the full channel, is released with a send error instead of
+    /// waiting for ever.
+    #[test]
+    fn a_fault_reading_a_channel_fails_its_source_and_releases_the_sender(at in 0..EVENTS, how in how(), capacity in 1usize..8) {
+        let fault = Fault::default();
+        let inner = fault.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        // Sends everything, then more than the flow will ever take: it can only stop
+        // because the flow dropped the channel.
+        let sender = std::thread::spawn(move || {
+            (0..).take_while(|&x| tx.blocking_send(x).is_ok()).count() as u64
+        });
+        check(
+            Expect { how, stage: "from_channel[0]", kind: StageKind::Producer, at },
+            fault,
+            move || {
+                Flow::from_channel(rx)
+                    .try_map(move |&x| match how {
+                        How::Panic => Ok(boom(x, at, &inner)),
+                        How::Err => step(x, at, how, &inner),
+                    })
+                    .collect::<Vec<u64>>()
+            },
+        )?;
+        let sent = common::guarded(move || sender.join().expect("the sender thread"));
+        prop_assert!(sent > at, "sent {} of {}", sent, at);
+    }
+}
+
+/// Lines `0\n1\n...`; at line `at` its `read` panics or fails with an I/O error.
+struct FaultyReader {
+    line: u64,
+    pending: Vec<u8>,
+    at: u64,
+    how: How,
+    fault: Fault,
+}
+
+impl std::io::Read for FaultyReader {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if self.pending.is_empty() {
+            if self.line == EVENTS {
+                return Ok(0);
+            }
+            if self.line == self.at {
+                match self.how {
+                    How::Panic => self.fault.panic(self.at),
+                    How::Err => return Err(std::io::Error::other(self.fault.fire(self.at))),
+                }
+            }
+            self.pending = format!("{}\n", self.line).into_bytes();
+            self.line += 1;
+        }
+        let n = self.pending.len().min(buffer.len());
+        buffer[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
     }
 }

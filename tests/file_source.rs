@@ -3,9 +3,9 @@
 
 use std::path::PathBuf;
 
-use flowstage::FlowError;
 use flowstage::flow::Flow;
 use flowstage::source::{Chunk, Delimiter, FileSource, is_word_separator};
+use flowstage::{FlowError, IoOperation};
 use proptest::prelude::*;
 
 fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
@@ -93,8 +93,11 @@ fn a_missing_file_is_a_typed_error() {
         .collect::<Vec<Chunk>>()
         .expect_err("missing file");
     match error {
-        FlowError::Io { path, .. } => {
-            assert_eq!(path, PathBuf::from("/nonexistent/flowstage/file"))
+        FlowError::Io {
+            operation, path, ..
+        } => {
+            assert_eq!(operation, IoOperation::Open);
+            assert_eq!(path, Some(PathBuf::from("/nonexistent/flowstage/file")))
         }
         other => panic!("expected FlowError::Io, got {other}"),
     }

@@ -121,11 +121,8 @@ impl ClusterConfig {
     /// ```
     pub fn from_hostfile(index: usize, path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| FlowError::Io {
-            path: path.to_path_buf(),
-            offset: None,
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| FlowError::io(crate::IoOperation::Read, path, source))?;
         let hosts = text
             .lines()
             .map(str::trim)

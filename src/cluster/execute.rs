@@ -420,7 +420,8 @@ where
     let runtime = Rc::new(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()?,
+            .build()
+            .map_err(FlowError::Runtime)?,
     );
     let plan = build().into_plan();
     let probe = ProbeHandle::new();

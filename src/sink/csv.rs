@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Consumer, ConsumerContext};
 
 /// Writes each event as a CSV row (a header line from the first event's field names when
@@ -40,11 +40,8 @@ impl<T> CsvSink<T> {
     /// Creates (or truncates) `path`.
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|source| FlowError::Io {
-            path: path.clone(),
-            offset: None,
-            source,
-        })?;
+        let file = File::create(&path)
+            .map_err(|source| FlowError::io(IoOperation::Create, &path, source))?;
         Ok(CsvSink {
             writer: csv::Writer::from_writer(BufWriter::new(file)),
             path,
@@ -56,11 +53,7 @@ impl<T> CsvSink<T> {
     fn error(&self, error: csv::Error) -> StageError {
         let message = error.to_string();
         let error = match error.into_kind() {
-            csv::ErrorKind::Io(source) => FlowError::Io {
-                path: self.path.clone(),
-                offset: None,
-                source,
-            },
+            csv::ErrorKind::Io(source) => FlowError::io(IoOperation::Write, &self.path, source),
             _ => FlowError::Record {
                 path: self.path.clone(),
                 line: self.lines + 1,
@@ -88,11 +81,7 @@ impl<T: Serialize + Send + 'static> Consumer for CsvSink<T> {
 
     async fn handle_done(&mut self) -> std::result::Result<(), StageError> {
         self.writer.flush().map_err(|source| -> StageError {
-            Box::new(FlowError::Io {
-                path: self.path.clone(),
-                offset: None,
-                source,
-            })
+            Box::new(FlowError::io(IoOperation::Write, &self.path, source))
         })
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Consumer, ConsumerContext};
 
 /// Writes each event as one line of JSON, for
@@ -36,11 +36,8 @@ impl<T> JsonLinesSink<T> {
     /// Creates (or truncates) `path`.
     pub fn create(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let file = File::create(&path).map_err(|source| FlowError::Io {
-            path: path.clone(),
-            offset: None,
-            source,
-        })?;
+        let file = File::create(&path)
+            .map_err(|source| FlowError::io(IoOperation::Create, &path, source))?;
         Ok(JsonLinesSink {
             writer: BufWriter::new(file),
             path,
@@ -50,11 +47,7 @@ impl<T> JsonLinesSink<T> {
     }
 
     fn io(&self, source: std::io::Error) -> StageError {
-        Box::new(FlowError::Io {
-            path: self.path.clone(),
-            offset: None,
-            source,
-        })
+        Box::new(FlowError::io(IoOperation::Write, &self.path, source))
     }
 }
 

@@ -9,15 +9,17 @@ use redis::aio::MultiplexedConnection;
 use crate::error::StageError;
 use crate::source::EntryId;
 use crate::source::redis::{broker_error, connect};
+use crate::source::redis_url::RedisUrl;
 use crate::stage::{Consumer, ConsumerContext};
 
 /// Acknowledges (`XACK`) the entries that reach it, one command per stream and group per
 /// batch: put it at the end of a flow over a
 /// [`RedisStreamSource`](crate::source::RedisStreamSource), so an entry is acknowledged
-/// only once the flow has fully processed it. See the source's example.
+/// only once the flow has fully processed it. See the source's example. The address's
+/// password never shows, in errors or in `Debug`.
 #[derive(Debug)]
 pub struct RedisAck {
-    url: String,
+    url: RedisUrl,
     timeout: Duration,
     connection: Option<MultiplexedConnection>,
 }
@@ -26,7 +28,7 @@ impl RedisAck {
     /// Acknowledges on the broker at `url`.
     pub fn new(url: &str) -> Self {
         RedisAck {
-            url: url.to_string(),
+            url: RedisUrl::new(url),
             timeout: Duration::from_secs(5),
             connection: None,
         }
@@ -41,7 +43,7 @@ impl RedisAck {
 
 async fn connection(
     slot: &mut Option<MultiplexedConnection>,
-    url: &str,
+    url: &RedisUrl,
     timeout: Duration,
 ) -> Result<MultiplexedConnection, StageError> {
     if let Some(connection) = slot {
@@ -95,7 +97,7 @@ pub struct Outgoing {
 
 /// Appends each [`Outgoing`] to a stream (`XADD`) and acknowledges its input (`XACK`),
 /// one `MULTI`/`EXEC` transaction per batch: a result is written if and only if its
-/// input is acknowledged.
+/// input is acknowledged. The address's password never shows, in errors or in `Debug`.
 ///
 /// ```no_run
 /// use flowstage::flow::Flow;
@@ -113,7 +115,7 @@ pub struct Outgoing {
 /// ```
 #[derive(Debug)]
 pub struct RedisStreamSink {
-    url: String,
+    url: RedisUrl,
     stream: String,
     timeout: Duration,
     connection: Option<MultiplexedConnection>,
@@ -123,7 +125,7 @@ impl RedisStreamSink {
     /// Appends to `stream` at `url`.
     pub fn new(url: &str, stream: &str) -> Self {
         RedisStreamSink {
-            url: url.to_string(),
+            url: RedisUrl::new(url),
             stream: stream.to_string(),
             timeout: Duration::from_secs(5),
             connection: None,

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::parsed::{self, BadRecord, ChunkParser};
 use super::{BoxedProducer, FileSource, Source};
-use crate::error::{FlowError, Result};
+use crate::error::{FlowError, IoOperation, Result};
 use crate::flow::ErrorPolicy;
 use crate::stage::ErrorCounters;
 
@@ -102,7 +102,8 @@ impl<T> CsvSource<T> {
             return Ok(None);
         }
         let io = |source| FlowError::Io {
-            path: self.path.clone(),
+            operation: IoOperation::Read,
+            path: Some(self.path.clone()),
             offset: Some(0),
             source,
         };

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::chunk::{Chunk, Delimiter};
 use super::{BoxedProducer, Source};
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Produced, Producer};
 
 /// Default block size of a reader: small enough that the events one chunk turns into
@@ -127,9 +127,15 @@ impl FileSource {
     }
 }
 
-fn io_error(path: &Path, offset: Option<u64>, source: std::io::Error) -> FlowError {
+fn io_error(
+    operation: IoOperation,
+    path: &Path,
+    offset: Option<u64>,
+    source: std::io::Error,
+) -> FlowError {
     FlowError::Io {
-        path: path.to_path_buf(),
+        operation,
+        path: Some(path.to_path_buf()),
         offset,
         source,
     }
@@ -163,10 +169,13 @@ impl Source for FileSource {
             )));
         }
         let path: Arc<Path> = Arc::from(self.path.as_path());
-        let file = File::open(&path).map_err(|e| io_error(&path, None, e))?;
-        let metadata = file.metadata().map_err(|e| io_error(&path, None, e))?;
+        let file = File::open(&path).map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
+        let metadata = file
+            .metadata()
+            .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
         if metadata.is_dir() {
             return Err(io_error(
+                IoOperation::Open,
                 &path,
                 None,
                 std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
@@ -176,7 +185,8 @@ impl Source for FileSource {
         let readers = (self.readers as u64).min(len.max(1));
         let map = match self.mmap {
             Some(promise) if len > 0 => {
-                let map = super::mmap::map(&file, promise).map_err(|e| io_error(&path, None, e))?;
+                let map = super::mmap::map(&file, promise)
+                    .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
                 Some(Arc::new(map))
             }
             _ => None,
@@ -230,15 +240,16 @@ struct RangeReader {
 }
 
 impl RangeReader {
-    fn error(&self, offset: u64, source: std::io::Error) -> StageError {
-        Box::new(io_error(&self.path, Some(offset), source))
+    fn error(&self, operation: IoOperation, offset: u64, source: std::io::Error) -> StageError {
+        Box::new(io_error(operation, &self.path, Some(offset), source))
     }
 
     fn read_block(&mut self, at: u64, size: usize) -> std::result::Result<Vec<u8>, StageError> {
         if self.file.is_none() {
-            let mut file = File::open(&self.path).map_err(|e| self.error(at, e))?;
+            let mut file =
+                File::open(&self.path).map_err(|e| self.error(IoOperation::Open, at, e))?;
             file.seek(SeekFrom::Start(at))
-                .map_err(|e| self.error(at, e))?;
+                .map_err(|e| self.error(IoOperation::Read, at, e))?;
             self.file = Some(file);
         }
         let mut block = Vec::with_capacity(size);
@@ -246,7 +257,7 @@ impl RangeReader {
             Some(file) => file.take(size as u64).read_to_end(&mut block),
             None => Ok(0),
         };
-        taken.map_err(|e| self.error(at, e))?;
+        taken.map_err(|e| self.error(IoOperation::Read, at, e))?;
         // Only a total: no other memory is published through this counter.
         self.counters
             .bytes_read
@@ -256,6 +267,7 @@ impl RangeReader {
             // Stopping quietly here would lose every record after `at`.
             let end = at + block.len() as u64;
             return Err(self.error(
+                IoOperation::Read,
                 end,
                 std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,

@@ -35,6 +35,9 @@ mod reader;
 #[cfg(feature = "redis")]
 #[forbid(unsafe_code)]
 pub(crate) mod redis;
+#[cfg(feature = "redis")]
+#[forbid(unsafe_code)]
+pub(crate) mod redis_url;
 #[forbid(unsafe_code)]
 mod stages;
 #[forbid(unsafe_code)]

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::chunk::{Chunk, Delimiter};
 use super::file::FileSource;
 use super::{BoxedProducer, Source};
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::flow::ErrorPolicy;
 use crate::flow::fallible::ErrorHandler;
 use crate::stage::{Produced, Producer};
@@ -135,7 +135,8 @@ impl<P: ChunkParser> Producer for Parsing<P> {
 fn count_lines(path: &Path, from: u64, to: u64) -> std::result::Result<u64, StageError> {
     let io = |source| -> StageError {
         Box::new(FlowError::Io {
-            path: path.to_path_buf(),
+            operation: IoOperation::Read,
+            path: Some(path.to_path_buf()),
             offset: Some(from),
             source,
         })

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use super::chunk::{Chunk, Delimiter};
 use super::file::DEFAULT_BLOCK_SIZE;
 use super::{BoxedProducer, Source};
-use crate::error::{FlowError, Result, StageError};
+use crate::error::{FlowError, IoOperation, Result, StageError};
 use crate::stage::{Produced, Producer};
 
 /// A byte stream read in blocks on a thread of its own; emits [`Chunk`]s of whole records.
@@ -105,11 +105,7 @@ impl<R: Read + Send + 'static> Source for ReaderSource<R> {
                 };
                 let _ = tx.blocking_send(last);
             });
-        spawned.map_err(|source| FlowError::Io {
-            path: name.to_path_buf(),
-            offset: None,
-            source,
-        })?;
+        spawned.map_err(|source| FlowError::io(IoOperation::Spawn, &name, source))?;
         Ok(vec![BoxedProducer::new(ChannelReader {
             chunks: rx,
             name,
@@ -157,7 +153,8 @@ fn read_blocks(
             Ok(read) => read,
             Err(source) => {
                 return Message::Failed(FlowError::Io {
-                    path: name.to_path_buf(),
+                    operation: IoOperation::Read,
+                    path: Some(name.to_path_buf()),
                     offset: Some(at + kept as u64),
                     source,
                 });
@@ -223,13 +220,11 @@ impl Producer for ChannelReader {
                 "the reader of `{}` panicked after {offset} bytes: {message}",
                 self.name.display()
             )),
-            None => Err(Box::new(FlowError::Io {
-                path: self.name.to_path_buf(),
-                offset: None,
-                source: std::io::Error::other(
-                    "the reader thread ended before the end of its input",
-                ),
-            })),
+            None => Err(Box::new(FlowError::io(
+                IoOperation::Read,
+                &*self.name,
+                std::io::Error::other("the reader thread ended before the end of its input"),
+            ))),
         }
     }
 }

@@ -5,12 +5,19 @@
 //! acknowledged (`XACK`) only by a sink at the end of the flow
 //! ([`RedisAck`](crate::sink::RedisAck), [`RedisStreamSink`](crate::sink::RedisStreamSink)),
 //! once the flow has fully processed it — Broadway's end-to-end acknowledgement. Entries
-//! that a consumer read and never acknowledged (it crashed) stay pending in the group;
-//! every consumer reclaims pending entries idle longer than
-//! [`claim_idle`](RedisStreamSource::claim_idle) with `XAUTOCLAIM`, so several processes
-//! can share a stream and a crashed one loses nothing. Delivery is at least once: a
-//! reclaimed entry may have been processed before (counted in
-//! [`RedisCounters::reclaimed`]).
+//! that a consumer read and never acknowledged (it crashed, or the broker went down) stay
+//! pending in the group under the consumer's name. Nothing is lost:
+//! - a consumer that starts again under the same name first reads its own pending list
+//!   again (`XREADGROUP ... STREAMS s 0`), then new entries (counted in
+//!   [`RedisCounters::recovered`]);
+//! - every consumer takes over the pending entries of *other* consumers idle longer than
+//!   [`claim_idle`](RedisStreamSource::claim_idle) (`XPENDING ... IDLE`, then `XCLAIM`),
+//!   so several processes can share a stream and one that never comes back loses nothing
+//!   (counted in [`RedisCounters::reclaimed`]).
+//!
+//! A source never takes over its own pending entries: they are in flight in its own run,
+//! and taking them again would process them twice. Delivery is at least once: a recovered
+//! or reclaimed entry may have been processed before.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::{StreamClaimReply, StreamId, StreamPendingCountReply, StreamReadReply};
 
+use super::redis_url::RedisUrl;
 use super::{BoxedProducer, Source};
 use crate::error::{FlowError, Result, StageError};
 use crate::stage::{Produced, Producer};
@@ -60,31 +68,48 @@ impl StreamEntry {
 #[derive(Debug, Default)]
 pub struct RedisCounters {
     read: AtomicU64,
+    recovered: AtomicU64,
     reclaimed: AtomicU64,
 }
 
 impl RedisCounters {
-    /// New entries read with `XREADGROUP`.
+    /// New entries read with `XREADGROUP ... >`.
     pub fn read(&self) -> u64 {
         self.read.load(Relaxed)
     }
 
-    /// Pending entries of other (stopped) consumers taken over with `XAUTOCLAIM`: each
-    /// may be a duplicate, processed before by the consumer that stopped.
+    /// Entries of this consumer's own pending list, read again when the source started:
+    /// read by an earlier run under the same consumer name and never acknowledged (it
+    /// crashed, or the broker went down). Each may be a duplicate, processed before.
+    pub fn recovered(&self) -> u64 {
+        self.recovered.load(Relaxed)
+    }
+
+    /// Pending entries of other (stopped) consumers taken over with `XCLAIM`: each may be
+    /// a duplicate, processed before by the consumer that stopped.
     pub fn reclaimed(&self) -> u64 {
         self.reclaimed.load(Relaxed)
     }
 }
 
 /// A Redis stream read by one consumer of a consumer group (the group is created, with
-/// the stream, if missing, and then reads the stream from its first entry). Demand maps to `XREADGROUP ... COUNT n BLOCK t`. Entries are
-/// acknowledged by a sink at the end of the flow ([`RedisAck`](crate::sink::RedisAck),
+/// the stream, if missing, and then reads the stream from its first entry).
+///
+/// The source first reads again the consumer's own pending entries (left by an earlier
+/// run under the same name that never acknowledged them), then new entries: demand maps
+/// to `XREADGROUP ... COUNT n BLOCK t`. Entries are acknowledged by a sink at the end of
+/// the flow ([`RedisAck`](crate::sink::RedisAck),
 /// [`RedisStreamSink`](crate::sink::RedisStreamSink)) once fully processed; pending
-/// entries of a consumer idle for [`claim_idle`](Self::claim_idle) are reclaimed with
-/// `XAUTOCLAIM` (at-least-once: see [`RedisCounters::reclaimed`]). A flow must carry
-/// every entry's [`EntryId`] to the sink — an entry dropped on the way (a `filter`)
-/// is never acknowledged and comes back after `claim_idle`. `tests/redis.rs` runs it
-/// against a real server.
+/// entries of *other* consumers idle for [`claim_idle`](Self::claim_idle) are taken over
+/// (at-least-once: see [`RedisCounters`]). A consumer name must be used by one running
+/// source at a time. A flow must carry every entry's [`EntryId`] to the sink — an entry
+/// dropped on the way (a `filter`) is never acknowledged: it comes back when the consumer
+/// starts again, or to another consumer after `claim_idle`.
+///
+/// Settings are checked when the flow starts: a zero `block`, `claim_idle`, `timeout` or
+/// `max_count` is a [`FlowError::Config`]. The address's password never shows: not in
+/// errors ([`FlowError::Broker`]), not in `Debug`. `tests/redis.rs` runs it against a
+/// real server.
 ///
 /// ```no_run
 /// use flowstage::flow::Flow;
@@ -104,7 +129,7 @@ impl RedisCounters {
 /// ```
 #[derive(Debug, Clone)]
 pub struct RedisStreamSource {
-    url: String,
+    url: RedisUrl,
     stream: Arc<str>,
     group: Arc<str>,
     consumer: String,
@@ -120,7 +145,7 @@ impl RedisStreamSource {
     /// Reads `stream` at `url` as `consumer` of `group`.
     pub fn new(url: &str, stream: &str, group: &str, consumer: &str) -> Self {
         RedisStreamSource {
-            url: url.to_string(),
+            url: RedisUrl::new(url),
             stream: Arc::from(stream),
             group: Arc::from(group),
             consumer: consumer.to_string(),
@@ -133,14 +158,19 @@ impl RedisStreamSource {
         }
     }
 
-    /// How long one `XREADGROUP` waits for entries (`BLOCK`; default 100 ms).
+    /// How long one `XREADGROUP` waits for new entries (`BLOCK`; default 100 ms). At
+    /// least 1 ms: Redis counts it in whole milliseconds, and `BLOCK 0` would wait
+    /// forever.
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block;
         self
     }
 
-    /// Pending entries idle this long belong to a consumer presumed dead and are
-    /// reclaimed (default 30 s: longer than the flow ever takes to process an entry).
+    /// Pending entries of another consumer idle this long belong to a consumer presumed
+    /// dead and are taken over (default 30 s: longer than the flow ever takes to process
+    /// an entry; a shorter one lets a slow but live consumer's entries be processed twice).
+    /// Never zero, which would take over the entries every live consumer is processing.
+    /// The source never takes over its own entries: they are in flight in its run.
     pub fn claim_idle(mut self, claim_idle: Duration) -> Self {
         self.claim_idle = claim_idle;
         self
@@ -153,16 +183,17 @@ impl RedisStreamSource {
         self
     }
 
-    /// Connection and response timeout (beyond `block`); default 5 s. A broker that does
-    /// not answer within it ends the run with [`FlowError::Broker`].
+    /// Connection and response timeout (beyond `block`); default 5 s, never zero. A broker
+    /// that does not answer within it ends the run with [`FlowError::Broker`].
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
     }
 
-    /// The most entries one read asks for (`COUNT`, at most the demand; default 1000).
+    /// The most entries one read asks for (`COUNT`, at most the demand; default 1000,
+    /// never zero).
     pub fn max_count(mut self, max_count: usize) -> Self {
-        self.max_count = max_count.max(1);
+        self.max_count = max_count;
         self
     }
 
@@ -170,20 +201,64 @@ impl RedisStreamSource {
     pub fn counters(&self) -> Arc<RedisCounters> {
         self.counters.clone()
     }
+
+    /// `XREADGROUP GROUP g c COUNT n [BLOCK t] STREAMS s id`: `>` for new entries, an ID
+    /// for the consumer's own pending entries after it.
+    fn read_group(&self, count: usize, block: Option<Duration>, id: &str) -> redis::Cmd {
+        let mut command = redis::cmd("XREADGROUP");
+        command
+            .arg("GROUP")
+            .arg(&*self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(count);
+        if let Some(block) = block {
+            // At least 1 ms (checked at the start): never `BLOCK 0`, which waits forever.
+            command.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        command.arg("STREAMS").arg(&*self.stream).arg(id);
+        command
+    }
+
+    /// The settings Redis cannot honour, or would honour differently than written.
+    fn check(&self) -> Result<()> {
+        let invalid = |what: &str| Err(FlowError::Config(format!("RedisStreamSource: {what}")));
+        if self.block < Duration::from_millis(1) {
+            return invalid(
+                "block must be at least 1 ms (Redis counts BLOCK in whole milliseconds, and \
+                 BLOCK 0 waits forever)",
+            );
+        }
+        if self.claim_idle.is_zero() {
+            return invalid(
+                "claim_idle must be more than zero (every pending entry is idle for zero \
+                 time: live consumers' entries would be taken over and processed twice)",
+            );
+        }
+        if self.timeout.is_zero() {
+            return invalid("timeout must be more than zero");
+        }
+        if self.max_count == 0 {
+            return invalid("max_count must be at least 1");
+        }
+        Ok(())
+    }
 }
 
 impl Source for RedisStreamSource {
     type Item = StreamEntry;
 
     fn into_producers(self) -> Result<Vec<BoxedProducer<StreamEntry>>> {
-        redis::Client::open(self.url.as_str()).map_err(|e| FlowError::Broker {
-            url: self.url.clone(),
-            message: format!("invalid address: {e}"),
+        self.check()?;
+        redis::Client::open(self.url.full()).map_err(|e| FlowError::Broker {
+            url: self.url.redacted().to_string(),
+            message: self.url.scrub(&format!("invalid address: {e}")),
         })?;
         Ok(vec![BoxedProducer::new(RedisReader {
             source: self,
             connection: None,
-            cursor: "0-0".to_string(),
+            reading: Reading::OwnPending("0".to_string()),
+            claim_after: None,
             next_claim: Instant::now(),
             idle_since: None,
         })])
@@ -195,20 +270,21 @@ impl Source for RedisStreamSource {
     }
 }
 
-/// The error of a broker command, naming the broker.
-pub(crate) fn broker_error(url: &str, what: &str, error: redis::RedisError) -> StageError {
+/// The error of a broker command, naming the broker (without its password).
+pub(crate) fn broker_error(url: &RedisUrl, what: &str, error: redis::RedisError) -> StageError {
     Box::new(FlowError::Broker {
-        url: url.to_string(),
-        message: format!("{what}: {error}"),
+        url: url.redacted().to_string(),
+        message: url.scrub(&format!("{what}: {error}")),
     })
 }
 
 /// A connection with timeouts, so a broker that is down or gone is an error, not a hang.
 pub(crate) async fn connect(
-    url: &str,
+    url: &RedisUrl,
     timeout: Duration,
 ) -> std::result::Result<MultiplexedConnection, StageError> {
-    let client = redis::Client::open(url).map_err(|e| broker_error(url, "invalid address", e))?;
+    let client =
+        redis::Client::open(url.full()).map_err(|e| broker_error(url, "invalid address", e))?;
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(timeout))
         .set_response_timeout(Some(timeout));
@@ -218,11 +294,22 @@ pub(crate) async fn connect(
         .map_err(|e| broker_error(url, "cannot connect", e))
 }
 
+/// Which entries the next read asks for.
+enum Reading {
+    /// The consumer's own pending entries with IDs after this one (`XREADGROUP ... 0`):
+    /// what an earlier run under the same name read and never acknowledged.
+    OwnPending(String),
+    /// New entries (`XREADGROUP ... >`).
+    New,
+}
+
 struct RedisReader {
     source: RedisStreamSource,
     connection: Option<MultiplexedConnection>,
-    /// Where the next `XAUTOCLAIM` scan of the pending entries goes on from.
-    cursor: String,
+    reading: Reading,
+    /// Where the current scan of the group's pending list goes on from (after this ID);
+    /// `None`: from the start.
+    claim_after: Option<String>,
     next_claim: Instant,
     idle_since: Option<Instant>,
 }
@@ -270,8 +357,54 @@ impl RedisReader {
             .collect()
     }
 
-    /// Takes over pending entries of consumers idle for `claim_idle`; one scan of the
-    /// pending list per `claim_idle / 2`, in steps of at most `count`.
+    /// The next `count` of the consumer's own pending entries; once there are none left,
+    /// the source goes on with new entries.
+    async fn recover(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        count: usize,
+    ) -> std::result::Result<Vec<StreamEntry>, StageError> {
+        let Reading::OwnPending(after) = &self.reading else {
+            return Ok(Vec::new());
+        };
+        let source = &self.source;
+        // An ID instead of `>` reads the consumer's pending list; it never blocks.
+        let reply: Option<StreamReadReply> = source
+            .read_group(count, None, after)
+            .query_async(connection)
+            .await
+            .map_err(|e| broker_error(&source.url, "XREADGROUP (own pending entries)", e))?;
+        let ids = stream_ids(reply);
+        let Some(last) = ids.last() else {
+            self.reading = Reading::New;
+            return Ok(Vec::new());
+        };
+        self.reading = Reading::OwnPending(last.id.clone());
+        // An entry deleted from the stream (`XDEL`, `XTRIM`) after it was read comes back
+        // without fields (an entry always has one): nothing to process, so it is
+        // acknowledged here rather than left pending for ever.
+        let (deleted, live): (Vec<StreamId>, Vec<StreamId>) =
+            ids.into_iter().partition(|id| id.map.is_empty());
+        if !deleted.is_empty() {
+            redis::cmd("XACK")
+                .arg(&*source.stream)
+                .arg(&*source.group)
+                .arg(deleted.iter().map(|id| id.id.as_str()).collect::<Vec<_>>())
+                .query_async::<()>(connection)
+                .await
+                .map_err(|e| broker_error(&source.url, "XACK (deleted entries)", e))?;
+        }
+        let recovered = self.entries(live);
+        self.source
+            .counters
+            .recovered
+            .fetch_add(recovered.len() as u64, Relaxed);
+        Ok(recovered)
+    }
+
+    /// Takes over pending entries of other consumers idle for `claim_idle`; one scan of
+    /// the pending list per `claim_idle / 2`, in steps of at most `count`. Entries of this
+    /// consumer are passed over: they are in flight in this run (or were recovered by it).
     async fn reclaim(
         &mut self,
         connection: &mut MultiplexedConnection,
@@ -281,29 +414,89 @@ impl RedisReader {
             return Ok(Vec::new());
         }
         let source = &self.source;
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let min_idle = source.claim_idle.as_millis() as u64;
+        let start = match &self.claim_after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let pending: StreamPendingCountReply = redis::cmd("XPENDING")
             .arg(&*source.stream)
             .arg(&*source.group)
-            .arg(&source.consumer)
-            .arg(source.claim_idle.as_millis() as u64)
-            .arg(&self.cursor)
-            .arg("COUNT")
+            .arg("IDLE")
+            .arg(min_idle)
+            .arg(start)
+            .arg("+")
             .arg(count)
             .query_async(connection)
             .await
-            .map_err(|e| broker_error(&source.url, "XAUTOCLAIM", e))?;
-        self.cursor = reply.next_stream_id;
-        if self.cursor == "0-0" {
+            .map_err(|e| broker_error(&source.url, "XPENDING", e))?;
+        if pending.ids.len() < count {
             // The whole pending list was scanned: look again later.
-            self.next_claim = Instant::now() + self.source.claim_idle / 2;
+            self.claim_after = None;
+            self.next_claim = Instant::now() + source.claim_idle / 2;
+        } else {
+            self.claim_after = pending.ids.last().map(|p| p.id.clone());
         }
-        let claimed = self.entries(reply.claimed);
+        let theirs: Vec<&str> = pending
+            .ids
+            .iter()
+            .filter(|p| p.consumer != source.consumer)
+            .map(|p| p.id.as_str())
+            .collect();
+        if theirs.is_empty() {
+            return Ok(Vec::new());
+        }
+        // `XCLAIM` checks the idle time again: of consumers racing for an entry, one wins.
+        let reply: StreamClaimReply = redis::cmd("XCLAIM")
+            .arg(&*source.stream)
+            .arg(&*source.group)
+            .arg(&source.consumer)
+            .arg(min_idle)
+            .arg(theirs)
+            .query_async(connection)
+            .await
+            .map_err(|e| broker_error(&source.url, "XCLAIM", e))?;
+        // Entries deleted from the stream meanwhile come back without fields (or not at all).
+        let live = reply
+            .ids
+            .into_iter()
+            .filter(|id| !id.map.is_empty())
+            .collect();
+        let claimed = self.entries(live);
         self.source
             .counters
             .reclaimed
             .fetch_add(claimed.len() as u64, Relaxed);
         Ok(claimed)
     }
+
+    /// At most `count` new entries, waiting at most `block` for them.
+    async fn read_new(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        count: usize,
+    ) -> std::result::Result<Vec<StreamEntry>, StageError> {
+        let source = &self.source;
+        let reply: Option<StreamReadReply> = source
+            .read_group(count, Some(source.block), ">")
+            .query_async(connection)
+            .await
+            .map_err(|e| broker_error(&source.url, "XREADGROUP", e))?;
+        let entries = self.entries(stream_ids(reply));
+        self.source
+            .counters
+            .read
+            .fetch_add(entries.len() as u64, Relaxed);
+        Ok(entries)
+    }
+}
+
+/// The entries of a one-stream `XREADGROUP` reply (none for a nil reply: nothing came
+/// within `BLOCK`).
+fn stream_ids(reply: Option<StreamReadReply>) -> Vec<StreamId> {
+    reply
+        .map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect())
+        .unwrap_or_default()
 }
 
 /// A field's value as bytes.
@@ -325,34 +518,23 @@ impl Producer for RedisReader {
     ) -> std::result::Result<Produced<StreamEntry>, StageError> {
         let mut connection = self.connection().await?;
         let count = demand.clamp(1, self.source.max_count);
+        if matches!(self.reading, Reading::OwnPending(_)) {
+            let recovered = self.recover(&mut connection, count).await?;
+            if !recovered.is_empty() {
+                self.idle_since = None;
+                return Ok(Produced::Events(recovered));
+            }
+            if matches!(self.reading, Reading::OwnPending(_)) {
+                // A batch of deleted entries only: go on with the pending list.
+                return Ok(Produced::Events(Vec::new()));
+            }
+        }
         let claimed = self.reclaim(&mut connection, count).await?;
         if !claimed.is_empty() {
             self.idle_since = None;
             return Ok(Produced::Events(claimed));
         }
-        let source = &self.source;
-        let reply: Option<StreamReadReply> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(&*source.group)
-            .arg(&source.consumer)
-            .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(source.block.as_millis() as u64)
-            .arg("STREAMS")
-            .arg(&*source.stream)
-            .arg(">")
-            .query_async(&mut connection)
-            .await
-            .map_err(|e| broker_error(&source.url, "XREADGROUP", e))?;
-        let ids: Vec<StreamId> = reply
-            .map(|reply| reply.keys.into_iter().flat_map(|key| key.ids).collect())
-            .unwrap_or_default();
-        let entries = self.entries(ids);
-        self.source
-            .counters
-            .read
-            .fetch_add(entries.len() as u64, Relaxed);
+        let entries = self.read_new(&mut connection, count).await?;
         if !entries.is_empty() {
             self.idle_since = None;
             return Ok(Produced::Events(entries));

@@ -67,13 +67,36 @@ pub fn try_guarded<T: Send + 'static>(
     })
 }
 
-/// How many cases a property test runs: the environment variable `var` if it holds a
-/// number (to run a long campaign), else `default`.
+/// How many cases a property test runs: the environment variable `var` (to run a long
+/// campaign, as CI does), else `default`. A value that is not a number fails the test
+/// rather than quietly running the default.
 pub fn cases_from_env(var: &str, default: u32) -> u32 {
-    std::env::var(var)
-        .ok()
-        .and_then(|cases| cases.parse().ok())
-        .unwrap_or(default)
+    match std::env::var(var) {
+        Ok(cases) => cases
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={cases:?} is not a number of cases")),
+        Err(_) => default,
+    }
+}
+
+/// Reports a figure that `tests/README.md` quotes, as `figure KEY = VALUE` on standard
+/// error (shown with `--nocapture`): `tests/figures` runs the tests that measure them and
+/// writes each value into the README, between `<!--KEY-->` and `<!--/-->`.
+pub fn figure(key: &str, value: impl std::fmt::Display) {
+    eprintln!("figure {key} = {value}");
+}
+
+/// `bytes` in kB (1 000 bytes), rounded, as the README quotes memory.
+pub fn kilobytes(bytes: impl Into<u64>) -> String {
+    format!("{} KB", (bytes.into() + 500) / 1000)
+}
+
+/// `bytes` in MB (1 000 000 bytes), to one decimal (none for a whole number), as the
+/// README quotes memory.
+pub fn megabytes(bytes: impl Into<u64>) -> String {
+    let text = format!("{:.1}", bytes.into() as f64 / 1e6);
+    format!("{} MB", text.strip_suffix(".0").unwrap_or(&text))
 }
 
 /// The settings of one new layer in a property test's random pipeline.
