@@ -285,66 +285,50 @@ fn per_worker_outputs_add_up_to_the_local_run() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Unsupported operators: an error when the flow is built, naming the operator.
+// Invalid flows: the same error as locally, when the flow is built.
 
-fn unsupported_operator(error: FlowError) -> String {
+/// The text of a configuration error.
+fn config_error(error: FlowError) -> String {
     match error {
-        FlowError::Unsupported { operator, backend } => {
-            assert_eq!(backend, "timely");
-            operator
-        }
-        other => panic!("expected Unsupported, got {other:?}"),
+        FlowError::Config(message) => message,
+        other => panic!("expected a configuration error, got {other:?}"),
     }
 }
 
 #[test]
-fn unsupported_operators_fail_when_the_flow_is_built() {
-    let config = ClusterConfig::local(2);
-    let uniq = common::guarded(move || {
-        cluster::collect(&config, || {
-            Flow::from_iter(0..10u32)
-                .partition(Partition::new())
-                .map(|x| x % 3)
-                .uniq()
-        })
-    });
-    assert_eq!(unsupported_operator(uniq.unwrap_err()), "uniq / uniq_by");
-    // The same flow runs locally: only its materialisation differs.
-    let mut local: Vec<u32> = Flow::from_iter(0..10u32)
-        .partition(Partition::new().stages(1))
-        .map(|x| x % 3)
-        .uniq()
-        .collect()
-        .unwrap();
-    local.sort();
-    assert_eq!(local, [0, 1, 2]);
+fn invalid_flows_fail_when_built_as_locally() {
+    let count_window = || {
+        Flow::from_iter(0..10u64)
+            .partition(Partition::new().window(Window::count(0)))
+            .reduce(|| 0u64, |x, s| s + x)
+            .emit_state()
+    };
+    let local = config_error(count_window().collect::<Vec<_>>().unwrap_err());
+    let clustered =
+        common::guarded(move || cluster::collect(&ClusterConfig::local(2), count_window));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 
-    let count_window = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::from_iter(0..10u64)
-                .partition(Partition::new().window(Window::count(3)))
-                .reduce(|| 0u64, |x, s| s + x)
-                .emit_state()
-        })
-    });
-    assert!(unsupported_operator(count_window.unwrap_err()).contains("count window"));
+    let batch = || Flow::from_iter(0..10u64).batch(0, Duration::from_secs(1));
+    let local = config_error(batch().collect::<Vec<_>>().unwrap_err());
+    let clustered = common::guarded(move || cluster::collect(&ClusterConfig::local(2), batch));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 
-    let stream = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::from_stream(futures::stream::iter(0..10u64)).map(|x| x + 1)
-        })
-    });
-    assert!(unsupported_operator(stream.unwrap_err()).contains("from_stream"));
-
-    let merge = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::merge(
-                vec![Flow::from_iter(0..3u64), Flow::from_iter(3..6u64)],
-                flowstage::flow::Shuffle::shuffle(),
-            )
-        })
-    });
-    assert_eq!(unsupported_operator(merge.unwrap_err()), "merge");
+    let merge_nothing = || {
+        Flow::merge(
+            Vec::<
+                Flow<
+                    flowstage::flow::nodes::SourceNode<
+                        flowstage::source::IterSource<std::ops::Range<u64>>,
+                    >,
+                >,
+            >::new(),
+            flowstage::flow::Shuffle::shuffle(),
+        )
+    };
+    let local = config_error(merge_nothing().collect::<Vec<_>>().unwrap_err());
+    let clustered =
+        common::guarded(move || cluster::collect(&ClusterConfig::local(2), merge_nothing));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 }
 
 // ---------------------------------------------------------------------------------------

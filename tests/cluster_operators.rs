@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::processes::*;
+use flowstage::FlowError;
 use flowstage::cluster::{self, ClusterConfig, ClusterPlan, Wire};
 use flowstage::flow::{
     ErrorPolicy, Flow, JoinMode, Partition, PartitionInfo, Shuffle, Side, Trigger,
 };
-use flowstage::FlowError;
 use flowstage::source::{BoxedProducer, CsvSource, JsonLinesSource, Source, StreamProducer};
 use flowstage::window::{Decision, LateEvents, TriggerHandle, TriggerName, Window};
 use rayon::prelude::*;
@@ -101,6 +101,9 @@ fn sorted<T: std::fmt::Debug>(items: impl IntoIterator<Item = T>) -> Vec<String>
     lines
 }
 
+/// A `(window, key, count)` row.
+type Row3 = (i64, u32, u64);
+
 /// Counts per key of a window's events.
 fn count_keys(e: Event, mut counts: HashMap<u32, u64>) -> HashMap<u32, u64> {
     *counts.entry(e.1).or_default() += 1;
@@ -112,7 +115,7 @@ fn rows(
     counts: HashMap<u32, u64>,
     _: PartitionInfo,
     trigger: &Trigger,
-) -> (Vec<(i64, u32, u64)>, HashMap<u32, u64>) {
+) -> (Vec<Row3>, HashMap<u32, u64>) {
     let id = trigger.window.id;
     let rows = counts.into_iter().map(|(k, n)| (id, k, n)).collect();
     (rows, HashMap::new())
@@ -123,7 +126,7 @@ fn done_rows(
     counts: HashMap<u32, u64>,
     partition: PartitionInfo,
     trigger: &Trigger,
-) -> (Vec<(i64, u32, u64)>, HashMap<u32, u64>) {
+) -> (Vec<Row3>, HashMap<u32, u64>) {
     if trigger.is_done() {
         rows(counts, partition, trigger)
     } else {
@@ -176,7 +179,12 @@ fn report_lines(report: flowstage::stage::Report) -> Vec<String> {
     let mut lines: Vec<String> = report
         .errors
         .iter()
-        .map(|e| format!("{} skipped {} dead {}", e.operator, e.skipped, e.dead_lettered))
+        .map(|e| {
+            format!(
+                "{} skipped {} dead {}",
+                e.operator, e.skipped, e.dead_lettered
+            )
+        })
         .collect();
     let into_partitions: u64 = report
         .stages
@@ -308,11 +316,12 @@ fn bounded_join(mode: JoinMode, w: usize) -> Flow<impl ClusterPlan<Item = Pair>>
 
 fn window_join(mode: JoinMode, w: usize) -> Flow<impl ClusterPlan<Item = Pair>> {
     let (left, right) = join_sides();
-    let window = Window::fixed(Duration::from_millis(100), |side: &Side<Event, Event>| {
-        match side {
+    let window = Window::fixed(
+        Duration::from_millis(100),
+        |side: &Side<Event, Event>| match side {
             Side::Left(e) | Side::Right(e) => e.0,
-        }
-    });
+        },
+    );
     Flow::window_join(
         mode,
         Flow::from_iters(left),
@@ -339,6 +348,14 @@ fn windowed(
 fn sliding(w: usize) -> Flow<impl ClusterPlan<Item = (i64, u32, u64)>> {
     let window = Window::sliding(Duration::from_millis(300), Duration::from_millis(100), ts);
     windowed(w, window, false)
+}
+
+fn fixed_fire_empty(w: usize) -> Flow<impl ClusterPlan<Item = (i64, u32, u64)>> {
+    windowed(
+        w,
+        Window::fixed(Duration::from_millis(100), ts).fire_empty(4),
+        true,
+    )
 }
 
 fn session(w: usize) -> Flow<impl ClusterPlan<Item = (i64, u32, u64)>> {
@@ -416,8 +433,8 @@ fn periodically(w: usize) -> Flow<impl ClusterPlan<Item = (i64, u32, u64)>> {
 }
 
 fn lateness(w: usize) -> Flow<impl ClusterPlan<Item = (i64, u32, u64)>> {
-    let window = Window::fixed(Duration::from_millis(200), ts)
-        .allowed_lateness(Duration::from_millis(3));
+    let window =
+        Window::fixed(Duration::from_millis(200), ts).allowed_lateness(Duration::from_millis(3));
     Flow::from_iters(streams(false))
         .partition(Partition::by_key(key).stages(w).window(window))
         .reduce(HashMap::new, count_keys)
@@ -467,7 +484,9 @@ fn data_dir() -> PathBuf {
                 json.push_str("{\"ts\": \"oops\"}\n");
             }
             csv.push_str(&format!("{ts},{key},{value}\n"));
-            json.push_str(&format!("{{\"ts\":{ts},\"key\":{key},\"value\":{value}}}\n"));
+            json.push_str(&format!(
+                "{{\"ts\":{ts},\"key\":{key},\"value\":{value}}}\n"
+            ));
         }
         std::fs::write(dir.join("rows.csv"), csv).expect("csv");
         std::fs::write(dir.join("rows.jsonl.partial"), json).expect("json");
@@ -505,12 +524,14 @@ fn json_lines(w: usize) -> Flow<impl ClusterPlan<Item = (u32, u64)>> {
 // The suite.
 
 type Lines = flowstage::Result<Vec<String>>;
+/// Process 0's lines (`None` in the others).
+type ProcessLines = flowstage::Result<Option<Vec<String>>>;
 
 /// One case: its name, its cluster run (lines in process 0, `None` elsewhere) and its
 /// local run with `w` stages.
 struct Case {
     name: &'static str,
-    cluster: Box<dyn Fn(&ClusterConfig) -> flowstage::Result<Option<Vec<String>>>>,
+    cluster: Box<dyn Fn(&ClusterConfig) -> ProcessLines>,
     local: Box<dyn Fn(usize) -> Lines>,
 }
 
@@ -562,14 +583,39 @@ fn suite() -> Vec<Case> {
         collected("departition windowed", departition_windowed, debug_lines),
         collected("take_sort", take_sort, debug_lines),
         collected("take_sort windowed", take_sort_windowed, debug_lines),
-        collected("bounded_join inner", |w| bounded_join(JoinMode::Inner, w), debug_lines),
-        collected("bounded_join left", |w| bounded_join(JoinMode::LeftOuter, w), debug_lines),
-        collected("bounded_join right", |w| bounded_join(JoinMode::RightOuter, w), debug_lines),
-        collected("bounded_join full", |w| bounded_join(JoinMode::FullOuter, w), debug_lines),
-        collected("window_join inner", |w| window_join(JoinMode::Inner, w), debug_lines),
-        collected("window_join full", |w| window_join(JoinMode::FullOuter, w), debug_lines),
+        collected(
+            "bounded_join inner",
+            |w| bounded_join(JoinMode::Inner, w),
+            debug_lines,
+        ),
+        collected(
+            "bounded_join left",
+            |w| bounded_join(JoinMode::LeftOuter, w),
+            debug_lines,
+        ),
+        collected(
+            "bounded_join right",
+            |w| bounded_join(JoinMode::RightOuter, w),
+            debug_lines,
+        ),
+        collected(
+            "bounded_join full",
+            |w| bounded_join(JoinMode::FullOuter, w),
+            debug_lines,
+        ),
+        collected(
+            "window_join inner",
+            |w| window_join(JoinMode::Inner, w),
+            debug_lines,
+        ),
+        collected(
+            "window_join full",
+            |w| window_join(JoinMode::FullOuter, w),
+            debug_lines,
+        ),
         collected("sliding", sliding, debug_lines),
         collected("session", session, debug_lines),
+        collected("fixed fire_empty", fixed_fire_empty, debug_lines),
         collected("count window", count_window, debug_lines),
         collected("periodic", periodic, total_lines),
         collected("every", every, debug_lines),
@@ -633,7 +679,10 @@ fn assert_cases_equal(got: &[String], want: &[String]) {
     let (got, want) = (by_case(got), by_case(want));
     assert_eq!(got.len(), want.len(), "the cases run");
     for ((name, got), (_, want)) in got.iter().zip(&want) {
-        assert_eq!(got, want, "case {name}: the cluster's result differs from the local run's");
+        assert_eq!(
+            got, want,
+            "case {name}: the cluster's result differs from the local run's"
+        );
     }
 }
 
@@ -669,7 +718,11 @@ fn every_operator_on_two_processes_equals_the_local_run() {
 
 #[test]
 fn every_operator_on_three_processes_equals_the_local_run() {
-    suite_on_processes("every_operator_on_three_processes_equals_the_local_run", 3, 1);
+    suite_on_processes(
+        "every_operator_on_three_processes_equals_the_local_run",
+        3,
+        1,
+    );
 }
 
 #[test]
@@ -750,7 +803,11 @@ fn late_events_go_to_the_side_output_as_locally() {
             Flow::from_stream(stream)
                 // Everything to worker 0, which also reads the stream: its waiting must
                 // not hold the worker.
-                .partition(Partition::by_hash(|_: &Event, _| Some(0)).stages(2).window(window))
+                .partition(
+                    Partition::by_hash(|_: &Event, _| Some(0))
+                        .stages(2)
+                        .window(window),
+                )
                 .reduce(|| 0u64, |_, n| n + 1)
                 .on_trigger(flagging(build_flag.clone()))
         };
@@ -767,7 +824,10 @@ fn late_events_go_to_the_side_output_as_locally() {
     let (local_rows, local_late) = run(false);
     let (rows, late) = run(true);
     assert_eq!(local_late, [(5, 0, 1)], "locally the event is late");
-    assert!(!rows.iter().any(|r| r.0 == MARKER), "the source waited in vain");
+    assert!(
+        !rows.iter().any(|r| r.0 == MARKER),
+        "the source waited in vain"
+    );
     assert_eq!(rows, local_rows);
     assert_eq!(late, local_late);
 }
@@ -842,9 +902,15 @@ fn a_quiet_source_stops_holding_windows_after_its_idle_timeout() {
         rows
     };
     let local = run(false);
-    assert!(!local.iter().any(|r| r.0 == MARKER), "locally the windows closed");
+    assert!(
+        !local.iter().any(|r| r.0 == MARKER),
+        "locally the windows closed"
+    );
     let rows = run(true);
-    assert!(!rows.iter().any(|r| r.0 == MARKER), "the windows never closed");
+    assert!(
+        !rows.iter().any(|r| r.0 == MARKER),
+        "the windows never closed"
+    );
     assert_eq!(rows, local);
 }
 
@@ -926,7 +992,9 @@ fn dead_letters_reach_the_sink_as_locally() {
 fn failure_text(error: FlowError) -> String {
     match error {
         FlowError::StageFailed { message, .. } => format!("failed: {message}"),
-        FlowError::StagePanicked { stage, message } => format!("panicked: {} {message}", stage.name),
+        FlowError::StagePanicked { stage, message } => {
+            format!("panicked: {} {message}", stage.name)
+        }
         other => panic!("expected a stage failure, got {other:?}"),
     }
 }
@@ -956,7 +1024,10 @@ fn a_failing_try_map_and_a_panicking_source_fail_the_run_as_locally() {
     let clustered = failure_text(clustered.unwrap_err());
     assert!(clustered.contains("the stream broke at 5"), "{clustered}");
     assert!(local.contains("the stream broke at 5"), "{local}");
-    assert!(clustered.starts_with("panicked: from_stream"), "{clustered}");
+    assert!(
+        clustered.starts_with("panicked: from_stream"),
+        "{clustered}"
+    );
 }
 
 #[test]
@@ -990,4 +1061,89 @@ fn a_bounded_join_reads_its_right_side_once_the_left_is_complete() {
     let left_total: usize = join_sides().0.iter().map(Vec::len).sum();
     assert_eq!(left_read.load(Ordering::SeqCst), left_total as u64);
     assert_eq!(seen_by_right.load(Ordering::SeqCst), left_total as u64);
+}
+
+// ---------------------------------------------------------------------------------------
+// Redis Streams: one consumer of the group per worker.
+
+#[cfg(feature = "redis")]
+#[test]
+fn a_redis_stream_is_read_by_one_consumer_per_worker() {
+    use flowstage::source::{RedisStreamSource, StreamEntry};
+    use std::process::{Command, Stdio};
+
+    // A redis-server of this test's own (the Redis tests install it when missing).
+    let port = free_hosts(1)[0]
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse::<u16>().ok())
+        .expect("a port");
+    let Ok(mut server) = Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    else {
+        panic!("redis-server is needed: `apt-get install -y redis-server` (.ci/run does)");
+    };
+    let url = format!("redis://127.0.0.1:{port}");
+    let client = redis::Client::open(url.as_str()).expect("a client");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut connection = loop {
+        if let Ok(connection) = client.get_connection() {
+            break connection;
+        }
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    const N: u64 = 2000;
+    let mut pipe = redis::pipe();
+    for i in 0..N {
+        pipe.cmd("XADD")
+            .arg("orders")
+            .arg("*")
+            .arg("n")
+            .arg(i)
+            .ignore();
+    }
+    pipe.query::<()>(&mut connection).expect("XADD");
+
+    let source_url = url.clone();
+    let numbers = common::guarded(move || {
+        cluster::collect(&ClusterConfig::local(2), move || {
+            let source = RedisStreamSource::new(&source_url, "orders", "group", "reader")
+                .max_count(50)
+                .stop_when_idle(Duration::from_millis(300));
+            Flow::from_source(source)
+                .map(|entry: StreamEntry| {
+                    entry
+                        .text("n")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(u64::MAX)
+                })
+                .shuffle(Shuffle::shuffle())
+        })
+    });
+    let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg("orders")
+        .arg("group")
+        .query(&mut connection)
+        .expect("XINFO CONSUMERS");
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut numbers = numbers
+        .expect("the cluster run succeeds")
+        .expect("one process");
+    numbers.sort_unstable();
+    assert_eq!(numbers, (0..N).collect::<Vec<_>>(), "every entry once");
+    let names: Vec<String> = consumers
+        .iter()
+        .filter_map(|fields| match fields.get(1) {
+            Some(redis::Value::BulkString(name)) => Some(String::from_utf8_lossy(name).into()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["reader-0", "reader-1"]);
 }

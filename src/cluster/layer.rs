@@ -251,12 +251,15 @@ where
     }
 }
 
+/// A layer's state on one worker (`None` where it does not run), its routing and name.
+type Built<T, L, R> = (Option<Core<T, L, R>>, Routing<R>, &'static str);
+
 /// Builds a layer's state on one worker: `None` where it does not run.
 fn core<T, L, R>(
     compiler: &mut ClusterCompiler<'_>,
     layer: Layer<T, R>,
     logic: L,
-) -> (Option<Core<T, L, R>>, Routing<R>, &'static str)
+) -> Built<T, L, R>
 where
     T: Send + 'static,
     L: Logic<In = T>,

@@ -53,7 +53,10 @@ fn fail(failure: &Rc<RefCell<Option<FlowError>>>, error: FlowError) {
 /// operators run (and tries again later).
 const PATIENCE: Duration = Duration::from_millis(1);
 
-type Answer<T> = (BoxedProducer<T>, std::result::Result<Produced<T>, StageError>);
+type Answer<T> = (
+    BoxedProducer<T>,
+    std::result::Result<Produced<T>, StageError>,
+);
 
 /// A producer and its demand in flight: `handle_demand` runs as a task on the worker's
 /// runtime, so that a producer with nothing to give yet (a quiet stream, a channel)
