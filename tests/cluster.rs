@@ -505,8 +505,12 @@ fn a_failing_process_makes_the_others_fail() {
     let reports = run_processes(TEST, 2, 1, &[]);
     match &reports[0] {
         Reported::Error { kind, text } => {
-            assert_eq!(kind, "Cluster", "{text}");
-            assert!(text.contains("panicked") && text.contains("boom"), "{text}");
+            // As locally: the panic, naming the stage (the source's share on worker 0).
+            assert_eq!(kind, "StagePanicked", "{text}");
+            assert!(
+                text.contains("from_iter[0]") && text.contains("boom"),
+                "{text}"
+            );
         }
         other => panic!("process 0: expected its panic, got {other:?}"),
     }

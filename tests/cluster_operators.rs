@@ -1028,6 +1028,24 @@ fn a_failing_try_map_and_a_panicking_source_fail_the_run_as_locally() {
         clustered.starts_with("panicked: from_stream"),
         "{clustered}"
     );
+
+    // A panic in a layer's reduce names the layer's stage, as locally.
+    let reducing = || {
+        Flow::from_iter(0..100u64)
+            .partition(Partition::by_hash(|_: &u64, _| Some(1)).stages(2))
+            .reduce(
+                || 0u64,
+                |x, sum| {
+                    assert!(x != 42, "the reduce broke at {x}");
+                    sum + x
+                },
+            )
+            .emit_state()
+    };
+    let local = failure_text(reducing().collect::<Vec<_>>().unwrap_err());
+    let clustered = common::guarded(move || cluster::collect(&ClusterConfig::local(2), reducing));
+    assert_eq!(failure_text(clustered.unwrap_err()), local);
+    assert_eq!(local, "panicked: partition[1] the reduce broke at 42");
 }
 
 #[test]

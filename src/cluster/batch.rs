@@ -10,7 +10,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use super::emit::emit;
 use super::plan::{ClusterCompiler, ClusterStream, Stamp, Wire};
-use super::source::report;
+use super::source::{guarded, report};
 use crate::error::{StageInfo, StageKind};
 use crate::flow::{Logic, PartitionInfo};
 
@@ -86,11 +86,18 @@ where
                     full.push(std::mem::take(&mut open));
                     opened_at = None;
                 }
-                if !full.is_empty() {
-                    logic.batch(&mut full, &mut out);
-                }
-                if ended {
-                    logic.done(&mut out);
+                let ran = guarded(&failure, &stage, || {
+                    if !full.is_empty() {
+                        logic.batch(&mut full, &mut out);
+                    }
+                    if ended {
+                        logic.done(&mut out);
+                    }
+                });
+                if !ran {
+                    out.clear();
+                    hold = None;
+                    return;
                 }
                 if let Some(error) = logic.failure() {
                     report(&failure, &stage, error);

@@ -25,7 +25,7 @@ use timely::dataflow::{ProbeHandle, Scope};
 use super::emit::{Output, emit};
 use super::plan::{ClusterCompiler, ClusterStream, EventTime, Stamp, Time, Wire};
 use super::report::Counters;
-use super::source::{RELEASED, report};
+use super::source::{RELEASED, guarded, report};
 use super::window::{decode, event_time};
 use crate::error::{FlowError, StageInfo, StageKind};
 use crate::flow::{Logic, PartitionInfo, Route};
@@ -124,6 +124,8 @@ struct Core<T: Send + 'static, L: Logic<In = T>, R> {
     failure: Rc<RefCell<Option<FlowError>>>,
     /// A route to check again on arrival (one that may drop events).
     checks: Option<Arc<R>>,
+    /// User code panicked: the layer takes nothing more.
+    broken: bool,
     workers: usize,
 }
 
@@ -133,8 +135,29 @@ where
     L: Logic<In = T>,
     R: Route<T>,
 {
+    /// Runs user code `f` on the layer; after a panic (reported as `StagePanicked`) the
+    /// layer takes nothing more: the run is ending.
+    fn guard(&mut self, f: impl FnOnce(&mut Self)) {
+        if self.broken {
+            return;
+        }
+        let (failure, stage) = (self.failure.clone(), self.stage.clone());
+        if !guarded(&failure, &stage, || f(self)) {
+            self.broken = true;
+            self.out.clear();
+        }
+    }
+
     /// Handles a batch of input.
     fn events(&mut self, events: &mut Vec<T>) {
+        if self.broken {
+            events.clear();
+            return;
+        }
+        self.guard(|core| core.handle(events));
+    }
+
+    fn handle(&mut self, events: &mut Vec<T>) {
         self.counters.add_in(events.len());
         if let Some(route) = &self.checks {
             let workers = self.workers;
@@ -171,6 +194,10 @@ where
 
     /// The input frontier moved to `passed` (`None`: the input has ended).
     fn frontier(&mut self, passed: Option<Time>) {
+        self.guard(|core| core.advance(passed));
+    }
+
+    fn advance(&mut self, passed: Option<Time>) {
         let before = self.out.len();
         match (&mut self.windower, passed) {
             (Some(windower), Some((window, _))) => {
@@ -189,6 +216,12 @@ where
 
     /// Fires due timers; returns how long until the next one.
     fn timers(&mut self) -> Option<Duration> {
+        let mut next = None;
+        self.guard(|core| next = core.wake());
+        next
+    }
+
+    fn wake(&mut self) -> Option<Duration> {
         let windower = self.windower.as_mut()?;
         let before = self.out.len();
         windower.wake(&mut self.logic, &mut self.out);
@@ -255,11 +288,7 @@ where
 type Built<T, L, R> = (Option<Core<T, L, R>>, Routing<R>, &'static str);
 
 /// Builds a layer's state on one worker: `None` where it does not run.
-fn core<T, L, R>(
-    compiler: &mut ClusterCompiler<'_>,
-    layer: Layer<T, R>,
-    logic: L,
-) -> Built<T, L, R>
+fn core<T, L, R>(compiler: &mut ClusterCompiler<'_>, layer: Layer<T, R>, logic: L) -> Built<T, L, R>
 where
     T: Send + 'static,
     L: Logic<In = T>,
@@ -318,6 +347,7 @@ where
             counters,
             failure: compiler.failure.clone(),
             checks,
+            broken: false,
             workers,
         }
     });

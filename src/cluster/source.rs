@@ -42,6 +42,22 @@ pub(crate) fn report(
     fail(failure, FlowError::from_stage_error(stage, error));
 }
 
+/// Runs user code `f`, turning a panic into `StagePanicked` naming `stage`, as the local
+/// runtime does; says whether `f` returned.
+pub(crate) fn guarded(
+    failure: &Rc<RefCell<Option<FlowError>>>,
+    stage: &StageInfo,
+    f: impl FnOnce(),
+) -> bool {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(()) => true,
+        Err(payload) => {
+            fail(failure, FlowError::from_panic(stage, payload));
+            false
+        }
+    }
+}
+
 fn fail(failure: &Rc<RefCell<Option<FlowError>>>, error: FlowError) {
     let mut failure = failure.borrow_mut();
     if failure.is_none() {
@@ -248,9 +264,16 @@ where
                 }
             };
             let read = events.len();
-            state.logic.batch(&mut events, &mut state.out);
-            if last {
-                state.logic.done(&mut state.out);
+            let (logic, out) = (&mut state.logic, &mut state.out);
+            let ran = guarded(&failure, &state.stage, || {
+                logic.batch(&mut events, out);
+                if last {
+                    logic.done(out);
+                }
+            });
+            if !ran {
+                reader = None;
+                return;
             }
             if let Some(error) = state.logic.failure() {
                 report(&failure, &state.stage, error);
