@@ -77,21 +77,7 @@ type Event = (i64, u32, u64);
 
 /// Four in-order streams of events over ~2 s of event time, keys 0..7.
 fn event_streams() -> Vec<Vec<Event>> {
-    (0..4u64)
-        .map(|stream| {
-            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream;
-            let mut ts = 0i64;
-            (0..3_000)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ts += (state % 3) as i64;
-                    (ts, (state >> 8) as u32 % 7, state % 100)
-                })
-                .collect()
-        })
-        .collect()
+    common::event_streams(3_000, false)
 }
 
 /// Sum and count per key and 100 ms window, emitted as `window\tkey\tcount\tsum`.

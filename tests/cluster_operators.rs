@@ -41,24 +41,7 @@ type Event = (i64, u32, u64);
 /// Four in-order streams of events, keys 0..7; with `gaps`, a pause of 300 ms in event
 /// time now and then (for sessions).
 fn streams(gaps: bool) -> Vec<Vec<Event>> {
-    (0..4u64)
-        .map(|stream| {
-            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (stream + 1);
-            let mut ts = 0i64;
-            (0..1_500)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ts += (state % 3) as i64;
-                    if gaps && state % 97 == 0 {
-                        ts += 300;
-                    }
-                    (ts, (state >> 8) as u32 % 7, state % 100)
-                })
-                .collect()
-        })
-        .collect()
+    common::event_streams(1_500, gaps)
 }
 
 fn values() -> Vec<Vec<u64>> {
@@ -741,6 +724,24 @@ fn every_operator_on_two_processes_with_two_workers_each_equals_the_local_run() 
 /// The timestamp of the event a waiting stream sends when its wait timed out.
 const MARKER: i64 = 10_000;
 
+/// What `build`'s flow collects on the cluster (1 process × 2 workers) or locally.
+fn collect_on<P>(
+    on_cluster: bool,
+    build: impl Fn() -> Flow<P> + Send + Sync + 'static,
+) -> Vec<P::Item>
+where
+    P: ClusterPlan,
+    P::Item: Wire,
+{
+    if on_cluster {
+        common::guarded(move || cluster::collect(&ClusterConfig::local(2), build))
+            .expect("the cluster run succeeds")
+            .expect("one process hosts worker 0")
+    } else {
+        build().collect().expect("the local run succeeds")
+    }
+}
+
 /// Waits (asynchronously, on the source's runtime) until `flag` is set, or gives up after
 /// a while so that a broken behaviour fails its assertion instead of hanging.
 async fn until(flag: &AtomicBool) -> bool {
@@ -811,13 +812,7 @@ fn late_events_go_to_the_side_output_as_locally() {
                 .reduce(|| 0u64, |_, n| n + 1)
                 .on_trigger(flagging(build_flag.clone()))
         };
-        let mut rows: Vec<(i64, u64)> = if on_cluster {
-            common::guarded(move || cluster::collect(&ClusterConfig::local(2), build))
-                .expect("the cluster run succeeds")
-                .expect("one process")
-        } else {
-            build().collect().expect("the local run succeeds")
-        };
+        let mut rows = collect_on(on_cluster, build);
         rows.sort();
         (rows, late.take())
     };
@@ -891,13 +886,7 @@ fn a_quiet_source_stops_holding_windows_after_its_idle_timeout() {
                 .reduce(|| 0u64, |_, n| n + 1)
                 .on_trigger(flagging(build_flag.clone()))
         };
-        let mut rows: Vec<(i64, u64)> = if on_cluster {
-            common::guarded(move || cluster::collect(&ClusterConfig::local(2), build))
-                .expect("the cluster run succeeds")
-                .expect("one process")
-        } else {
-            build().collect().expect("the local run succeeds")
-        };
+        let mut rows = collect_on(on_cluster, build);
         rows.sort();
         rows
     };
@@ -973,13 +962,7 @@ fn dead_letters_reach_the_sink_as_locally() {
                 .reduce(|| 0u64, |v, sum| sum + v)
                 .emit_state()
         };
-        let sums: Vec<u64> = if on_cluster {
-            common::guarded(move || cluster::collect(&ClusterConfig::local(2), build))
-                .expect("the cluster run succeeds")
-                .expect("one process")
-        } else {
-            build().collect().expect("the local run succeeds")
-        };
+        let sums = collect_on(on_cluster, build);
         let mut letters = std::mem::take(&mut *letters.lock().unwrap());
         letters.sort();
         (sums.iter().sum::<u64>(), letters)

@@ -257,6 +257,22 @@ where
     L: Logic<In = T>,
     R: Route<T>,
 {
+    /// A message of input: through the logic, its output at the message's time.
+    fn take(
+        &mut self,
+        capability: Option<Capability<Time>>,
+        data: &mut Vec<T>,
+        output: &mut Output<'_, L::Out>,
+        stamp: &Stamp<L::Out>,
+    ) {
+        let (Some(core), Some(capability)) = (self.core.as_mut(), capability) else {
+            data.clear();
+            return;
+        };
+        core.events(data);
+        emit(output, &capability, &mut core.out, stamp);
+    }
+
     /// After the input of one activation: moves the windows and the held capability to
     /// the frontier `passed`, emits, and schedules the next timer.
     fn settle(
@@ -389,15 +405,7 @@ where
             let mut shell = Shell { core, hold };
             move |(input, frontier), output| {
                 input.for_each(|time, data| {
-                    let Some(core) = shell.core.as_mut() else {
-                        data.clear();
-                        return;
-                    };
-                    let Some(capability) = time.retain_least(0) else {
-                        return;
-                    };
-                    core.events(data);
-                    emit(output, &capability, &mut core.out, &stamp);
+                    shell.take(time.retain_least(0), data, output, &stamp);
                 });
                 let passed = frontier.frontier().iter().next().copied();
                 shell.settle(passed, output, &stamp, &activator);
@@ -443,14 +451,7 @@ where
             move |(first, first_frontier), (second, second_frontier), output| {
                 let first_done = first_frontier.frontier().is_empty();
                 first.for_each(|time, data| {
-                    let (Some(core), Some(capability)) =
-                        (shell.core.as_mut(), time.retain_least(0))
-                    else {
-                        data.clear();
-                        return;
-                    };
-                    core.events(data);
-                    emit(output, &capability, &mut core.out, &stamp);
+                    shell.take(time.retain_least(0), data, output, &stamp);
                 });
                 second.for_each(|time, data| {
                     if shell.core.is_none() {
@@ -462,11 +463,8 @@ where
                     }
                 });
                 if first_done {
-                    if let Some(core) = shell.core.as_mut() {
-                        for (capability, mut data) in waiting.drain(..) {
-                            core.events(&mut data);
-                            emit(output, &capability, &mut core.out, &stamp);
-                        }
+                    for (capability, mut data) in waiting.drain(..) {
+                        shell.take(Some(capability), &mut data, output, &stamp);
                     }
                 }
                 let passed = [first_frontier, second_frontier]

@@ -27,7 +27,6 @@ use crate::flow::nodes::{
 };
 use crate::flow::{Emit, Emits, Identity, Logic, Map, NoRoute, Plan, Route, Side, Step, Tagged};
 use crate::source::Source;
-use crate::stage::{partition_hash, partition_of};
 use crate::window::LayerWindow;
 
 /// The timestamps of a cluster dataflow: `(window, epoch)`, ordered lexicographically.
@@ -435,24 +434,6 @@ where
     layer::unary(compiler, layer, upstream, merge, stamp)
 }
 
-/// A join's route: the hash of either side's key, as locally.
-struct SideKey<KA, KB>(Arc<KA>, Arc<KB>);
-
-impl<A, B, K, KA, KB> Route<Side<A, B>> for SideKey<KA, KB>
-where
-    K: std::hash::Hash,
-    KA: Fn(&A) -> K + Send + Sync + 'static,
-    KB: Fn(&B) -> K + Send + Sync + 'static,
-{
-    fn route(&self, event: &Side<A, B>, partitions: usize) -> Option<usize> {
-        let hash = match event {
-            Side::Left(left) => partition_hash(&(self.0)(left)),
-            Side::Right(right) => partition_hash(&(self.1)(right)),
-        };
-        Some(partition_of(hash, partitions))
-    }
-}
-
 /// Joins: both sides exchanged by the hash of their key (as locally), into one join
 /// operator per worker running the local [`Join`](crate::flow::join) logic. A bounded
 /// join's right side starts reading once the left side is complete everywhere; a window
@@ -484,7 +465,7 @@ where
         if let Some(window) = &self.window {
             window.validate()?;
         }
-        let route = SideKey(self.left_key.clone(), self.right_key.clone());
+        let route = self.route();
         let join = Join::new(self.mode, self.left_key, self.right_key, self.join, logic);
         let time = event_time(self.window.as_ref());
         let tag_left = |event| Side::<PL::Item, PR::Item>::Left(event);
