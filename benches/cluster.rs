@@ -1,45 +1,46 @@
-//! Word count on the cluster backend against the local runtime, in one group.
+//! The cluster backend against the local runtime, one group per flow:
 //!
 //! `cargo bench --features timely --bench cluster -- --warm-up-time 1 --measurement-time 5`
 //!
-//! Input: `FLOWSTAGE_WC_INPUT` if set (e.g. the real prose of `benches/word_count.rs`);
-//! else a generated Zipf-distributed corpus of 32 MB in `target/wc-data`.
+//! - `cluster_word_count`: the flow of `examples/word_count.rs` — byte ranges of a file,
+//!   `Chunk::word_counts`, `reduce_by_key` (a combiner per source, a partition by word, a
+//!   sum per partition). Input: `FLOWSTAGE_WC_INPUT` if set; else the 531 MB of real prose
+//!   that `benches/word_count.rs` makes in `target/wc-data` if it is there; else a
+//!   generated Zipf-distributed corpus of 32 MB.
+//! - `cluster_join`: a bounded inner join of 400 000 × 400 000 generated `(key, value)`
+//!   events over 100 000 keys, counted and summed per partition.
+//! - `cluster_sliding`: 2 000 000 generated events over 500 s of event time, counted per
+//!   key in sliding windows of 100 ms every 25 ms.
 //!
-//! Every variant runs the same flow, the one of `examples/word_count.rs` — byte ranges
-//! of the file, `Chunk::word_counts`, `reduce_by_key` (a combiner per source stage or
-//! worker, a partition by word, a sum per partition) — and must agree on the total and
-//! the number of distinct words:
+//! Each group has three contestants running the same flow, which must agree:
 //!
-//! - `local_runtime`: the local stage runtime, 2 readers, 2 partitions.
+//! - `local_runtime`: the local stage runtime, 2 stages per layer.
 //! - `timely_1x2`: the cluster backend, one process with 2 workers (no network).
-//! - `timely_2x1`: the cluster backend, 2 processes × 1 worker over loopback TCP: this
-//!   process is process 0; each iteration starts process 1 (this bench binary again), so
-//!   the figure includes starting a process and connecting.
+//! - `timely_2x1`: the cluster backend, 2 processes × 1 worker over loopback TCP. This
+//!   process is process 0; process 1 (this bench binary again) is started once and runs
+//!   each flow the parent names on its stdin, so an iteration includes connecting (ms on
+//!   loopback) but not starting a process.
 //!
-//! On a 2-core machine the point is the overhead of timely (and of serializing the
-//! exchange over TCP), not a speed-up. Measured on the 2-core development machine, one
-//! run each, all variants running `reduce_by_key`:
-//!
-//! | input | `local_runtime` | `timely_1x2` | `timely_2x1` |
-//! |---|---|---|---|
-//! | 531 MB of linux-doc prose (the word count bench's real prose) | 1.574 s | 1.791 s (1.14x) | 1.783 s (1.13x) |
-//!
-//! (`timely_2x1` includes starting process 1 and connecting, every iteration.)
+//! On a 2-core machine the point is the overhead of timely and of serializing the
+//! exchange over TCP, not a speed-up: compare each contestant with `local_runtime` in the
+//! same run.
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
-use flowstage::cluster::{self, ClusterConfig, ENV_HOSTS, ENV_INDEX, ENV_SECRET};
+use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_SECRET};
 #[path = "../examples/common/corpus.rs"]
 mod corpus;
 use corpus::Corpus;
-use flowstage::flow::{Flow, Partition};
+use flowstage::flow::{Flow, JoinMode, Partition, PartitionInfo, Shuffle, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
+use flowstage::window::Window;
 
-/// Set in the child process of `timely_2x1`: the input file.
-const ENV_CHILD_INPUT: &str = "FLOWSTAGE_BENCH_CLUSTER_INPUT";
+/// Set in process 1 of `timely_2x1`: the word count's input file.
+const ENV_PEER_INPUT: &str = "FLOWSTAGE_BENCH_CLUSTER_INPUT";
 /// The shared secret of the bench's two processes.
 const SECRET: &str = "flowstage bench cluster secret";
 
@@ -52,6 +53,10 @@ fn input() -> PathBuf {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("wc-data");
+    let prose = dir.join("prose-500mb.txt");
+    if prose.exists() {
+        return prose;
+    }
     std::fs::create_dir_all(&dir).expect("target/wc-data");
     let path = dir.join("generated-32mb.txt");
     if std::fs::metadata(&path).map_or(true, |m| m.len() < GENERATED_BYTES as u64) {
@@ -60,18 +65,17 @@ fn input() -> PathBuf {
     path
 }
 
-/// (total words, distinct words)
-type Summary = (u64, usize);
+/// What a flow's output comes to, for the contestants to agree on.
+type Summary = (u64, u64);
 
-fn summary(counts: &[(Word, u64)]) -> Summary {
-    (counts.iter().map(|(_, n)| n).sum(), counts.len())
-}
+// ---------------------------------------------------------------------------------------
+// The flows, for `partitions` stages (workers on the cluster).
 
-fn flow(
+fn word_count(
     path: PathBuf,
     readers: usize,
     partitions: usize,
-) -> Flow<impl cluster::ClusterPlan<Item = (Word, u64)>> {
+) -> Flow<impl ClusterPlan<Item = (Word, u64)>> {
     Flow::from_source(FileSource::new(&path).readers(readers).block_size(1 << 20))
         .flat_map(|chunk: Chunk| chunk.word_counts())
         .reduce_by_key(
@@ -80,74 +84,246 @@ fn flow(
         )
 }
 
-fn local_runtime(path: &Path) -> Summary {
-    let counts: Vec<(Word, u64)> = flow(path.to_path_buf(), 2, 2).collect().expect("local run");
-    summary(&counts)
+fn word_summary(counts: Vec<(Word, u64)>) -> Summary {
+    (counts.iter().map(|(_, n)| n).sum(), counts.len() as u64)
 }
 
-fn cluster_run(config: &ClusterConfig, path: &Path) -> Option<Summary> {
-    let path = path.to_path_buf();
-    let readers = config.workers() * 2;
-    let partitions = config.workers();
-    cluster::collect(config, move || flow(path.clone(), readers, partitions))
-        .expect("cluster run")
-        .map(|counts| summary(&counts))
+/// A relation of 400 000 `(key, value)` events over 100 000 keys spread by `stride`, in 4
+/// lazy parts (each worker iterates only its own).
+fn relation_parts(stride: u64) -> Vec<impl Iterator<Item = (u64, u64)> + Send + 'static> {
+    (0..4u64)
+        .map(|p| (p * 100_000..(p + 1) * 100_000).map(move |i| ((i * stride) % 100_000, i)))
+        .collect()
 }
 
-fn timely_2x1(path: &Path) -> Summary {
-    let listeners: Vec<_> = (0..2)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    let hosts: Vec<String> = listeners
+fn join(partitions: usize) -> Flow<impl ClusterPlan<Item = (u64, u64)>> {
+    Flow::bounded_join(
+        JoinMode::Inner,
+        Flow::from_iters(relation_parts(1)),
+        Flow::from_iters(relation_parts(7)),
+        |l: &(u64, u64)| l.0,
+        |r: &(u64, u64)| r.0,
+        |l: Option<&(u64, u64)>, r: Option<&(u64, u64)>| {
+            l.map_or(0, |l| l.1) + r.map_or(0, |r| r.1)
+        },
+        Shuffle::shuffle().stages(partitions),
+    )
+    .reduce(
+        || (0u64, 0u64),
+        |sum, (n, total)| (n + 1, total.wrapping_add(sum)),
+    )
+    .emit_state()
+}
+
+fn pair_summary(pairs: Vec<(u64, u64)>) -> Summary {
+    pairs
         .iter()
-        .map(|l| l.local_addr().expect("bound").to_string())
-        .collect();
-    drop(listeners);
-    let mut command = Command::new(std::env::current_exe().expect("the bench binary"));
-    command
-        .env(ENV_CHILD_INPUT, path)
-        .env(ENV_INDEX, "1")
-        .env(ENV_HOSTS, hosts.join(","))
-        .env(ENV_SECRET, SECRET)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    let mut child = command.spawn().expect("process 1 starts");
-    let config = ClusterConfig::process(0, hosts)
-        .secret(SECRET)
+        .fold((0, 0), |(n, s), (pn, ps)| (n + pn, s.wrapping_add(*ps)))
+}
+
+/// 2 000 000 events `(ms, key)` in 4 lazy, time-ordered parts.
+fn timed_parts() -> Vec<impl Iterator<Item = (i64, u32)> + Send + 'static> {
+    (0..4u64)
+        .map(|p| {
+            (0..500_000u64).map(move |i| {
+                let mixed = (i ^ (p << 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                (
+                    (i / 1_000) as i64 * 1_000 + (i % 1_000) as i64,
+                    (mixed >> 40) as u32 % 1_000,
+                )
+            })
+        })
+        .collect()
+}
+
+fn sliding(partitions: usize) -> Flow<impl ClusterPlan<Item = (u64, u64)>> {
+    let window = Window::sliding(
+        Duration::from_millis(100),
+        Duration::from_millis(25),
+        |e: &(i64, u32)| e.0,
+    );
+    Flow::from_iters(timed_parts())
+        .partition(
+            Partition::by_key(|e: &(i64, u32)| e.1)
+                .stages(partitions)
+                .window(window),
+        )
+        .reduce_mut(
+            ahash::AHashMap::new,
+            |e: (i64, u32), counts: &mut ahash::AHashMap<u32, u64>| {
+                *counts.entry(e.1).or_default() += 1;
+            },
+        )
+        .on_trigger(|counts, _: PartitionInfo, _: &Trigger| {
+            let total: u64 = counts.values().sum();
+            (vec![(counts.len() as u64, total)], ahash::AHashMap::new())
+        })
+}
+
+// ---------------------------------------------------------------------------------------
+// Running a job on each backend.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Job {
+    WordCount,
+    Join,
+    Sliding,
+}
+
+impl Job {
+    fn name(self) -> &'static str {
+        match self {
+            Job::WordCount => "word_count",
+            Job::Join => "join",
+            Job::Sliding => "sliding",
+        }
+    }
+
+    fn parse(name: &str) -> Option<Job> {
+        [Job::WordCount, Job::Join, Job::Sliding]
+            .into_iter()
+            .find(|job| job.name() == name)
+    }
+
+    fn local(self, path: &Path) -> Summary {
+        match self {
+            Job::WordCount => word_summary(
+                word_count(path.to_path_buf(), 2, 2)
+                    .collect()
+                    .expect("local run"),
+            ),
+            Job::Join => pair_summary(join(2).collect().expect("local run")),
+            Job::Sliding => pair_summary(sliding(2).collect().expect("local run")),
+        }
+    }
+
+    /// The cluster run: process 0's summary, `None` in the others.
+    fn cluster(self, config: &ClusterConfig, path: &Path) -> Option<Summary> {
+        let w = config.workers();
+        let path = path.to_path_buf();
+        match self {
+            Job::WordCount => cluster::collect(config, move || word_count(path.clone(), w * 2, w))
+                .expect("cluster run")
+                .map(word_summary),
+            Job::Join => cluster::collect(config, move || join(w))
+                .expect("cluster run")
+                .map(pair_summary),
+            Job::Sliding => cluster::collect(config, move || sliding(w))
+                .expect("cluster run")
+                .map(pair_summary),
+        }
+    }
+}
+
+/// Process 1 of `timely_2x1`, started once: runs the jobs named on its stdin.
+struct Peer {
+    child: Child,
+    commands: ChildStdin,
+    answers: BufReader<ChildStdout>,
+    config: ClusterConfig,
+}
+
+impl Peer {
+    fn start(path: &Path) -> Peer {
+        let listeners: Vec<_> = (0..2)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
+            .collect();
+        let hosts: Vec<String> = listeners
+            .iter()
+            .map(|l| l.local_addr().expect("bound").to_string())
+            .collect();
+        drop(listeners);
+        let mut child = Command::new(std::env::current_exe().expect("the bench binary"))
+            .env(ENV_PEER_INPUT, path)
+            .env(ENV_INDEX, "1")
+            .env(ENV_HOSTS, hosts.join(","))
+            .env(ENV_SECRET, SECRET)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("process 1 starts");
+        let commands = child.stdin.take().expect("its stdin");
+        let answers = BufReader::new(child.stdout.take().expect("its stdout"));
+        let config = ClusterConfig::process(0, hosts)
+            .secret(SECRET)
+            .connect_timeout(Duration::from_secs(30));
+        Peer {
+            child,
+            commands,
+            answers,
+            config,
+        }
+    }
+
+    /// Runs `job` on both processes; process 0's summary.
+    fn run(&mut self, job: Job, path: &Path) -> Summary {
+        writeln!(self.commands, "{}", job.name()).expect("process 1 takes the job");
+        let summary = job.cluster(&self.config, path).expect("process 0 gathers");
+        let mut answer = String::new();
+        self.answers
+            .read_line(&mut answer)
+            .expect("process 1 answers");
+        assert_eq!(
+            answer.trim(),
+            format!("done {}", job.name()),
+            "process 1 failed"
+        );
+        summary
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = writeln!(self.commands, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+/// In process 1: the jobs the parent names, one after the other.
+fn peer(input: &Path) {
+    let config = ClusterConfig::from_env()
+        .expect("configuration from the parent")
         .connect_timeout(Duration::from_secs(30));
-    let counted = cluster_run(&config, path).expect("process 0 gathers");
-    let status = child.wait().expect("process 1 ends");
-    assert!(status.success(), "process 1 failed: {status}");
-    counted
+    for line in std::io::stdin().lock().lines() {
+        let Some(job) = line.ok().as_deref().and_then(Job::parse) else {
+            return;
+        };
+        let gathered = job.cluster(&config, input);
+        assert!(gathered.is_none(), "process 1 gathers nothing");
+        println!("done {}", job.name());
+    }
 }
 
 fn bench(c: &mut Criterion) {
     let path = input();
     let bytes = std::fs::metadata(&path).expect("input").len();
     eprintln!("input: {} ({bytes} bytes)", path.display());
-    let expected = local_runtime(&path);
-    assert_eq!(cluster_run(&ClusterConfig::local(2), &path), Some(expected));
-    assert_eq!(timely_2x1(&path), expected);
-
-    let mut group = c.benchmark_group("cluster_word_count");
-    group.sample_size(10);
-    group.throughput(Throughput::Bytes(bytes));
-    group.bench_function("local_runtime", |b| b.iter(|| local_runtime(&path)));
-    group.bench_function("timely_1x2", |b| {
-        b.iter(|| cluster_run(&ClusterConfig::local(2), &path))
-    });
-    group.bench_function("timely_2x1", |b| b.iter(|| timely_2x1(&path)));
-    group.finish();
+    let mut peer = Peer::start(&path);
+    for job in [Job::WordCount, Job::Join, Job::Sliding] {
+        let expected = job.local(&path);
+        assert_eq!(
+            job.cluster(&ClusterConfig::local(2), &path),
+            Some(expected),
+            "{job:?} on 1 × 2"
+        );
+        assert_eq!(peer.run(job, &path), expected, "{job:?} on 2 × 1");
+        let mut group = c.benchmark_group(format!("cluster_{}", job.name()));
+        group.sample_size(10);
+        if job == Job::WordCount {
+            group.throughput(Throughput::Bytes(bytes));
+        }
+        group.bench_function("local_runtime", |b| b.iter(|| job.local(&path)));
+        group.bench_function("timely_1x2", |b| {
+            b.iter(|| job.cluster(&ClusterConfig::local(2), &path))
+        });
+        group.bench_function("timely_2x1", |b| b.iter(|| peer.run(job, &path)));
+        group.finish();
+    }
 }
 
 fn main() {
-    // Process 1 of `timely_2x1`: run its part and leave.
-    if let Some(input) = std::env::var_os(ENV_CHILD_INPUT) {
-        let config = ClusterConfig::from_env()
-            .expect("configuration from the parent")
-            .connect_timeout(Duration::from_secs(30));
-        let gathered = cluster_run(&config, Path::new(&input));
-        assert!(gathered.is_none(), "process 1 gathers nothing");
+    if let Some(input) = std::env::var_os(ENV_PEER_INPUT) {
+        peer(Path::new(&input));
         return;
     }
     let mut criterion = Criterion::default().configure_from_args();

@@ -3,27 +3,25 @@
 //! operators fail when the flow is built; backpressure bounds what is in flight; a peer
 //! that cannot connect, dies or fails ends the others' runs with a typed error.
 //!
-//! Multi-process tests start this test binary again, once per process, running only the
-//! same test (`--exact`) with the process's index and the hosts (free 127.0.0.1 ports)
-//! in the environment; each child writes its result to a file the parent reads. Every
-//! child runs under a watchdog: one that does not end in time is killed and the test fails.
+//! Multi-process tests start this test binary again, once per process (see
+//! `common/processes.rs`).
 
 #![cfg(feature = "timely")]
 
 mod common;
 
+use common::processes::*;
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use flowstage::FlowError;
-use flowstage::cluster::{
-    self, ClusterConfig, ClusterPlan, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS,
-};
+use flowstage::cluster::{self, ClusterConfig, ClusterPlan, ENV_SECRET};
 #[path = "../examples/common/corpus.rs"]
 mod corpus;
 use corpus::Corpus;
@@ -31,18 +29,10 @@ use flowstage::flow::{Flow, Partition, PartitionInfo, Trigger};
 use flowstage::source::{Chunk, FileSource, Word};
 use flowstage::window::Window;
 
-/// Where a child process writes its result (set only in children).
-const ENV_OUT: &str = "FLOWSTAGE_CLUSTER_TEST_OUT";
 /// The corpus file of the word count tests.
 const ENV_CORPUS: &str = "FLOWSTAGE_CLUSTER_TEST_CORPUS";
 /// Where a child marks that its flow is running.
 const ENV_STARTED: &str = "FLOWSTAGE_CLUSTER_TEST_STARTED";
-/// A child's handshake timeout in milliseconds, when the test sets one.
-const ENV_HANDSHAKE: &str = "FLOWSTAGE_CLUSTER_TEST_HANDSHAKE_MS";
-/// How long a child may run before the parent kills it and fails the test.
-const CHILD_WATCHDOG: Duration = Duration::from_secs(60);
-/// The shared secret of the test clusters.
-const SECRET: &str = "flowstage test cluster secret";
 
 // ---------------------------------------------------------------------------------------
 // The flows under test, each run both locally and on the cluster.
@@ -89,21 +79,7 @@ type Event = (i64, u32, u64);
 
 /// Four in-order streams of events over ~2 s of event time, keys 0..7.
 fn event_streams() -> Vec<Vec<Event>> {
-    (0..4u64)
-        .map(|stream| {
-            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ stream;
-            let mut ts = 0i64;
-            (0..3_000)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    ts += (state % 3) as i64;
-                    (ts, (state >> 8) as u32 % 7, state % 100)
-                })
-                .collect()
-        })
-        .collect()
+    common::event_streams(3_000, false)
 }
 
 /// Sum and count per key and 100 ms window, emitted as `window\tkey\tcount\tsum`.
@@ -155,207 +131,6 @@ fn windowed_local(partitions: usize) -> Vec<String> {
     )
 }
 
-// ---------------------------------------------------------------------------------------
-// Processes: the parent starts children running one test; a child runs its part.
-
-/// In a child: the file to write the result to.
-fn child_output() -> Option<PathBuf> {
-    std::env::var_os(ENV_OUT).map(PathBuf::from)
-}
-
-/// In a child: runs `part` with the configuration from the environment and writes its
-/// result for the parent. Returns whether this is a child (the test then ends).
-fn run_child(part: impl FnOnce(ClusterConfig) -> flowstage::Result<Option<Vec<String>>>) -> bool {
-    let Some(out) = child_output() else {
-        return false;
-    };
-    let mut config = ClusterConfig::from_env()
-        .expect("the parent sets a valid configuration")
-        .connect_timeout(Duration::from_secs(20));
-    if let Some(ms) = std::env::var(ENV_HANDSHAKE)
-        .ok()
-        .and_then(|ms| ms.parse().ok())
-    {
-        config = config.handshake_timeout(Duration::from_millis(ms));
-    }
-    let started = Instant::now();
-    let text = match part(config) {
-        Ok(Some(lines)) => format!("ok\n{}", lines.join("\n")),
-        Ok(None) => "ok-none\n".to_string(),
-        Err(error) => format!(
-            "err\n{}\n{error}\nafter {:?}",
-            error_kind(&error),
-            started.elapsed()
-        ),
-    };
-    let partial = out.with_extension("partial");
-    std::fs::write(&partial, text).expect("the child writes its result");
-    std::fs::rename(&partial, &out).expect("the child publishes its result");
-    true
-}
-
-fn error_kind(error: &FlowError) -> &'static str {
-    match error {
-        FlowError::Cluster { .. } => "Cluster",
-        FlowError::Unsupported { .. } => "Unsupported",
-        FlowError::StageFailed { .. } => "StageFailed",
-        FlowError::StagePanicked { .. } => "StagePanicked",
-        FlowError::Config(_) => "Config",
-        _ => "Other",
-    }
-}
-
-/// What a child reported.
-#[derive(Debug, PartialEq, Eq)]
-enum Reported {
-    Lines(Vec<String>),
-    Nothing,
-    Error { kind: String, text: String },
-}
-
-fn read_report(path: &Path) -> Option<Reported> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let (head, rest) = text.split_once('\n').unwrap_or((&text, ""));
-    Some(match head {
-        "ok" => Reported::Lines(rest.lines().map(String::from).collect()),
-        "ok-none" => Reported::Nothing,
-        _ => {
-            let (kind, text) = rest.split_once('\n').unwrap_or((rest, ""));
-            Reported::Error {
-                kind: kind.to_string(),
-                text: text.to_string(),
-            }
-        }
-    })
-}
-
-/// `n` distinct free ports on 127.0.0.1 (bound together, then released).
-fn free_hosts(n: usize) -> Vec<String> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|l| format!("127.0.0.1:{}", l.local_addr().expect("bound").port()))
-        .collect()
-}
-
-/// Child processes of one test.
-struct Processes {
-    children: Vec<(Child, PathBuf)>,
-    dir: PathBuf,
-}
-
-impl Processes {
-    /// Starts processes `indices` of `hosts.len()` (each running `test`), `threads`
-    /// workers each.
-    fn start(
-        test: &str,
-        hosts: &[String],
-        indices: &[usize],
-        threads: usize,
-        env: &[(&str, String)],
-    ) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "flowstage-cluster-{test}-{}-{}",
-            std::process::id(),
-            hosts.join("-").replace([':', '.'], "_")
-        ));
-        std::fs::create_dir_all(&dir).expect("a temp dir");
-        let exe = std::env::current_exe().expect("the test binary");
-        let children = indices
-            .iter()
-            .map(|&index| {
-                let out = dir.join(format!("process-{index}.out"));
-                let _ = std::fs::remove_file(&out);
-                let stderr = std::fs::File::create(dir.join(format!("process-{index}.err")))
-                    .expect("a log file");
-                let child = Command::new(&exe)
-                    .args([test, "--exact", "--nocapture", "--test-threads=1"])
-                    .env(ENV_OUT, &out)
-                    .env(ENV_INDEX, index.to_string())
-                    .env(ENV_HOSTS, hosts.join(","))
-                    .env(ENV_THREADS, threads.to_string())
-                    .env(ENV_SECRET, SECRET)
-                    .envs(env.iter().map(|(k, v)| (k, v)))
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(stderr)
-                    .spawn()
-                    .expect("the test binary starts");
-                (child, out)
-            })
-            .collect();
-        Processes { children, dir }
-    }
-
-    /// Waits for every child to end (killing all on the watchdog) and returns what each
-    /// reported.
-    fn finish(mut self) -> Vec<Reported> {
-        let deadline = Instant::now() + CHILD_WATCHDOG;
-        for (child, _) in &mut self.children {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    _ if Instant::now() >= deadline => {
-                        self.kill_all();
-                        panic!("watchdog: a cluster process ran past {CHILD_WATCHDOG:?}");
-                    }
-                    _ => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        }
-        self.children
-            .iter()
-            .enumerate()
-            .map(|(i, (_, out))| {
-                read_report(out).unwrap_or_else(|| {
-                    let log = std::fs::read_to_string(self.dir.join(format!("process-{i}.err")))
-                        .unwrap_or_default();
-                    panic!("process {i} reported nothing; its stderr:\n{log}")
-                })
-            })
-            .collect()
-    }
-
-    fn kill_all(&mut self) {
-        for (child, _) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        // A failing test must not leave processes behind.
-        self.kill_all();
-    }
-}
-
-/// Runs `test` on `processes` processes of `threads` workers; retries once with new
-/// ports if one was taken meanwhile.
-fn run_processes(
-    test: &str,
-    processes: usize,
-    threads: usize,
-    env: &[(&str, String)],
-) -> Vec<Reported> {
-    let indices: Vec<usize> = (0..processes).collect();
-    let mut reports = Vec::new();
-    for _attempt in 0..2 {
-        let hosts = free_hosts(processes);
-        reports = Processes::start(test, &hosts, &indices, threads, env).finish();
-        let clash = reports.iter().any(
-            |r| matches!(r, Reported::Error { text, .. } if text.contains("ddress already in use")),
-        );
-        if !clash {
-            break;
-        }
-    }
-    reports
-}
-
 /// The corpus of the word count tests, written once per test binary run.
 fn corpus() -> PathBuf {
     if let Some(path) = std::env::var_os(ENV_CORPUS) {
@@ -371,21 +146,6 @@ fn corpus() -> PathBuf {
         std::fs::rename(&partial, &path).expect("corpus");
     }
     path
-}
-
-/// Process 0 gathered exactly `expected`; the others reported nothing to gather.
-fn assert_gathered(reports: &[Reported], expected: &[String]) {
-    assert!(!expected.is_empty(), "the reference result is empty");
-    match &reports[0] {
-        Reported::Lines(lines) => {
-            assert_eq!(lines.len(), expected.len(), "distinct results differ");
-            assert_eq!(lines, expected);
-        }
-        other => panic!("process 0 reported {other:?}"),
-    }
-    for (i, report) in reports.iter().enumerate().skip(1) {
-        assert_eq!(report, &Reported::Nothing, "process {i}");
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -513,66 +273,50 @@ fn per_worker_outputs_add_up_to_the_local_run() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Unsupported operators: an error when the flow is built, naming the operator.
+// Invalid flows: the same error as locally, when the flow is built.
 
-fn unsupported_operator(error: FlowError) -> String {
+/// The text of a configuration error.
+fn config_error(error: FlowError) -> String {
     match error {
-        FlowError::Unsupported { operator, backend } => {
-            assert_eq!(backend, "timely");
-            operator
-        }
-        other => panic!("expected Unsupported, got {other:?}"),
+        FlowError::Config(message) => message,
+        other => panic!("expected a configuration error, got {other:?}"),
     }
 }
 
 #[test]
-fn unsupported_operators_fail_when_the_flow_is_built() {
-    let config = ClusterConfig::local(2);
-    let uniq = common::guarded(move || {
-        cluster::collect(&config, || {
-            Flow::from_iter(0..10u32)
-                .partition(Partition::new())
-                .map(|x| x % 3)
-                .uniq()
-        })
-    });
-    assert_eq!(unsupported_operator(uniq.unwrap_err()), "uniq / uniq_by");
-    // The same flow runs locally: only its materialisation differs.
-    let mut local: Vec<u32> = Flow::from_iter(0..10u32)
-        .partition(Partition::new().stages(1))
-        .map(|x| x % 3)
-        .uniq()
-        .collect()
-        .unwrap();
-    local.sort();
-    assert_eq!(local, [0, 1, 2]);
+fn invalid_flows_fail_when_built_as_locally() {
+    let count_window = || {
+        Flow::from_iter(0..10u64)
+            .partition(Partition::new().window(Window::count(0)))
+            .reduce(|| 0u64, |x, s| s + x)
+            .emit_state()
+    };
+    let local = config_error(count_window().collect::<Vec<_>>().unwrap_err());
+    let clustered =
+        common::guarded(move || cluster::collect(&ClusterConfig::local(2), count_window));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 
-    let count_window = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::from_iter(0..10u64)
-                .partition(Partition::new().window(Window::count(3)))
-                .reduce(|| 0u64, |x, s| s + x)
-                .emit_state()
-        })
-    });
-    assert!(unsupported_operator(count_window.unwrap_err()).contains("count window"));
+    let batch = || Flow::from_iter(0..10u64).batch(0, Duration::from_secs(1));
+    let local = config_error(batch().collect::<Vec<_>>().unwrap_err());
+    let clustered = common::guarded(move || cluster::collect(&ClusterConfig::local(2), batch));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 
-    let stream = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::from_stream(futures::stream::iter(0..10u64)).map(|x| x + 1)
-        })
-    });
-    assert!(unsupported_operator(stream.unwrap_err()).contains("from_stream"));
-
-    let merge = common::guarded(|| {
-        cluster::collect(&ClusterConfig::local(1), || {
-            Flow::merge(
-                vec![Flow::from_iter(0..3u64), Flow::from_iter(3..6u64)],
-                flowstage::flow::Shuffle::shuffle(),
-            )
-        })
-    });
-    assert_eq!(unsupported_operator(merge.unwrap_err()), "merge");
+    let merge_nothing = || {
+        Flow::merge(
+            Vec::<
+                Flow<
+                    flowstage::flow::nodes::SourceNode<
+                        flowstage::source::IterSource<std::ops::Range<u64>>,
+                    >,
+                >,
+            >::new(),
+            flowstage::flow::Shuffle::shuffle(),
+        )
+    };
+    let local = config_error(merge_nothing().collect::<Vec<_>>().unwrap_err());
+    let clustered =
+        common::guarded(move || cluster::collect(&ClusterConfig::local(2), merge_nothing));
+    assert_eq!(config_error(clustered.unwrap_err()), local);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -749,8 +493,12 @@ fn a_failing_process_makes_the_others_fail() {
     let reports = run_processes(TEST, 2, 1, &[]);
     match &reports[0] {
         Reported::Error { kind, text } => {
-            assert_eq!(kind, "Cluster", "{text}");
-            assert!(text.contains("panicked") && text.contains("boom"), "{text}");
+            // As locally: the panic, naming the stage (the source's share on worker 0).
+            assert_eq!(kind, "StagePanicked", "{text}");
+            assert!(
+                text.contains("from_iter[0]") && text.contains("boom"),
+                "{text}"
+            );
         }
         other => panic!("process 0: expected its panic, got {other:?}"),
     }

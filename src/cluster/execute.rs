@@ -7,6 +7,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use timely::communication::Config as CommunicationConfig;
@@ -18,20 +19,22 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
 use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
 use timely::dataflow::operators::Probe;
-use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::generic::{Operator, OutputBuilderSession, source};
 use timely::logging_core::Logger;
 use timely::worker::Worker;
 
 use super::config::ClusterConfig;
 use super::plan::{ClusterCompiler, ClusterPlan, ClusterStream, Time, Wire};
+use super::report::{WireReport, WorkerReport, merge};
 use crate::error::{FlowError, Result, panic_message};
 use crate::flow::{Flow, Identity, PartitionInfo};
+use crate::stage::Report;
 
-/// Panics of timely's network threads (`timely:recv-N` / `timely:send-N`): the remote
-/// process `N`, and when. Recorded by a panic hook, before the panic unwinds and poisons
+/// Panics of timely's network threads (`timely:recv-N` / `timely:send-N`): the thread,
+/// and the remote process `N`. Recorded by a panic hook, before the panic unwinds and poisons
 /// the queues the workers read (which is how the workers learn of it), so a worker that
 /// fails because a connection broke always finds here which peer it was.
-static BROKEN: Mutex<Vec<(usize, Instant)>> = Mutex::new(Vec::new());
+static BROKEN: Mutex<Vec<(ThreadId, usize)>> = Mutex::new(Vec::new());
 
 /// Installs (once, chained to the hook already there) the hook that fills [`BROKEN`].
 fn watch_network_panics() {
@@ -47,7 +50,7 @@ fn watch_network_panics() {
             });
             if let Some(remote) = remote {
                 let mut broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
-                broken.push((remote, Instant::now()));
+                broken.push((thread.id(), remote));
             }
             previous(info);
         }));
@@ -57,8 +60,9 @@ fn watch_network_panics() {
 /// What the processes of a run know about each other and about a failure.
 #[derive(Debug)]
 struct Shared {
-    /// When the run started: network panics before belong to other runs.
-    started: Instant,
+    /// This run's network threads: panics of others' belong to other runs (an earlier
+    /// run's threads may still be ending).
+    threads: Mutex<Vec<ThreadId>>,
     /// Set once any worker of this process gives up; the others follow.
     aborted: AtomicBool,
     reason: Mutex<Option<String>>,
@@ -69,7 +73,7 @@ struct Shared {
 impl Shared {
     fn new() -> Self {
         Shared {
-            started: Instant::now(),
+            threads: Mutex::new(Vec::new()),
             aborted: AtomicBool::new(false),
             reason: Mutex::new(None),
             ended: Mutex::new(Vec::new()),
@@ -95,11 +99,12 @@ impl Shared {
     /// run is not done.
     fn lost_peer(&self, grace: Duration) -> Option<String> {
         let broken = BROKEN.lock().unwrap_or_else(|p| p.into_inner());
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
         let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner());
         let died = broken
             .iter()
-            .find(|(_, when)| *when >= self.started)
-            .map(|(process, _)| *process)
+            .find(|(thread, _)| threads.contains(thread))
+            .map(|(_, process)| *process)
             .or_else(|| ended.iter().find(|(_, clean, _)| !clean).map(|(p, ..)| *p))
             .map(|process| {
                 format!("lost the connection to process {process} (it died or the network failed)")
@@ -149,7 +154,13 @@ type LogBatch = Option<Vec<(Duration, CommunicationEvent)>>;
 fn hooks(shared: &Arc<Shared>) -> Hooks {
     let shared = shared.clone();
     Hooks {
+        // Called by each network thread as it starts.
         log_fn: Arc::new(move |setup: CommunicationSetup| {
+            shared
+                .threads
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(std::thread::current().id());
             let remote = match (setup.sender, setup.remote) {
                 (false, Some(remote)) => remote,
                 _ => return None,
@@ -227,6 +238,7 @@ impl<T: Wire> Sink<T> for Gather {
         let gathered = Rc::new(RefCell::new(Vec::new()));
         let into = gathered.clone();
         stream
+            .stream
             .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                 ExchangePact::new(|_: &T| 0u64),
                 "collect",
@@ -255,6 +267,7 @@ where
         probe: &ProbeHandle<Time>,
     ) -> Option<Rc<RefCell<Vec<T>>>> {
         let f = self.0.clone();
+        let stream = stream.stream;
         let worker = PartitionInfo {
             index: stream.scope().index(),
             count: stream.scope().peers(),
@@ -274,9 +287,31 @@ where
     }
 }
 
+/// Nowhere: the flow runs for its side effects and its report.
+struct Discard;
+
+impl<T: Send + 'static> Sink<T> for Discard {
+    fn attach<'s>(
+        &self,
+        stream: ClusterStream<'s, T>,
+        probe: &ProbeHandle<Time>,
+    ) -> Option<Rc<RefCell<Vec<T>>>> {
+        stream.stream.probe_with(probe);
+        None
+    }
+}
+
+/// What one worker ends its run with: what it gathered (worker 0 of `collect`), and the
+/// run's report (worker 0).
+type WorkerOutcome<T> = (Option<Vec<T>>, Option<Report>);
+
 /// Runs the flow `build` makes on every worker of the cluster `config` describes, with
-/// its output to `sink`. Returns what each local worker gathered.
-fn run<P, B, S>(config: &ClusterConfig, build: B, sink: S) -> Result<Vec<Option<Vec<P::Item>>>>
+/// its output to `sink`. Returns what each local worker ended with.
+fn run_flow<P, B, S>(
+    config: &ClusterConfig,
+    build: B,
+    sink: S,
+) -> Result<Vec<WorkerOutcome<P::Item>>>
 where
     P: ClusterPlan,
     B: Fn() -> Flow<P> + Send + Sync + 'static,
@@ -324,9 +359,16 @@ where
     for _ in 0..config.threads {
         match gathered.recv() {
             Ok(Ok(output)) => outputs.push(output),
-            Ok(Err(error)) => {
-                failure.get_or_insert(error);
-            }
+            // A worker's own failure (a stage's error or panic) over the others'
+            // `Cluster` errors, which only say that it failed: whichever ended first.
+            Ok(Err(error)) => match &failure {
+                None | Some(FlowError::Cluster { .. })
+                    if !matches!(error, FlowError::Cluster { .. }) || failure.is_none() =>
+                {
+                    failure = Some(error);
+                }
+                _ => {}
+            },
             Err(_) => {
                 failure.get_or_insert(FlowError::Cluster {
                     process,
@@ -368,21 +410,20 @@ where
     Ok(outputs)
 }
 
-/// One worker: builds the dataflow, steps it to the end, watching for failures.
+/// One worker: builds the dataflow, steps it to the end, watching for failures; then
+/// sends its counters to worker 0, which makes the run's report.
 fn run_worker<P, B, S>(
     worker: &mut Worker,
     config: &ClusterConfig,
     shared: &Shared,
     build: &B,
     sink: &S,
-) -> Result<Option<Vec<P::Item>>>
+) -> Result<WorkerOutcome<P::Item>>
 where
     P: ClusterPlan,
     B: Fn() -> Flow<P>,
     S: Sink<P::Item>,
 {
-    let process = config.index;
-    let index = worker.index();
     let runtime = Rc::new(
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -392,6 +433,8 @@ where
     let plan = build().into_plan();
     let probe = ProbeHandle::new();
     let failure = Rc::new(RefCell::new(None));
+    let report = Rc::new(RefCell::new(WorkerReport::default()));
+    let letters = Rc::new(RefCell::new(crate::stage::Pipeline::new()));
     let dataflow = worker.next_dataflow_index();
     // Timely's outermost scope needs a timestamp refining `()`; the flow's lexicographic
     // pairs live in a scope of their own inside it.
@@ -400,10 +443,13 @@ where
             let mut compiler = ClusterCompiler {
                 scope,
                 probe: probe.clone(),
+                gates: Vec::new(),
                 runtime,
                 failure: failure.clone(),
                 epochs_ahead: config.epochs_ahead,
                 epoch_events: config.epoch_events,
+                report: report.clone(),
+                letters: letters.clone(),
             };
             let stream = plan.timely(&mut compiler, Identity::new(), None)?;
             Ok(sink.attach(stream, &probe))
@@ -417,8 +463,101 @@ where
             return Err(error);
         }
     };
+    // The error policies' dead-letter consumers run on a thread of their own, on the
+    // stages' runtime, for as long as the dataflow sends them letters.
+    let letters = std::mem::take(&mut *letters.borrow_mut());
+    let letters = LetterStages::start(letters, worker.index())?;
+    let done = || probe.done();
+    let stepped = step_until(worker, config, shared, &failure, dataflow, done);
+    // The operators hold the letters' senders: once they are gone, the letter stages end.
+    if worker.installed_dataflows().contains(&dataflow) {
+        worker.drop_dataflow(dataflow);
+    }
+    let lettered = letters.join();
+    stepped?;
+    lettered?;
+    let gathered = gathered.map(|gathered| std::mem::take(&mut *gathered.borrow_mut()));
+    // Every worker's counters to worker 0, in a dataflow of their own.
+    let part = report.borrow().wire();
+    let parts = Rc::new(RefCell::new(Vec::new()));
+    let into = parts.clone();
+    let report_probe = ProbeHandle::new();
+    let dataflow = worker.next_dataflow_index();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut part = Some(part);
+        source(scope, "report", move |capability, _info| {
+            let mut capability = Some(capability);
+            move |output: &mut OutputBuilderSession<
+                '_,
+                u64,
+                CapacityContainerBuilder<Vec<WireReport>>,
+            >| {
+                if let (Some(capability), Some(part)) = (capability.take(), part.take()) {
+                    output.session(&capability).give_container(&mut vec![part]);
+                }
+            }
+        })
+        .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+            ExchangePact::new(|_: &WireReport| 0u64),
+            "report-gather",
+            move |_capability, _info| {
+                move |input, _output| {
+                    input.for_each(|_time, data| into.borrow_mut().append(data));
+                }
+            },
+        )
+        .probe_with(&report_probe);
+    });
+    step_until(worker, config, shared, &failure, dataflow, || {
+        report_probe.done()
+    })?;
+    let report = (worker.index() == 0).then(|| merge(std::mem::take(&mut *parts.borrow_mut())));
+    Ok((gathered, report))
+}
+
+/// The stages of a worker's dead-letter consumers, running while the worker runs its flow.
+struct LetterStages(Option<std::thread::JoinHandle<Result<crate::stage::Report>>>);
+
+impl LetterStages {
+    /// Runs `pipeline` on a thread of its own, if it has any stage.
+    fn start(pipeline: crate::stage::Pipeline, worker: usize) -> Result<Self> {
+        if pipeline.is_empty() {
+            return Ok(LetterStages(None));
+        }
+        let thread = std::thread::Builder::new()
+            .name(format!("flowstage-dead-letters-{worker}"))
+            .spawn(move || pipeline.run())?;
+        Ok(LetterStages(Some(thread)))
+    }
+
+    /// Waits for the letter stages to end (once the dataflow that feeds them is gone):
+    /// a consumer's error or panic fails the worker's run.
+    fn join(mut self) -> Result<()> {
+        match self.0.take().map(std::thread::JoinHandle::join) {
+            None | Some(Ok(Ok(_))) => Ok(()),
+            Some(Ok(Err(error))) => Err(error),
+            Some(Err(payload)) => Err(FlowError::Config(format!(
+                "the dead-letter stages panicked: {}",
+                panic_message(payload.as_ref())
+            ))),
+        }
+    }
+}
+
+/// Steps `dataflow` until `done`, watching for failures: of this worker's operators, of
+/// another worker of this process, of a peer.
+fn step_until(
+    worker: &mut Worker,
+    config: &ClusterConfig,
+    shared: &Shared,
+    failure: &RefCell<Option<FlowError>>,
+    dataflow: usize,
+    done: impl Fn() -> bool,
+) -> Result<()> {
+    let process = config.index;
+    let index = worker.index();
     let outcome = loop {
-        if probe.done() {
+        if done() {
             break Ok(());
         }
         if let Some(error) = failure.borrow_mut().take() {
@@ -435,11 +574,10 @@ where
         // Parks at most a few milliseconds, so the checks above run while peers are silent.
         worker.step_or_park(Some(Duration::from_millis(5)));
     };
-    if let Err(error) = outcome {
+    if outcome.is_err() {
         worker.drop_dataflow(dataflow);
-        return Err(error);
     }
-    Ok(gathered.map(|gathered| std::mem::take(&mut *gathered.borrow_mut())))
+    outcome
 }
 
 /// Runs the flow that `build` makes on the cluster `config` describes and collects its
@@ -475,18 +613,30 @@ where
     P::Item: Wire,
     B: Fn() -> Flow<P> + Send + Sync + 'static,
 {
-    let outputs = run(config, build, Gather)?;
+    let outputs = run_flow(config, build, Gather)?;
     Ok(if config.index == 0 {
-        Some(outputs.into_iter().flatten().flatten().collect())
+        Some(
+            outputs
+                .into_iter()
+                .flat_map(|(gathered, _)| gathered)
+                .flatten()
+                .collect(),
+        )
     } else {
         None
     })
 }
 
+/// The report of worker 0, if this process hosts it.
+fn worker_zero_report<T>(outcomes: Vec<WorkerOutcome<T>>) -> Option<Report> {
+    outcomes.into_iter().find_map(|(_, report)| report)
+}
+
 /// Runs the flow that `build` makes on the cluster `config` describes; each worker hands
 /// its own output, batch by batch, to `f` (with its index and the number of workers),
 /// on its own thread — to write a file per worker, for example. Every process calls it
-/// with the same flow.
+/// with the same flow. Returns the run's [`Report`] in process 0 (see [`run`]), `None`
+/// in the others.
 ///
 /// ```
 /// use flowstage::cluster::{self, ClusterConfig};
@@ -506,12 +656,50 @@ where
 /// assert_eq!(total.load(Ordering::Relaxed), 5050);
 /// # Ok::<(), flowstage::FlowError>(())
 /// ```
-pub fn for_each<P, B, F>(config: &ClusterConfig, build: B, f: F) -> Result<()>
+pub fn for_each<P, B, F>(config: &ClusterConfig, build: B, f: F) -> Result<Option<Report>>
 where
     P: ClusterPlan,
     B: Fn() -> Flow<P> + Send + Sync + 'static,
     F: Fn(PartitionInfo, Vec<P::Item>) + Send + Sync + 'static,
 {
-    run(config, build, ForEach(Arc::new(f)))?;
-    Ok(())
+    Ok(worker_zero_report(run_flow(
+        config,
+        build,
+        ForEach(Arc::new(f)),
+    )?))
+}
+
+/// Runs the flow that `build` makes on the cluster `config` describes for its side
+/// effects, discarding its events, as [`Flow::run`](crate::flow::Flow::run) does locally.
+/// Returns the run's [`Report`] in process 0, `None` in the others: every operator
+/// instance of the cluster once (source shares and layer partitions, named
+/// `operator[partition]`, in the order the operators were built; events in and out, late
+/// events), and each error policy's skipped and dead-lettered events summed over the
+/// workers. Every process calls it with the same flow.
+///
+/// ```
+/// use flowstage::cluster::{self, ClusterConfig};
+/// use flowstage::flow::{ErrorPolicy, Flow, Partition};
+///
+/// let report = cluster::run(&ClusterConfig::local(2), || {
+///     Flow::from_iter(["1", "x", "3", "y"])
+///         .try_map(|s: &str| s.parse::<u64>().map_err(|e| (s, e)))
+///         .on_error(ErrorPolicy::skip())
+///         .partition(Partition::new())
+///         .reduce(|| 0u64, |x, sum| sum + x)
+///         .emit_state()
+/// })?
+/// .expect("process 0 gets the report");
+/// assert_eq!(report.errors[0].operator, "try_map");
+/// assert_eq!(report.errors[0].skipped, 2); // summed over both workers
+/// let partitions = report.stages.iter().filter(|s| s.stage.name.starts_with("partition"));
+/// assert_eq!(partitions.map(|s| s.events_in).sum::<u64>(), 2);
+/// # Ok::<(), flowstage::FlowError>(())
+/// ```
+pub fn run<P, B>(config: &ClusterConfig, build: B) -> Result<Option<Report>>
+where
+    P: ClusterPlan,
+    B: Fn() -> Flow<P> + Send + Sync + 'static,
+{
+    Ok(worker_zero_report(run_flow(config, build, Discard)?))
 }

@@ -3,9 +3,11 @@
 //!
 //! Every process runs the same program. A flow is built with the usual
 //! [`Flow`](crate::flow::Flow) builder — by a closure, once per worker — and run with
-//! [`collect`] (the output gathered at worker 0) or [`for_each`] (each worker its own
-//! output). A [`ClusterConfig`] says which process this is, where the others are
-//! (`host:port` per process, or a host file) and how many worker threads each runs.
+//! [`collect`] (the output gathered at worker 0), [`for_each`] (each worker its own
+//! output) or [`run`] (side effects; the run's [`Report`](crate::stage::Report) in
+//! process 0). A [`ClusterConfig`] says which process this is, where the others are
+//! (`host:port` per process, or a host file), how many worker threads each runs, and the
+//! secret they share.
 //!
 //! ```
 //! use flowstage::cluster::{self, ClusterConfig};
@@ -34,49 +36,81 @@
 //! # How a flow maps onto timely
 //!
 //! The logical plan is the local runtime's; only its materialisation differs
-//! ([`ClusterPlan`]). Each worker takes its share of every source (for a file: the byte
-//! ranges `i` with `i % W == w`; for `from_iters`: the iterators `i % W == w`; for
-//! `from_iter`: the elements `i % W == w`). Stateless operators fuse into the operator
-//! before them and run the same [`Logic`](crate::flow::Logic) as locally. `partition` and
-//! `shuffle` become a timely exchange into one partition per worker of the cluster, with
-//! the same key hash as locally (`shuffle` deals events round robin), and the layer's
-//! reduce keeps per-worker state.
+//! ([`ClusterPlan`]), and the work inside each operator is the same
+//! [`Logic`](crate::flow::Logic) value the local runtime runs in a stage. Each worker
+//! takes its share of every source (for a file, CSV or JSON-lines source: the byte ranges
+//! `i` with `i % W == w`; for `from_iters`: the iterators `i % W == w`; for `from_iter`:
+//! the elements `i % W == w`; for a Redis stream: a consumer of the group per worker).
+//! Stateless operators fuse into the operator before them. Every node that makes a new
+//! layer locally becomes a timely exchange into a layer operator: `partition`, joins
+//! (both sides by the key hash), `shuffle` and `merge` (round robin) into one partition
+//! per worker of the cluster, with the same key hash as locally; `batch`, `departition`
+//! and `take_sort` (one stage locally) into one operator on worker 0.
 //!
 //! # Operators
 //!
-//! | supported | not supported (an [`Unsupported`](crate::FlowError::Unsupported) error when the flow is built) |
-//! |---|---|
-//! | `from_iter`, `from_iters`, [`FileSource`](crate::source::FileSource), [`LinesSource`](crate::source::LinesSource), sources implementing [`Source::into_worker_producers`](crate::source::Source::into_worker_producers) | `from_stream`, `from_channel`, `from_poll`, `from_stages`, `from_par_iter`, CSV/JSON/Redis/reader sources |
-//! | `map`, `filter`, `reject`, `filter_map`, `flat_map`, `inspect`, `map_values`, `map_batch` | `try_map`, `try_flat_map`, `batch`, `uniq`, `uniq_by` |
-//! | `partition`, `shuffle`, with the global window or a [`fixed`](crate::window::Window::fixed) window (and `late_events`) | `merge`, joins, `departition`, `take_sort`; other window kinds, triggers, `allowed_lateness`, `idle_timeout` |
-//! | `reduce`, `emit_and_reduce`, `group_by`, `group_by_key`, `on_trigger`, `emit_*`; `reduce_by_key` and `count_by_key` (their combiner fused into the sources' operators, as locally) | |
+//! Everything the local runtime runs, with the same results:
 //!
-//! Events that cross a partition (and the output of [`collect`]) must be serde
+//! | | |
+//! |---|---|
+//! | sources | `from_iter`, `from_iters`, files, lines, CSV, JSON lines, Redis streams (shared out by worker, above); every other source (`from_stream`, `from_channel`, `from_poll`, `from_stages`, `from_par_iter`, readers, stdin, a user's [`Source`](crate::source::Source) without [`into_worker_producers`](crate::source::Source::into_worker_producers)): read whole by worker 0, in process 0, and spread by the first exchange after it |
+//! | fused | `map`, `filter`, `reject`, `filter_map`, `flat_map`, `inspect`, `map_values`, `map_batch`, `uniq`/`uniq_by` (per worker and window, as locally per stage), `try_map`/`try_flat_map` with every [`ErrorPolicy`](crate::flow::ErrorPolicy) |
+//! | layers | `partition`, `shuffle`, `merge`, `bounded_join`, `window_join` (every mode), `batch`, `departition`, `take_sort` |
+//! | reduce | `reduce`, `reduce_mut`, `emit_and_reduce`, `group_by`, `group_by_key`, `on_trigger`, `emit_*`, `reduce_by_key`, `count_by_key` (their combiner fused into the sources' operators) |
+//! | windows | every kind — `global`, `fixed`, `sliding`, `session`, `count`, `periodic` — every trigger (`trigger_every`, `trigger_periodically`, custom, [`TriggerHandle`](crate::window::TriggerHandle)), `allowed_lateness`, `idle_timeout`, `fire_empty`, late events to [`late_events`](crate::window::Window::late_events) |
+//!
+//! Nothing is [`Unsupported`](crate::FlowError::Unsupported). What differs, and why:
+//!
+//! - Each `partition`, `shuffle`, `merge` and join has one partition per worker of the
+//!   cluster: its `stages`, `max_demand` and `min_demand` settings are not used (timely
+//!   moves events in batches of its own; [`epoch_events`](ClusterConfig::epoch_events)
+//!   and [`max_epochs_ahead`](ClusterConfig::max_epochs_ahead) bound what is in flight).
+//! - A source without worker shares runs on worker 0 with the operators fused after it,
+//!   as locally its one producer stage does; put a `shuffle` after it to spread a costly
+//!   chain.
+//! - A dead-letter consumer and a [`TriggerHandle`](crate::window::TriggerHandle) belong
+//!   to the process that built them: each worker runs the consumer its flow was built
+//!   with (as stages on a thread of its own, fed through the same bounded channel as
+//!   locally, so a slow consumer slows the worker), and dead letters reach the consumer
+//!   of the worker where the error happened (their counts are summed in the
+//!   [`Report`](crate::stage::Report) of [`run`] and [`for_each`]); a handle fires the windows of its own process's workers
+//!   (fire it in every process to fire them all). Each worker's processing-time clock
+//!   (periodic windows, `trigger_periodically`, `allowed_lateness`) starts with it.
+//! - Lateness depends on timing, not on arrival order (below).
+//! - The [`Report`](crate::stage::Report)'s `busy` and `waiting_for_demand` times are zero:
+//!   timely schedules operators, not stages that wait for demand.
+//!
+//! Events that cross an exchange (and the output of [`collect`]) must be serde
 //! serializable ([`Wire`]): a compile-time error otherwise.
 //!
 //! # Windows and frontiers
 //!
-//! Timestamps are `(window, epoch)` pairs ([`Time`]), ordered lexicographically. A source
-//! emits each event at its fixed window's start (never below its capability) and keeps
-//! its capability at the largest window it has read: that is its watermark, the same
-//! "latest window seen" the local runtime tracks per producer. Timely's frontier at a
-//! layer's input is then the smallest watermark over every source on every worker that
-//! can still send, including events in flight; the layer fires a window's `Done` once the
-//! frontier has passed it — exactly when no earlier data can arrive anywhere in the
-//! cluster — and at the end of input every open window fires, oldest first. An event for
-//! a window that already fired is late: dropped, or kept by
-//! [`late_events`](crate::window::Window::late_events).
+//! Timestamps are `(window, epoch)` pairs ([`Time`]), ordered lexicographically. For a
+//! layer with an event-time window, its sources stamp each event with the start of its
+//! *granule* — the window size for fixed windows, the greatest common divisor of size and
+//! slide for sliding ones, the gap for sessions: every window starts and ends on one —
+//! never below their capability, and keep their capability at the largest granule they
+//! have read: their watermark, the "latest event seen" the local runtime tracks per
+//! producer. Timely's frontier at the layer's input is then the smallest watermark over
+//! every source on every worker that can still send, including events in flight. The
+//! layer runs the local runtime's window engine with that frontier as its watermark: a
+//! window closes once the frontier has passed its last millisecond — exactly when no
+//! earlier event can arrive anywhere in the cluster — and at the end of input every open
+//! window fires, oldest first.
 //!
-//! Differences from the local runtime: a window closes only when *every* source share on
-//! every worker has moved past it (locally: every producer of the stage), and events in
-//! flight hold it open too. Events in order within each source share are never late, and
-//! then results equal the local runtime's (as the tests check). An event older than its
-//! own share's watermark is sent at the watermark: it is late if its window has fired by
-//! the time it arrives, which depends on timing (locally it depends on the arrival order
-//! at the stage); lateness is counted per event, not reproduced exactly. Each worker fires only the windows it
-//! received events for (locally a stage also fires the empty windows between them). Per-
-//! stage triggers, `allowed_lateness` and `idle_timeout` (processing time) are not
-//! supported: a silent source holds windows open until it sends or ends.
+//! Differences from the local runtime: a window closes when *every* source share of the
+//! cluster has moved past it (locally: every producer of the stage, as far as the events
+//! it sent that stage show), and events in flight hold it open too. Events in order
+//! within each source share are never late, and then results equal the local runtime's
+//! (as the tests check). An event older than its share's watermark is sent at the
+//! watermark: it is late if its window has closed by the time it arrives, which depends
+//! on timing (locally on the arrival order at the stage). With
+//! [`idle_timeout`](crate::window::Window::idle_timeout), a share that read nothing for
+//! that long stops holding windows back — for the rest of the run (a timely capability
+//! never moves back), where locally a producer holds them again once it sends; when every
+//! share is released, a layer takes the latest event time it received as its watermark,
+//! as locally. A layer behind an unwindowed layer closes its windows at the end of input
+//! (its frontier carries no event time).
 //!
 //! # Backpressure
 //!
@@ -87,7 +121,11 @@
 //! in flight anywhere in the cluster, it waits. So each source has at most `K + 1`
 //! epochs (`(K + 1) · epoch_events` events read) not yet through the dataflow, and memory
 //! stays bounded whatever the input's length. (With windows the comparison is on
-//! `(window, epoch)`, so a source also waits for sources at earlier windows.)
+//! `(window, epoch)`, so a source also waits for sources at earlier windows.) A bounded
+//! join's left side paces itself on its own progress, and its right side starts reading
+//! once the left side is complete everywhere, as locally. A producer that has nothing to
+//! give yet (a quiet stream) waits as a task of its worker's runtime: the worker's other
+//! operators run meanwhile.
 //!
 //! # Failures
 //!
@@ -104,9 +142,13 @@
 //! - A peer that dies (its connection breaks) makes every other process end its run with
 //!   `FlowError::Cluster` at once; a peer that leaves early and cleanly (its run failed on
 //!   its side) does so after [`peer_timeout`](ClusterConfig::peer_timeout).
-//! - An error in user code ends the run with the same `StageFailed` error as locally,
-//!   naming the operator and worker; a panic with `FlowError::Cluster`; the other workers
-//!   of the process stop with it, and the other processes as above.
+//! - An error in user code ends the run with the same `StageFailed` error as locally, and
+//!   a panic with the same `StagePanicked`, naming the operator and its partition (the
+//!   worker); the other workers of the process stop with it, and the other processes as
+//!   above.
+//! - What to do when a process dies: the others end with `FlowError::Cluster` naming it;
+//!   the run is lost (a cluster run is not resumable). Start every process again, with
+//!   the same hosts and secret.
 //! - A peer that hangs without closing its connection is not detected.
 //! - Once the run is complete everywhere (timely's frontier is empty), the result stands:
 //!   a process waits at most `peer_timeout` for its network threads to flush and end,
@@ -128,16 +170,21 @@
 //! on a private network, or tunnel it (WireGuard, an SSH tunnel, a VPN). Events are
 //! decoded only from peers that proved the secret.
 
+mod batch;
 mod config;
 mod connect;
+mod emit;
 mod execute;
 mod handshake;
-mod operators;
+mod layer;
 mod plan;
+mod report;
+mod source;
 mod window;
+mod wire;
 
 pub use config::{ClusterConfig, ENV_HOSTFILE, ENV_HOSTS, ENV_INDEX, ENV_SECRET, ENV_THREADS};
-pub use execute::{collect, for_each};
+pub use execute::{collect, for_each, run};
 #[doc(hidden)]
-pub use plan::{ClusterCompiler, ClusterStream, Stamp};
+pub use plan::{ClusterCompiler, ClusterStream, EventTime, Stamp};
 pub use plan::{ClusterPlan, Time, Wire};

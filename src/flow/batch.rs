@@ -56,6 +56,22 @@ impl<T> Batch<T> {
     }
 }
 
+/// With serde (features `csv`, `json`, `timely`): as its `Vec` of events, so that a batch
+/// can cross a cluster's exchange or go to a serde sink as it is.
+#[cfg(any(feature = "csv", feature = "json", feature = "timely"))]
+impl<T: serde::Serialize> serde::Serialize for Batch<T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+#[cfg(any(feature = "csv", feature = "json", feature = "timely"))]
+impl<'de, T: serde::Deserialize<'de>> serde::Deserialize<'de> for Batch<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<T>::deserialize(deserializer).map(Batch)
+    }
+}
+
 impl<T> From<Vec<T>> for Batch<T> {
     fn from(events: Vec<T>) -> Self {
         Batch(events)

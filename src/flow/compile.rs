@@ -308,6 +308,20 @@ pub(crate) async fn settled<L: Logic>(
     Ok(out)
 }
 
+/// [`settled`] for a chain run on a thread of its own (rayon's splits, a cluster worker):
+/// the chain's failure, or `Ok` once its dead letters are on their way, blocking the
+/// thread meanwhile. The dead-letter stages run elsewhere (the stages' runtime), so the
+/// wait ends as they take the letters.
+pub(crate) fn settled_blocking<L: Logic>(logic: &mut L) -> std::result::Result<(), StageError> {
+    if let Some(error) = logic.failure() {
+        return Err(error);
+    }
+    while let Some(wait) = logic.side_output() {
+        futures::executor::block_on(wait)?;
+    }
+    Ok(())
+}
+
 /// A consumer that hands each batch to a closure and calls another at the end.
 pub(crate) struct SinkConsumer<T, F> {
     pub(crate) handle: F,

@@ -37,7 +37,7 @@ pub(crate) struct Tag<T> {
 }
 
 impl<T> Tag<T> {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Tag {
             window: WindowInfo::global(),
             ends: Ends::default(),
@@ -188,6 +188,14 @@ impl<T, Acc, I, M, D, L: Clone> Clone for Departition<T, Acc, I, M, D, L> {
     }
 }
 
+impl<T, Acc, I, M, D, L> Departition<T, Acc, I, M, D, L> {
+    /// The same merging logic, waiting for `partitions` closes per window.
+    pub(crate) fn expecting(mut self, partitions: usize) -> Self {
+        self.closing = Closing::new(partitions);
+        self
+    }
+}
+
 impl<T, Acc, U, I, M, D, L> Departition<T, Acc, I, M, D, L>
 where
     I: Fn() -> Acc,
@@ -276,6 +284,32 @@ impl<P, I, M, D> std::fmt::Debug for DepartitionNode<P, I, M, D> {
     }
 }
 
+impl<P, Acc, I, M, D> DepartitionNode<P, I, M, D>
+where
+    P: Plan,
+    I: Fn() -> Acc,
+{
+    /// The node's parts, for either backend: its input, the end of the partitions'
+    /// chains (a [`Tag`]), and the merging logic before `rest` (to be told how many
+    /// partitions feed it, [`Departition::expecting`]).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_parts<L>(
+        self,
+        rest: L,
+    ) -> (P, Tag<P::Item>, Departition<P::Item, Acc, I, M, D, L>) {
+        let merge = Departition {
+            init: self.init,
+            merge: self.merge,
+            done: self.done,
+            accs: Slots::default(),
+            closing: Closing::new(0),
+            rest,
+            _in: PhantomData,
+        };
+        (self.inner, Tag::new(), merge)
+    }
+}
+
 impl<P, Acc, U, I, M, D> Plan for DepartitionNode<P, I, M, D>
 where
     P: Plan,
@@ -297,18 +331,9 @@ where
         Self: 'a,
         L: Logic<In = U> + Clone + 'a,
     {
-        let upstream = self
-            .inner
-            .compile(compiler, Tag::new(), &DispatchSpec::demand())?;
-        let merge = Departition {
-            init: self.init,
-            merge: self.merge,
-            done: self.done,
-            accs: Slots::default(),
-            closing: Closing::new(upstream.len()),
-            rest: logic,
-            _in: PhantomData,
-        };
+        let (inner, tag, merge) = self.into_parts(logic);
+        let upstream = inner.compile(compiler, tag, &DispatchSpec::demand())?;
+        let merge = merge.expecting(upstream.len());
         one_stage(compiler, "departition", upstream, merge, dispatch)
     }
 }
@@ -487,6 +512,41 @@ impl<P, C> std::fmt::Debug for TakeSortNode<P, C> {
     }
 }
 
+impl<P: Plan, C> TakeSortNode<P, C> {
+    /// The node's parts, for either backend: its input, each partition's top `n` (ending
+    /// in a [`Tag`]), and the merging logic before `rest` — which takes each partition's
+    /// sorted list and keeps the top `n` of all (to be told how many partitions feed it,
+    /// [`MergeTopN::expecting`]).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_parts<L>(
+        self,
+        rest: L,
+    ) -> (
+        P,
+        TopN<P::Item, C, Tag<Vec<P::Item>>>,
+        MergeTopN<P::Item, C, L>,
+    ) {
+        let smallest = Smallest {
+            n: self.n,
+            cmp: self.cmp,
+            _t: PhantomData,
+        };
+        let per_partition = TopN {
+            smallest: smallest.clone(),
+            kept: Slots::default(),
+            ends: Ends::default(),
+            rest: Tag::new(),
+        };
+        let merge = MergeTopN {
+            smallest,
+            kept: Slots::default(),
+            closing: Closing::new(0),
+            rest,
+        };
+        (self.inner, per_partition, merge)
+    }
+}
+
 impl<P, C> Plan for TakeSortNode<P, C>
 where
     P: Plan,
@@ -504,27 +564,9 @@ where
         Self: 'a,
         L: Logic<In = Vec<P::Item>> + Clone + 'a,
     {
-        let smallest = Smallest {
-            n: self.n,
-            cmp: self.cmp,
-            _t: PhantomData,
-        };
-        let per_partition = TopN {
-            smallest: smallest.clone(),
-            kept: Slots::default(),
-            ends: Ends::default(),
-            rest: Tag::new(),
-        };
-        let upstream = self
-            .inner
-            .compile(compiler, per_partition, &DispatchSpec::demand())?;
-        // The merging stage takes each partition's sorted list and keeps the top n of all.
-        let merge = MergeTopN {
-            smallest,
-            kept: Slots::default(),
-            closing: Closing::new(upstream.len()),
-            rest: logic,
-        };
+        let (inner, per_partition, merge) = self.into_parts(logic);
+        let upstream = inner.compile(compiler, per_partition, &DispatchSpec::demand())?;
+        let merge = merge.expecting(upstream.len());
         one_stage(compiler, "take_sort", upstream, merge, dispatch)
     }
 }
@@ -547,6 +589,14 @@ impl<T, C, L: Clone> Clone for MergeTopN<T, C, L> {
             closing: Closing::new(self.closing.partitions),
             rest: self.rest.clone(),
         }
+    }
+}
+
+impl<T, C, L> MergeTopN<T, C, L> {
+    /// The same merging logic, waiting for `partitions` closes per window.
+    pub(crate) fn expecting(mut self, partitions: usize) -> Self {
+        self.closing = Closing::new(partitions);
+        self
     }
 }
 

@@ -555,14 +555,28 @@ macro_rules! fallible_node {
                 Self: 'a,
                 L: Logic<In = Self::Item> + Clone + 'a,
             {
-                self.policy.install(compiler.pipeline.inner(), $label)?;
+                let (inner, label, policy, logic) = self.into_logic(logic);
+                policy.install(compiler.pipeline.inner(), label)?;
+                inner.compile(compiler, logic, dispatch)
+            }
+        }
+
+        impl<P: Plan, F> $node<P, F> {
+            /// The node's input, its name and error policy, and its logic before `rest`,
+            /// for either backend.
+            #[allow(clippy::type_complexity)]
+            pub(crate) fn into_logic<L>(
+                self,
+                rest: L,
+            ) -> (P, &'static str, ErrorPolicy<P::Item>, $logic<P::Item, F, L>) {
+                let policy = self.policy;
                 let logic = $logic {
                     f: self.f,
-                    errors: self.policy.handler($label),
-                    rest: logic,
+                    errors: policy.handler($label),
+                    rest,
                     _in: PhantomData,
                 };
-                self.inner.compile(compiler, logic, dispatch)
+                (self.inner, $label, policy, logic)
             }
         }
     };

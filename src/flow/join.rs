@@ -28,7 +28,7 @@ use ahash::AHashMap;
 
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::logic::{Identity, Logic, Map, PartitionInfo};
-use super::partition::Shuffle;
+use super::partition::{Route, Shuffle};
 use super::plan::layer_deferring;
 use crate::error::{FlowError, Result};
 use crate::stage::{ScopedDispatcher, partition_hash, partition_of};
@@ -221,6 +221,28 @@ impl<A, B, K, KA, KB, F, L: Clone> Clone for Join<A, B, K, KA, KB, F, L> {
     }
 }
 
+impl<A, B, K, KA, KB, F, L> Join<A, B, K, KA, KB, F, L> {
+    /// The join logic of one stage (one cluster worker), before `rest`.
+    pub(crate) fn new(
+        mode: JoinMode,
+        left_key: Arc<KA>,
+        right_key: Arc<KB>,
+        join: Arc<F>,
+        rest: L,
+    ) -> Self {
+        Join {
+            mode,
+            left_key,
+            right_key,
+            join,
+            state: Slots::default(),
+            windowed: false,
+            table: Table::new(),
+            rest,
+        }
+    }
+}
+
 impl<A, B, K, KA, KB, F, O, L> Join<A, B, K, KA, KB, F, L>
 where
     K: Hash + Eq,
@@ -405,6 +427,44 @@ pub struct JoinNode<PL, PR, KA, KB, F, T> {
     pub(crate) options: Shuffle,
 }
 
+impl<PL, PR, KA, KB, F, T> JoinNode<PL, PR, KA, KB, F, T> {
+    /// How both sides are partitioned, on either backend: by the hash of their key, so
+    /// that equal keys meet.
+    pub(crate) fn route(&self) -> SideKey<KA, KB> {
+        SideKey(self.left_key.clone(), self.right_key.clone())
+    }
+}
+
+/// A join's route: the hash of either side's key.
+pub(crate) struct SideKey<KA, KB>(Arc<KA>, Arc<KB>);
+
+impl<KA, KB> SideKey<KA, KB> {
+    /// The partition of `event` (the local runtime's route, whose keys may borrow).
+    fn partition<A, B, K>(&self, event: &Side<A, B>, partitions: usize) -> Option<usize>
+    where
+        K: Hash,
+        KA: Fn(&A) -> K,
+        KB: Fn(&B) -> K,
+    {
+        let hash = match event {
+            Side::Left(left) => partition_hash(&(self.0)(left)),
+            Side::Right(right) => partition_hash(&(self.1)(right)),
+        };
+        Some(partition_of(hash, partitions))
+    }
+}
+
+impl<A, B, K, KA, KB> Route<Side<A, B>> for SideKey<KA, KB>
+where
+    K: Hash,
+    KA: Fn(&A) -> K + Send + Sync + 'static,
+    KB: Fn(&B) -> K + Send + Sync + 'static,
+{
+    fn route(&self, event: &Side<A, B>, partitions: usize) -> Option<usize> {
+        self.partition(event, partitions)
+    }
+}
+
 impl<PL, PR, KA, KB, F, T> std::fmt::Debug for JoinNode<PL, PR, KA, KB, F, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JoinNode")
@@ -443,20 +503,13 @@ where
             window.validate()?;
         }
         let stages = self.options.0.stages;
-        // Both sides go to the stage their key hashes to: equal keys meet.
-        let (left_key, right_key) = (self.left_key.clone(), self.right_key.clone());
-        let route = move |event: &Side<PL::Item, PR::Item>, partitions: usize| {
-            let hash = match event {
-                Side::Left(left) => partition_hash(&left_key(left)),
-                Side::Right(right) => partition_hash(&right_key(right)),
-            };
-            Some(partition_of(hash, partitions))
-        };
-        let route = Arc::new(route);
+        let route = Arc::new(self.route());
         let upstream_dispatch = if stages >= 2 {
             DispatchSpec::new(format!("partition({stages})"), move || {
                 let route = route.clone();
-                ScopedDispatcher::partition_with(move |event, partitions| route(event, partitions))
+                ScopedDispatcher::partition_with(move |event, partitions| {
+                    route.partition(event, partitions)
+                })
             })
         } else {
             DispatchSpec::demand()
@@ -486,16 +539,7 @@ where
                 "a join needs producers on both sides".into(),
             ));
         }
-        let join = Join {
-            mode: self.mode,
-            left_key: self.left_key,
-            right_key: self.right_key,
-            join: self.join,
-            state: Slots::default(),
-            windowed: false,
-            table: Table::new(),
-            rest: logic,
-        };
+        let join = Join::new(self.mode, self.left_key, self.right_key, self.join, logic);
         layer_deferring(
             compiler,
             "join",

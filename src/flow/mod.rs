@@ -139,8 +139,9 @@ pub use reduce::{
     Trigger, TriggerName, WindowInfo,
 };
 
-pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer};
-pub(crate) use logic::Identity;
+pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer, settled_blocking};
+pub(crate) use departition::Tagged;
+pub(crate) use logic::{Identity, Map};
 
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.
@@ -570,7 +571,7 @@ impl Flow<()> {
     /// assert_eq!(all, [0, 1, 2, 3, 4, 5]);
     /// # Ok::<(), flowstage::FlowError>(())
     /// ```
-    pub fn merge<P: Plan + 'static>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P::Item>> {
+    pub fn merge<P: Plan>(flows: Vec<Flow<P>>, options: Shuffle) -> Flow<Merge<P>> {
         Flow {
             plan: Merge::new(flows.into_iter().map(|flow| flow.plan).collect(), &options),
         }

@@ -23,7 +23,7 @@ use rayon::iter::plumbing::{Consumer, Folder, Reducer, UnindexedConsumer};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::Flow;
-use super::compile::{Compiler, DispatchSpec, Output, Plan};
+use super::compile::{Compiler, DispatchSpec, Output, Plan, settled_blocking};
 use super::fused::{Read, SourceRead};
 use super::logic::{Identity, Logic, PartitionInfo};
 use super::plan::SourceShape;
@@ -309,20 +309,15 @@ impl<L: Logic> SplitFolder<L> {
 impl<L: Logic> SplitFolder<L> {
     /// Whether the chain may go on: fails the run with its error if it has one, and
     /// otherwise waits (on this rayon thread) until its dead letters are on their way, as
-    /// a stage does between batches (see `compile::settled`). A rayon thread may block: the
-    /// dead-letter consumer runs on the stages' runtime.
+    /// a stage does between batches.
     fn settle(&mut self) -> bool {
-        if let Some(error) = self.consumer.logic.failure() {
-            self.fail(error);
-            return false;
-        }
-        while let Some(wait) = self.consumer.logic.side_output() {
-            if let Err(error) = futures::executor::block_on(wait) {
+        match settled_blocking(&mut self.consumer.logic) {
+            Ok(()) => true,
+            Err(error) => {
                 self.fail(error);
-                return false;
+                false
             }
         }
-        true
     }
 
     /// Ends the run with the chain's error (`failure` hands it over once) and stops the
@@ -400,5 +395,134 @@ impl<I> Flow<ParIterNode<I>> {
     pub fn stages(mut self, stages: usize) -> Self {
         self.plan.stages = Some(stages);
         self
+    }
+}
+
+#[cfg(feature = "timely")]
+mod cluster {
+    //! On the cluster, a parallel iterator is one source read by worker 0: rayon's pool
+    //! of that process drives it, in batches, into the worker's source operator, and the
+    //! flow's next exchange spreads what it made over every worker.
+
+    use std::collections::VecDeque;
+
+    use rayon::iter::ParallelIterator;
+    use tokio::sync::mpsc;
+
+    use super::{BATCH, ParIterNode};
+    use crate::cluster::{ClusterCompiler, ClusterPlan, ClusterStream, Stamp};
+    use crate::error::{Result, StageError};
+    use crate::flow::plan::SourceNode;
+    use crate::flow::{Logic, Plan};
+    use crate::source::{BoxedProducer, Source};
+    use crate::stage::{Produced, Producer};
+
+    impl<I> ClusterPlan for ParIterNode<I>
+    where
+        I: ParallelIterator + 'static,
+        I::Item: 'static,
+    {
+        fn timely<'s, L>(
+            self,
+            compiler: &mut ClusterCompiler<'s>,
+            logic: L,
+            stamp: Stamp<L::Out>,
+        ) -> Result<ClusterStream<'s, L::Out>>
+        where
+            L: Logic<In = <Self as Plan>::Item> + Clone + 'static,
+        {
+            SourceNode {
+                source: RayonSource(self.iter),
+                label: "from_par_iter",
+                stages: self.stages,
+            }
+            .timely(compiler, logic, stamp)
+        }
+    }
+
+    /// A parallel iterator as a one-producer source (worker 0's, by the default share).
+    struct RayonSource<I>(I);
+
+    impl<I> Source for RayonSource<I>
+    where
+        I: ParallelIterator + 'static,
+        I::Item: 'static,
+    {
+        type Item = I::Item;
+
+        fn into_producers(self) -> Result<Vec<BoxedProducer<I::Item>>> {
+            Ok(vec![BoxedProducer::new(RayonProducer {
+                iter: Some(self.0),
+                rx: None,
+                ready: VecDeque::new(),
+            })])
+        }
+    }
+
+    /// What rayon's thread sends: batches, then the end, or the panic of a split.
+    type Sent<T> = std::thread::Result<Vec<T>>;
+
+    /// Starts rayon on the first demand (on a thread of its own, which ends when the
+    /// iterator does, or when the producer is gone and a send fails).
+    struct RayonProducer<I: ParallelIterator> {
+        iter: Option<I>,
+        rx: Option<mpsc::Receiver<Sent<I::Item>>>,
+        ready: VecDeque<I::Item>,
+    }
+
+    impl<I> Producer for RayonProducer<I>
+    where
+        I: ParallelIterator + 'static,
+        I::Item: 'static,
+    {
+        type Item = I::Item;
+
+        async fn handle_demand(
+            &mut self,
+            demand: usize,
+        ) -> std::result::Result<Produced<I::Item>, StageError> {
+            if let Some(iter) = self.iter.take() {
+                let (tx, rx) = mpsc::channel::<Sent<I::Item>>(4);
+                self.rx = Some(rx);
+                std::thread::Builder::new()
+                    .name("flowstage-par-iter".into())
+                    .spawn(move || {
+                        let send = |batch: Vec<I::Item>| tx.blocking_send(Ok(batch)).map_err(drop);
+                        let drive = std::panic::AssertUnwindSafe(|| {
+                            iter.try_fold(Vec::new, |mut batch, item| {
+                                batch.push(item);
+                                if batch.len() >= BATCH {
+                                    send(std::mem::take(&mut batch))?;
+                                }
+                                Ok(batch)
+                            })
+                            .try_for_each(|rest| match rest {
+                                Ok(rest) if !rest.is_empty() => send(rest),
+                                other => other.map(drop),
+                            })
+                        });
+                        if let Err(panic) = std::panic::catch_unwind(drive) {
+                            let _ = tx.blocking_send(Err(panic));
+                        }
+                    })
+                    .map_err(|error| StageError::from(format!("from_par_iter: {error}")))?;
+            }
+            while self.ready.len() < demand {
+                let Some(rx) = self.rx.as_mut() else { break };
+                match rx.recv().await {
+                    Some(Ok(batch)) => self.ready.extend(batch),
+                    // A split panicked: the source operator reports it as this stage's.
+                    Some(Err(panic)) => std::panic::resume_unwind(panic),
+                    None => self.rx = None,
+                }
+            }
+            let take = demand.min(self.ready.len());
+            let events: Vec<I::Item> = self.ready.drain(..take).collect();
+            Ok(if self.rx.is_none() && self.ready.is_empty() {
+                Produced::Finished(events)
+            } else {
+                Produced::Events(events)
+            })
+        }
     }
 }

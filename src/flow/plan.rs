@@ -304,7 +304,7 @@ where
 {
 }
 impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> StageHead for Exchange<P, R, W> {}
-impl<T: Send + 'static> StageHead for Merge<T> {}
+impl<P: Plan> StageHead for Merge<P> {}
 
 /// A new layer of stages behind a dispatcher: `partition` and `shuffle`, with the layer's
 /// window `W`.
@@ -455,36 +455,16 @@ where
     Ok(outputs)
 }
 
-/// The object-safe form of a plan compiled without further logic, for `merge` (of
-/// `'static` plans: a merged flow borrows nothing).
-trait DynPlan<T>: Send {
-    fn compile_boxed<'a>(
-        self: Box<Self>,
-        compiler: &mut Compiler<'a>,
-        dispatch: &DispatchSpec<'a, T>,
-    ) -> Result<Vec<Output<T>>>;
-}
-
-impl<P: Plan + 'static> DynPlan<P::Item> for P {
-    fn compile_boxed<'a>(
-        self: Box<Self>,
-        compiler: &mut Compiler<'a>,
-        dispatch: &DispatchSpec<'a, P::Item>,
-    ) -> Result<Vec<Output<P::Item>>> {
-        (*self).compile(compiler, Identity::new(), dispatch)
-    }
-}
-
 /// Several flows into one new layer; see [`Flow::merge`](super::Flow::merge).
-pub struct Merge<T> {
-    inputs: Vec<Box<dyn DynPlan<T>>>,
+pub struct Merge<P> {
+    inputs: Vec<P>,
     stages: usize,
     max_demand: usize,
     min_demand: usize,
     error: Option<FlowError>,
 }
 
-impl<T> std::fmt::Debug for Merge<T> {
+impl<P> std::fmt::Debug for Merge<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Merge")
             .field("inputs", &self.inputs.len())
@@ -493,24 +473,28 @@ impl<T> std::fmt::Debug for Merge<T> {
     }
 }
 
-impl<T: Send + 'static> Merge<T> {
-    pub(crate) fn new<P: Plan<Item = T> + 'static>(inputs: Vec<P>, options: &Shuffle) -> Self {
+impl<P: Plan> Merge<P> {
+    pub(crate) fn new(inputs: Vec<P>, options: &Shuffle) -> Self {
         let options = &options.0;
         Merge {
-            inputs: inputs
-                .into_iter()
-                .map(|p| Box::new(p) as Box<dyn DynPlan<T>>)
-                .collect(),
+            inputs,
             stages: options.stages,
             max_demand: options.max_demand,
             min_demand: options.min(),
             error: options.validate(),
         }
     }
+
+    /// The flows merged, and an error in the options (for the cluster backend, which
+    /// makes one partition per worker).
+    #[cfg(feature = "timely")]
+    pub(crate) fn into_parts(self) -> (Vec<P>, Option<FlowError>) {
+        (self.inputs, self.error)
+    }
 }
 
-impl<T: Send + 'static> Plan for Merge<T> {
-    type Item = T;
+impl<P: Plan> Plan for Merge<P> {
+    type Item = P::Item;
 
     fn compile<'a, L>(
         self,
@@ -520,7 +504,7 @@ impl<T: Send + 'static> Plan for Merge<T> {
     ) -> Result<Vec<Output<L::Out>>>
     where
         Self: 'a,
-        L: Logic<In = T> + Clone + 'a,
+        L: Logic<In = P::Item> + Clone + 'a,
     {
         if let Some(error) = self.error {
             return Err(error);
@@ -530,7 +514,7 @@ impl<T: Send + 'static> Plan for Merge<T> {
         }
         let mut upstream = Vec::new();
         for input in self.inputs {
-            upstream.extend(input.compile_boxed(compiler, &DispatchSpec::demand())?);
+            upstream.extend(input.compile(compiler, Identity::new(), &DispatchSpec::demand())?);
         }
         layer(
             compiler,

@@ -123,12 +123,20 @@ where
         Self: 'a,
         L: Logic<In = Self::Item> + Clone + 'a,
     {
+        let (inner, uniq) = self.into_logic(logic);
+        inner.compile(compiler, uniq, dispatch)
+    }
+}
+
+impl<P: Plan, F> UniqNode<P, F> {
+    /// The node's input and its logic before `rest`, for either backend.
+    pub(crate) fn into_logic<K, L>(self, rest: L) -> (P, UniqBy<P::Item, K, F, L>) {
         let uniq = UniqBy {
             key: self.key,
             seen: Slots::default(),
-            rest: logic,
+            rest,
             _in: PhantomData,
         };
-        self.inner.compile(compiler, uniq, dispatch)
+        (self.inner, uniq)
     }
 }

@@ -109,6 +109,17 @@ impl<T: DeserializeOwned + Send + 'static> Source for JsonLinesSource<T> {
         parsed::producers(self.file, &self.path, parser, &self.policy, "json", wrap)
     }
 
+    /// Byte range `i` goes to worker `i % W`: give the source at least as many
+    /// [`readers`](Self::readers) as the cluster has workers.
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<T>>>> {
+        Ok(super::share(self.into_producers()?, worker, workers))
+    }
+
     fn error_counters(&self) -> Option<(&'static str, Arc<ErrorCounters>)> {
         Some(("json", self.policy.counters()))
     }

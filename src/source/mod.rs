@@ -145,8 +145,10 @@ pub trait Source: Send + 'static {
     /// The share of worker `worker` (of `workers`, over every process) of this source,
     /// for a [`cluster`](crate::cluster) run where every worker builds the same source:
     /// one entry per share, the same number on every worker, `Some` for the shares this
-    /// worker reads. The crate's iterator and file sources implement it; the default
-    /// reports the source as [unsupported](crate::FlowError::Unsupported) on the cluster.
+    /// worker reads. The crate's iterator, file, CSV and JSON-lines sources share
+    /// themselves out; the default has one share, read by worker 0 (in process 0) — all of
+    /// the source's producers in turn — and the other workers drop their copy of the
+    /// source unread.
     ///
     /// ```
     /// use flowstage::source::{BoxedProducer, Source};
@@ -192,10 +194,55 @@ pub trait Source: Send + 'static {
     where
         Self: Sized,
     {
-        let _ = (worker, workers);
-        Err(crate::error::FlowError::Unsupported {
-            operator: format!("source `{}`", std::any::type_name::<Self>()),
-            backend: "timely",
+        let _ = workers;
+        if worker != 0 {
+            return Ok(vec![None]);
+        }
+        let mut producers = self.into_producers()?;
+        Ok(vec![Some(if producers.len() == 1 {
+            producers.remove(0)
+        } else {
+            BoxedProducer::new(InTurn { producers, next: 0 })
+        })])
+    }
+}
+
+/// Several producers read as one, in turn (a source without worker shares on the
+/// cluster, read by one worker).
+#[cfg(feature = "timely")]
+struct InTurn<T> {
+    producers: Vec<BoxedProducer<T>>,
+    next: usize,
+}
+
+#[cfg(feature = "timely")]
+impl<T: Send + 'static> Producer for InTurn<T> {
+    type Item = T;
+
+    async fn handle_demand(
+        &mut self,
+        demand: usize,
+    ) -> std::result::Result<Produced<T>, StageError> {
+        // One producer per call: each answer is one producer's batch, in its order.
+        if self.producers.is_empty() {
+            return Ok(Produced::Finished(Vec::new()));
+        }
+        let at = self.next % self.producers.len();
+        let produced = self.producers[at].handle_demand(demand).await?;
+        Ok(match produced {
+            Produced::Events(events) => {
+                self.next = at + 1;
+                Produced::Events(events)
+            }
+            Produced::Finished(events) => {
+                drop(self.producers.remove(at));
+                self.next = at;
+                if self.producers.is_empty() {
+                    Produced::Finished(events)
+                } else {
+                    Produced::Events(events)
+                }
+            }
         })
     }
 }

@@ -264,6 +264,21 @@ impl Source for RedisStreamSource {
         })])
     }
 
+    /// On the cluster, one consumer of the group per worker, named `{consumer}-{worker}`:
+    /// the broker shares the stream's entries out between them.
+    #[cfg(feature = "timely")]
+    fn into_worker_producers(
+        mut self,
+        worker: usize,
+        workers: usize,
+    ) -> Result<Vec<Option<BoxedProducer<StreamEntry>>>> {
+        self.consumer = format!("{}-{worker}", self.consumer);
+        let mut own = self.into_producers()?.into_iter();
+        Ok((0..workers)
+            .map(|share| if share == worker { own.next() } else { None })
+            .collect())
+    }
+
     fn retry_interval(&self) -> Option<Duration> {
         // An empty read has already waited `block`: ask again at once.
         Some(Duration::from_millis(1))

@@ -595,6 +595,12 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Whether no stage has been added yet.
+    #[cfg(feature = "timely")]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
     /// Runs the pipeline to completion, blocking the calling thread, on flowstage's shared
     /// runtime (one per process, started on first use). Called from inside a tokio
     /// runtime — possibly from a stage of another flow, whose worker must not wait on the

@@ -823,6 +823,21 @@ impl<T: Send + 'static> Windower<T> {
         }
     }
 
+    /// Upstream `from` has moved to event time `t` without sending an event: the cluster
+    /// backend's layers have one such upstream, timely's frontier (no earlier event can
+    /// arrive from anywhere), and feed their events with a `from` that is no upstream.
+    /// Closes what the new watermark passes.
+    pub(crate) fn advance<L: Logic<In = T>>(
+        &mut self,
+        from: usize,
+        t: i64,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        self.start(chain, out);
+        self.observe(from, t, chain, out);
+    }
+
     /// Upstream `from` finished: it no longer holds the watermark back.
     pub(crate) fn upstream_done<L: Logic<In = T>>(
         &mut self,

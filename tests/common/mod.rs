@@ -3,6 +3,9 @@
 
 #![allow(dead_code)] // each test file uses the part it needs
 
+#[cfg(feature = "timely")]
+pub mod processes;
+
 use std::any::Any;
 use std::panic::resume_unwind;
 use std::sync::mpsc::{RecvTimeoutError, channel};
@@ -120,4 +123,27 @@ impl Layer {
             .max_demand(self.max_demand)
             .min_demand(self.min_demand)
     }
+}
+
+/// Four in-order streams of `len` events `(timestamp ms, key 0..7, value 0..100)`, the
+/// timestamps 0 to 2 ms apart; with `gaps`, 300 ms apart now and then (for sessions).
+pub fn event_streams(len: usize, gaps: bool) -> Vec<Vec<(i64, u32, u64)>> {
+    (0..4u64)
+        .map(|stream| {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ (stream + 1);
+            let mut ts = 0i64;
+            (0..len)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    ts += (state % 3) as i64;
+                    if gaps && state % 97 == 0 {
+                        ts += 300;
+                    }
+                    (ts, (state >> 8) as u32 % 7, state % 100)
+                })
+                .collect()
+        })
+        .collect()
 }
