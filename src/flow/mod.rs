@@ -139,9 +139,15 @@ pub use reduce::{
     Trigger, TriggerName, WindowInfo,
 };
 
-pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer, settled_blocking};
+pub(crate) use compile::{Compiler, DispatchSpec, Output, SinkConsumer};
+pub(crate) use logic::Identity;
+// What the cluster backend builds its operators from.
+#[cfg(feature = "timely")]
+pub(crate) use compile::settled_blocking;
+#[cfg(feature = "timely")]
 pub(crate) use departition::Tagged;
-pub(crate) use logic::{Identity, Map};
+#[cfg(feature = "timely")]
+pub(crate) use logic::Map;
 
 /// The plan node types behind `Flow<P>`, one per operator, as `std::iter::Map` is behind
 /// `Iterator::map`. Users meet them only in type names.

@@ -827,6 +827,7 @@ impl<T: Send + 'static> Windower<T> {
     /// backend's layers have one such upstream, timely's frontier (no earlier event can
     /// arrive from anywhere), and feed their events with a `from` that is no upstream.
     /// Closes what the new watermark passes.
+    #[cfg(feature = "timely")]
     pub(crate) fn advance<L: Logic<In = T>>(
         &mut self,
         from: usize,
