@@ -359,16 +359,19 @@ where
     for _ in 0..config.threads {
         match gathered.recv() {
             Ok(Ok(output)) => outputs.push(output),
-            // A worker's own failure (a stage's error or panic) over the others'
-            // `Cluster` errors, which only say that it failed: whichever ended first.
-            Ok(Err(error)) => match &failure {
-                None | Some(FlowError::Cluster { .. })
-                    if !matches!(error, FlowError::Cluster { .. }) || failure.is_none() =>
-                {
+            // The first error, except that a worker's own failure (a stage's error or
+            // panic) wins over the `Cluster` errors of the workers that only report it,
+            // whichever ended first.
+            Ok(Err(error)) => {
+                let replaces = match &failure {
+                    None => true,
+                    Some(FlowError::Cluster { .. }) => !matches!(error, FlowError::Cluster { .. }),
+                    Some(_) => false,
+                };
+                if replaces {
                     failure = Some(error);
                 }
-                _ => {}
-            },
+            }
             Err(_) => {
                 failure.get_or_insert(FlowError::Cluster {
                     process,
@@ -473,7 +476,7 @@ where
     if worker.installed_dataflows().contains(&dataflow) {
         worker.drop_dataflow(dataflow);
     }
-    let lettered = letters.join();
+    let lettered = letters.join(config.index);
     stepped?;
     lettered?;
     let gathered = gathered.map(|gathered| std::mem::take(&mut *gathered.borrow_mut()));
@@ -531,15 +534,20 @@ impl LetterStages {
     }
 
     /// Waits for the letter stages to end (once the dataflow that feeds them is gone):
-    /// a consumer's error or panic fails the worker's run.
-    fn join(mut self) -> Result<()> {
-        match self.0.take().map(std::thread::JoinHandle::join) {
+    /// a consumer's error fails the worker's run. (`Pipeline::run` turns a stage's panic
+    /// into its error: a panic of the thread itself is the runtime's, reported as this
+    /// process's.)
+    fn join(self, process: usize) -> Result<()> {
+        match self.0.map(std::thread::JoinHandle::join) {
             None | Some(Ok(Ok(_))) => Ok(()),
             Some(Ok(Err(error))) => Err(error),
-            Some(Err(payload)) => Err(FlowError::Config(format!(
-                "the dead-letter stages panicked: {}",
-                panic_message(payload.as_ref())
-            ))),
+            Some(Err(payload)) => Err(FlowError::Cluster {
+                process,
+                message: format!(
+                    "the dead-letter stages panicked: {}",
+                    panic_message(payload.as_ref())
+                ),
+            }),
         }
     }
 }

@@ -404,8 +404,6 @@ mod cluster {
     //! of that process drives it, in batches, into the worker's source operator, and the
     //! flow's next exchange spreads what it made over every worker.
 
-    use std::collections::VecDeque;
-
     use rayon::iter::ParallelIterator;
     use tokio::sync::mpsc;
 
@@ -454,7 +452,7 @@ mod cluster {
             Ok(vec![BoxedProducer::new(RayonProducer {
                 iter: Some(self.0),
                 rx: None,
-                ready: VecDeque::new(),
+                ready: Vec::new(),
             })])
         }
     }
@@ -467,7 +465,8 @@ mod cluster {
     struct RayonProducer<I: ParallelIterator> {
         iter: Option<I>,
         rx: Option<mpsc::Receiver<Sent<I::Item>>>,
-        ready: VecDeque<I::Item>,
+        /// Received and not yet asked for.
+        ready: Vec<I::Item>,
     }
 
     impl<I> Producer for RayonProducer<I>
@@ -510,14 +509,20 @@ mod cluster {
             while self.ready.len() < demand {
                 let Some(rx) = self.rx.as_mut() else { break };
                 match rx.recv().await {
+                    // (A batch moves whole when nothing waits before it.)
+                    Some(Ok(batch)) if self.ready.is_empty() => self.ready = batch,
                     Some(Ok(batch)) => self.ready.extend(batch),
                     // A split panicked: the source operator reports it as this stage's.
                     Some(Err(panic)) => std::panic::resume_unwind(panic),
                     None => self.rx = None,
                 }
             }
-            let take = demand.min(self.ready.len());
-            let events: Vec<I::Item> = self.ready.drain(..take).collect();
+            let events = if self.ready.len() <= demand {
+                std::mem::take(&mut self.ready)
+            } else {
+                let rest = self.ready.split_off(demand);
+                std::mem::replace(&mut self.ready, rest)
+            };
             Ok(if self.rx.is_none() && self.ready.is_empty() {
                 Produced::Finished(events)
             } else {
