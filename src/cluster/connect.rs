@@ -21,6 +21,37 @@ const MAX_HANDSHAKES: usize = 64;
 /// At most this many reasons for rejected connections are kept for the error message.
 const MAX_REJECTED: usize = 8;
 
+/// Waiting for a peer: a short sleep at first, doubled each time nothing happened, up to
+/// `max`. Connecting is on the path of every run (a handshake is a few round trips of
+/// microseconds on a local network); a fixed sleep of milliseconds per round trip cost
+/// more than a small job's run.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_micros(50);
+
+    fn new(max: Duration) -> Self {
+        Backoff {
+            next: Self::FIRST,
+            max,
+        }
+    }
+
+    /// Sleeps, and makes the next sleep longer.
+    fn wait(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 2).min(self.max);
+    }
+
+    /// Something happened: the next wait is short again.
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+}
+
 /// One connection to every other process, in process order (`None` for this one), each
 /// authenticated, made within the connect timeout.
 pub(crate) fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> {
@@ -80,6 +111,7 @@ fn connect(
     deadline: Instant,
 ) -> std::result::Result<TcpStream, String> {
     let mut last = String::from("no attempt");
+    let mut backoff = Backoff::new(Duration::from_millis(10));
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -90,7 +122,7 @@ fn connect(
             Ok(stream) => return Ok(stream),
             Err(error) => last = error,
         }
-        std::thread::sleep(Duration::from_millis(10));
+        backoff.wait();
     }
 }
 
@@ -142,6 +174,7 @@ fn accept(
         }
     };
     let accepts = |peer: usize| peer > index && peer <= index + later;
+    let mut backoff = Backoff::new(Duration::from_millis(2));
     while accepted.iter().any(Option::is_none) {
         let mut moved = false;
         loop {
@@ -200,9 +233,30 @@ fn accept(
             }
             return Err(waiting);
         }
-        if !moved {
-            std::thread::sleep(Duration::from_millis(2));
+        if moved {
+            backoff.reset();
+        } else {
+            backoff.wait();
         }
     }
     Ok(accepted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_doubles_up_to_its_cap_and_starts_short_again() {
+        let mut backoff = Backoff::new(Duration::from_micros(300));
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            waits.push(backoff.next);
+            backoff.wait();
+        }
+        let micros: Vec<u128> = waits.iter().map(Duration::as_micros).collect();
+        assert_eq!(micros, [50, 100, 200, 300, 300]);
+        backoff.reset();
+        assert_eq!(backoff.next, Backoff::FIRST);
+    }
 }
