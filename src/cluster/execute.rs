@@ -17,13 +17,14 @@ use timely::communication::initialize::Hooks;
 use timely::communication::logging::{CommunicationEvent, CommunicationSetup};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::ProbeHandle;
-use timely::dataflow::channels::pact::{Exchange as ExchangePact, Pipeline};
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Probe;
 use timely::dataflow::operators::generic::{Operator, OutputBuilderSession, source};
 use timely::logging_core::Logger;
 use timely::worker::Worker;
 
 use super::config::ClusterConfig;
+use super::exchange::exchange;
 use super::plan::{ClusterCompiler, ClusterPlan, ClusterStream, Time, Wire};
 use super::report::{WireReport, WorkerReport, merge};
 use crate::error::{FlowError, Result, panic_message};
@@ -240,7 +241,7 @@ impl<T: Wire> Sink<T> for Gather {
         stream
             .stream
             .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-                ExchangePact::new(|_: &T| 0u64),
+                exchange(|_: &T| 0u64),
                 "collect",
                 move |_capability, _info| {
                     move |input, _output| {
@@ -501,7 +502,7 @@ where
             }
         })
         .unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
-            ExchangePact::new(|_: &WireReport| 0u64),
+            exchange(|_: &WireReport| 0u64),
             "report-gather",
             move |_capability, _info| {
                 move |input, _output| {

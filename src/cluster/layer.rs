@@ -17,12 +17,13 @@ use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use timely::dataflow::channels::pact::Exchange as ExchangePact;
+use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, Concatenate, Probe};
 use timely::dataflow::{ProbeHandle, Scope};
 
 use super::emit::{Output, emit};
+use super::exchange::{Messages, exchange};
 use super::plan::{ClusterCompiler, ClusterStream, EventTime, Stamp, Time, Wire};
 use super::report::Counters;
 use super::source::{RELEASED, guarded, report};
@@ -88,14 +89,14 @@ pub(crate) fn probed<'s, T: 'static>(
 fn pact<T: Wire, R: Route<T> + 'static>(
     routing: &Routing<R>,
     workers: usize,
-) -> ExchangePact<T, impl FnMut(&T) -> u64 + 'static> {
+) -> ExchangeCore<Messages<T>, impl FnMut(&T) -> u64 + 'static> {
     let route = match routing {
         Routing::Key(route) => Some(route.clone()),
         _ => None,
     };
     let round_robin = matches!(routing, Routing::RoundRobin);
     let mut next = 0u64;
-    ExchangePact::new(move |event: &T| match &route {
+    exchange(move |event: &T| match &route {
         // Events a route drops (or sends out of range) go to worker 0, which checks again.
         Some(route) => route
             .route(event, workers)

@@ -174,6 +174,7 @@ mod batch;
 mod config;
 mod connect;
 mod emit;
+mod exchange;
 mod execute;
 mod handshake;
 mod layer;
