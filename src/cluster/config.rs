@@ -90,7 +90,7 @@ impl ClusterConfig {
             connect_timeout: Duration::from_secs(10),
             peer_timeout: Duration::from_secs(2),
             epochs_ahead: 8,
-            epoch_events: 1024,
+            epoch_events: 4096,
             secret: None,
             handshake_timeout: Duration::from_secs(5),
         }
@@ -232,7 +232,10 @@ impl ClusterConfig {
         self
     }
 
-    /// Events a source reads per epoch (default 1024; at least 1).
+    /// Events a source reads per epoch (default 4096; at least 1). Each epoch costs
+    /// progress messages between all processes; fewer, larger epochs cost less network
+    /// time, more events in flight (see the [module docs](crate::cluster#backpressure)).
+    /// A source of large items (a file's blocks) answers with fewer than asked.
     pub fn epoch_events(mut self, events: usize) -> Self {
         self.epoch_events = events;
         self
