@@ -43,7 +43,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use ahash::AHashMap;
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{Criterion, Throughput, criterion_group};
 use flowstage::flow::{Flow, Partition, Plan};
 use flowstage::window::Window;
 
@@ -264,6 +264,15 @@ fn sorted(mut sums: Vec<Sum>) -> Vec<Sum> {
     sums
 }
 
+/// Every contestant, by name.
+const CONTESTANTS: [(&str, Contestant); 5] = [
+    ("flowstage", flowstage_halves),
+    ("flowstage_interleaved", flowstage_interleaved),
+    ("flowstage_one_source", flowstage_one_source),
+    ("sequential", sequential),
+    ("hand_made_threads", hand_made_threads),
+];
+
 fn windows(c: &mut Criterion) {
     let reference = sorted(sequential(EVENTS));
     assert_eq!(sorted(flowstage_halves(EVENTS)), reference);
@@ -285,14 +294,7 @@ fn windows(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
-    let contestants: [(&str, Contestant); 5] = [
-        ("flowstage", flowstage_halves),
-        ("flowstage_interleaved", flowstage_interleaved),
-        ("flowstage_one_source", flowstage_one_source),
-        ("sequential", sequential),
-        ("hand_made_threads", hand_made_threads),
-    ];
-    for (name, run) in contestants {
+    for (name, run) in CONTESTANTS {
         group.bench_function(name, |b| {
             b.iter(|| assert_eq!(summary(&run(black_box(EVENTS))), expected));
         });
@@ -308,4 +310,29 @@ fn windows(c: &mut Criterion) {
 }
 
 criterion_group!(benches, windows);
-criterion_main!(benches);
+
+fn main() {
+    if let Ok(one) = std::env::var(ONE) {
+        run_one(&one);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// `FLOWSTAGE_BENCH_ONE=contestant:events`: run one contestant once and print its
+/// summary, nothing else (for callgrind, see `benches/README.md`).
+const ONE: &str = "FLOWSTAGE_BENCH_ONE";
+
+fn run_one(one: &str) {
+    let (name, events) = one.split_once(':').unwrap_or((one, "2000000"));
+    let events: u64 = events
+        .parse()
+        .expect("FLOWSTAGE_BENCH_ONE=contestant:events");
+    let (_, run) = CONTESTANTS
+        .iter()
+        .find(|(known, _)| *known == name)
+        .unwrap_or_else(|| panic!("no contestant {name}"));
+    let (results, total) = summary(&run(events));
+    println!("{name}: {events} events, {results} sums, total {total}");
+}
