@@ -25,7 +25,7 @@ pub(crate) fn event_time<T: 'static>(window: Option<&Window<T>>) -> Stamp<T> {
         Kind::Sliding {
             size, slide, ts, ..
         } => (gcd(*size, *slide), ts.clone()),
-        Kind::Session { gap, ts } => (*gap, ts.clone()),
+        Kind::Session { gap, ts, .. } => (*gap, ts.clone()),
         Kind::Global | Kind::Periodic(_) | Kind::Count(_) => return None,
     };
     let granule = granule.max(1);

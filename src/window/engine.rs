@@ -76,8 +76,13 @@ pub(crate) struct Windower<T> {
     messages: Vec<broadcast::Receiver<String>>,
     pending_messages: Vec<String>,
     late: u64,
-    /// Fixed windows: the current batch's timestamps (kept for its allocation).
+    /// Event-time windows: the current batch's timestamps (kept for its allocation).
     stamps: Vec<i64>,
+    /// Sliding windows: the windows that take the current event (kept for its
+    /// allocation: nothing is allocated per event).
+    takers: Vec<i64>,
+    /// Sliding windows: the one event fed to a window (kept for its allocation).
+    single: Vec<T>,
 }
 
 /// Events still to feed to a window: a batch being drained, or events a custom trigger
@@ -226,6 +231,8 @@ impl<T: Send + 'static> Windower<T> {
             pending_messages: Vec::new(),
             late: 0,
             stamps: Vec::new(),
+            takers: Vec::new(),
+            single: Vec::new(),
             spec,
         }
     }
@@ -520,21 +527,39 @@ impl<T: Send + 'static> Windower<T> {
             Kind::Sliding {
                 size,
                 slide,
-                ts,
+                stamps,
                 clone,
+                ..
             } => {
-                let (size, slide, ts, clone) = (*size, *slide, ts.clone(), *clone);
-                for event in events.by_ref() {
-                    self.sliding(from, size, slide, ts(&event), event, clone, chain, out);
+                let (size, slide, stamps_of, clone) = (*size, *slide, stamps.clone(), *clone);
+                let stamps = self.batch_stamps(&*stamps_of, events.as_slice());
+                for (event, &t) in events.by_ref().zip(&stamps) {
+                    self.sliding(from, size, slide, t, event, clone, chain, out);
                 }
+                self.stamps = stamps;
             }
-            Kind::Session { gap, ts } => {
-                let (gap, ts) = (*gap, ts.clone());
-                for event in events.by_ref() {
-                    self.session(from, gap, ts(&event), event, chain, out);
+            Kind::Session { gap, stamps, .. } => {
+                let (gap, stamps_of) = (*gap, stamps.clone());
+                let stamps = self.batch_stamps(&*stamps_of, events.as_slice());
+                for (event, &t) in events.by_ref().zip(&stamps) {
+                    self.session(from, gap, t, event, chain, out);
                 }
+                self.stamps = stamps;
             }
         }
+    }
+
+    /// The timestamps of `events`, in one dynamic call; in the windower's buffer, taken
+    /// (give it back after use, for its allocation).
+    fn batch_stamps(
+        &mut self,
+        stamps_of: &(dyn Fn(&[T], &mut Vec<i64>) + Send + Sync),
+        events: &[T],
+    ) -> Vec<i64> {
+        let mut stamps = std::mem::take(&mut self.stamps);
+        stamps.clear();
+        stamps_of(events, &mut stamps);
+        stamps
     }
 
     fn fixed<L: Logic<In = T>>(
@@ -548,9 +573,7 @@ impl<T: Send + 'static> Windower<T> {
     ) {
         // Every event's timestamp, in one call: `stamps[i]` belongs to the event `i`
         // places after the batch's first one still in `events`.
-        let mut stamps = std::mem::take(&mut self.stamps);
-        stamps.clear();
-        stamps_of(events.as_slice(), &mut stamps);
+        let stamps = self.batch_stamps(stamps_of, events.as_slice());
         let total = stamps.len();
         while let Some(&t) = stamps.get(total - events.len()) {
             let at = total - events.len();
@@ -606,22 +629,35 @@ impl<T: Send + 'static> Windower<T> {
         out: &mut Vec<L::Out>,
     ) {
         self.observe(from, t, chain, out);
-        let mut open = Vec::new();
-        for id in bounds::sliding(t, size, slide) {
-            if self.accepts(id, bounds::last(id, size)) {
-                open.push(id);
+        let mut takers = std::mem::take(&mut self.takers);
+        takers.clear();
+        takers.extend(
+            bounds::sliding(t, size, slide).filter(|&id| self.accepts(id, bounds::last(id, size))),
+        );
+        match takers.split_last() {
+            None => self.late(event),
+            Some((&final_window, earlier)) => {
+                for &start in earlier {
+                    self.feed_one(start, clone(&event), chain, out);
+                }
+                self.feed_one(final_window, event, chain, out);
             }
         }
-        let Some((&final_window, earlier)) = open.split_last() else {
-            self.late(event);
-            return;
-        };
-        for &start in earlier {
-            let mut one = vec![clone(&event)];
-            self.feed(start, &mut one.drain(..), 1, chain, out);
-        }
-        let mut one = vec![event];
-        self.feed(final_window, &mut one.drain(..), 1, chain, out);
+        self.takers = takers;
+    }
+
+    /// Feeds one event to window `id`, through the windower's one-event buffer.
+    fn feed_one<L: Logic<In = T>>(
+        &mut self,
+        id: i64,
+        event: T,
+        chain: &mut L,
+        out: &mut Vec<L::Out>,
+    ) {
+        let mut single = std::mem::take(&mut self.single);
+        single.push(event);
+        self.feed(id, &mut single.drain(..), 1, chain, out);
+        self.single = single;
     }
 
     fn session<L: Logic<In = T>>(
@@ -639,8 +675,48 @@ impl<T: Send + 'static> Windower<T> {
             self.late(event);
             return;
         }
-        // Merge every session this event touches: those starting before its end and
-        // ending after it.
+        // The sessions this event touches: those starting before its end and ending
+        // after it, latest first. Usually one (the event extends it, in place) or none
+        // (it opens one): nothing is allocated per event. Several merge into one.
+        let t_wide = i128::from(t);
+        let mut touching = self
+            .sessions
+            .range(..=bounds::clamp(end - 1))
+            .rev()
+            .take_while(|(_, session)| session.end > t_wide)
+            .map(|(&start, _)| start);
+        let (latest, more) = (touching.next(), touching.next().is_some());
+        match latest {
+            None => {
+                self.sessions.insert(
+                    t,
+                    Session {
+                        end,
+                        events: vec![event],
+                    },
+                );
+            }
+            Some(start) if !more => {
+                let grown = |session: &mut Session<T>, event: T| {
+                    session.end = session.end.max(end);
+                    session.events.push(event);
+                };
+                if start <= t {
+                    if let Some(session) = self.sessions.get_mut(&start) {
+                        grown(session, event);
+                    }
+                } else if let Some(mut session) = self.sessions.remove(&start) {
+                    // The event starts the session earlier: its id moves.
+                    grown(&mut session, event);
+                    self.sessions.insert(t, session);
+                }
+            }
+            Some(_) => self.merge_sessions(t, end, event),
+        }
+    }
+
+    /// Merges every session that the event at `t` (ending at `end`) bridges, with it.
+    fn merge_sessions(&mut self, t: i64, end: i128, event: T) {
         let touching: Vec<i64> = self
             .sessions
             .range(..=bounds::clamp(end - 1))
@@ -657,7 +733,12 @@ impl<T: Send + 'static> Windower<T> {
             if let Some(session) = self.sessions.remove(&id) {
                 start = start.min(id);
                 merged.end = merged.end.max(session.end);
-                merged.events.extend(session.events);
+                if merged.events.is_empty() {
+                    // The earliest session's events stay where they are.
+                    merged.events = session.events;
+                } else {
+                    merged.events.extend(session.events);
+                }
             }
         }
         merged.events.push(event);

@@ -350,6 +350,19 @@ type Timestamp<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 /// batch instead of one per event.
 pub(crate) type Stamps<T> = Arc<dyn Fn(&[T], &mut Vec<i64>) + Send + Sync>;
 
+/// The user's timestamp function, per event and per batch.
+fn timestamps<T, F>(timestamp: F) -> (Timestamp<T>, Stamps<T>)
+where
+    F: Fn(&T) -> i64 + Send + Sync + 'static,
+{
+    let ts = Arc::new(timestamp);
+    let each = ts.clone();
+    let stamps = Arc::new(move |events: &[T], stamps: &mut Vec<i64>| {
+        stamps.extend(events.iter().map(|event| each(event)));
+    });
+    (ts, stamps)
+}
+
 pub(crate) enum Kind<T> {
     Global,
     Fixed {
@@ -361,11 +374,13 @@ pub(crate) enum Kind<T> {
         size: i64,
         slide: i64,
         ts: Timestamp<T>,
+        stamps: Stamps<T>,
         clone: fn(&T) -> T,
     },
     Session {
         gap: i64,
         ts: Timestamp<T>,
+        stamps: Stamps<T>,
     },
     Periodic(Duration),
     Count(u64),
@@ -384,16 +399,19 @@ impl<T> Clone for Kind<T> {
                 size,
                 slide,
                 ts,
+                stamps,
                 clone,
             } => Kind::Sliding {
                 size: *size,
                 slide: *slide,
                 ts: ts.clone(),
+                stamps: stamps.clone(),
                 clone: *clone,
             },
-            Kind::Session { gap, ts } => Kind::Session {
+            Kind::Session { gap, ts, stamps } => Kind::Session {
                 gap: *gap,
                 ts: ts.clone(),
+                stamps: stamps.clone(),
             },
             Kind::Periodic(d) => Kind::Periodic(*d),
             Kind::Count(n) => Kind::Count(*n),
@@ -489,14 +507,11 @@ impl<T: Send + 'static> Window<T> {
     /// `[start, start + size)` with `start = floor(timestamp / size) * size`, and `start`
     /// is its id. `timestamp` returns milliseconds.
     pub fn fixed(size: Duration, timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
-        let ts = Arc::new(timestamp);
-        let each = ts.clone();
+        let (ts, stamps) = timestamps(timestamp);
         let window = Window::new(Kind::Fixed {
             size: millis(size),
             ts,
-            stamps: Arc::new(move |events: &[T], stamps: &mut Vec<i64>| {
-                stamps.extend(events.iter().map(|event| each(event)));
-            }),
+            stamps,
         });
         if millis(size) <= 0 {
             return window.invalid(format!(
@@ -517,10 +532,12 @@ impl<T: Send + 'static> Window<T> {
         T: Clone,
     {
         let (size_ms, slide_ms) = (millis(size), millis(slide));
+        let (ts, stamps) = timestamps(timestamp);
         let window = Window::new(Kind::Sliding {
             size: size_ms,
             slide: slide_ms,
-            ts: Arc::new(timestamp),
+            ts,
+            stamps,
             clone: T::clone,
         });
         if size_ms <= 0 || slide_ms <= 0 {
@@ -543,9 +560,11 @@ impl<T: Send + 'static> Window<T> {
     /// kept until it closes and reduced then, in arrival order, so sessions take only the
     /// `Done` trigger.
     pub fn session(gap: Duration, timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        let (ts, stamps) = timestamps(timestamp);
         let window = Window::new(Kind::Session {
             gap: millis(gap),
-            ts: Arc::new(timestamp),
+            ts,
+            stamps,
         });
         if millis(gap) <= 0 {
             return window.invalid(format!("session gap must be at least 1 ms, got {gap:?}"));
