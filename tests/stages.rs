@@ -1799,3 +1799,62 @@ fn a_producer_waiting_for_data_still_sends_what_it_queued_when_credit_comes() {
     }));
     assert_eq!(snapshot(&got), [0, 1, 2, 3, 4, 5]);
 }
+
+/// Makes `bursts` batches of `size` consecutive numbers, whatever the demand: what a
+/// combiner does when it hands over its whole map.
+struct Bursts {
+    next: u64,
+    size: u64,
+    bursts: u64,
+}
+
+impl Producer for Bursts {
+    type Item = u64;
+
+    async fn handle_demand(&mut self, _demand: usize) -> Result<Produced<u64>, StageError> {
+        let events: Vec<u64> = (self.next..self.next + self.size).collect();
+        self.next += self.size;
+        self.bursts -= 1;
+        Ok(if self.bursts == 0 {
+            Produced::Finished(events)
+        } else {
+            Produced::Events(events)
+        })
+    }
+}
+
+#[test]
+fn a_partition_sends_bursts_far_beyond_the_credit_whole_and_in_order() {
+    // Bursts of 20 000 into subscribers asking 64 at a time: each partition's queue holds
+    // hundreds of batches at once, sent from the front batch by batch.
+    const SIZE: u64 = 20_000;
+    const BURSTS: u64 = 3;
+    for partitions in [1usize, 2, 3] {
+        let mut pipeline = Pipeline::new();
+        let numbers = pipeline.producer_with(
+            Bursts {
+                next: 0,
+                size: SIZE,
+                bursts: BURSTS,
+            },
+            ProducerOptions::new().dispatcher(Dispatcher::partition_with(|n: &u64, p| {
+                Some(*n as usize % p)
+            })),
+        );
+        let collectors: Vec<Collect<u64>> = (0..partitions).map(|_| Collect::new()).collect();
+        for collect in &collectors {
+            let consumer = pipeline.consumer(collect.handles());
+            pipeline
+                .subscribe(&consumer, &numbers, SubscribeOptions::new().max_demand(64))
+                .unwrap();
+        }
+        let report = run(pipeline).unwrap();
+        for (partition, collect) in collectors.iter().enumerate() {
+            let expected: Vec<u64> = (0..SIZE * BURSTS)
+                .filter(|n| *n as usize % partitions == partition)
+                .collect();
+            assert_eq!(snapshot(&collect.seen), expected, "partition {partition}");
+        }
+        assert_eq!(report.stages[0].events_out, SIZE * BURSTS);
+    }
+}

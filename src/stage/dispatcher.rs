@@ -13,6 +13,7 @@
 //! send beyond demand. Dynamic dispatch happens once per batch (the boxed dispatcher); the
 //! per-event key and hash functions are monomorphised inside it.
 
+use std::collections::VecDeque;
 use std::hash::Hash;
 
 use super::link::Outlet;
@@ -377,6 +378,11 @@ struct PartitionDispatch<T, F> {
     /// cheaper than a ring buffer's, and a queue that goes whole (the usual case) leaves
     /// as the batch itself, without a copy.
     queues: Vec<Vec<T>>,
+    /// Per partition, a burst of more than twice its subscriber's credit (a combiner's
+    /// whole map, a file block's words), cut once into batches of `max_demand`, sent one
+    /// by one before its queue. (Sending the front of a `Vec` moves everything behind
+    /// it: a burst of `n` events sent `k` at a time moved `n²/2k` of them.)
+    backlogs: Vec<VecDeque<Vec<T>>>,
     route: F,
 }
 
@@ -385,9 +391,11 @@ impl<T, F> PartitionDispatch<T, F> {
         // Subscribers may name their partition; the runtime checked the indices are 0..n.
         outlets.sort_by_key(|outlet| outlet.partition);
         let queues = outlets.iter().map(|_| Vec::new()).collect();
+        let backlogs = outlets.iter().map(|_| VecDeque::new()).collect();
         PartitionDispatch {
             outlets,
             queues,
+            backlogs,
             route,
         }
     }
@@ -422,17 +430,19 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
         // each bringing it half of what it lacks when the others are full.) Other
         // queues may go past their credit meanwhile; they stay bounded below.
         let (mut open, mut gap) = (0, 0);
-        for (outlet, queue) in self.outlets.iter().zip(&self.queues) {
+        for ((outlet, queue), backlog) in self.outlets.iter().zip(&self.queues).zip(&self.backlogs)
+        {
             if !outlet.is_open() {
                 continue;
             }
             // A full queue means its consumer is behind: ask for nothing until it drains,
             // so skewed keys cannot grow memory without bound.
-            if queue.len() >= outlet.max_demand {
+            let waiting = queue.len() + backlog.iter().map(Vec::len).sum::<usize>();
+            if waiting >= outlet.max_demand {
                 return 0;
             }
             open += 1;
-            gap = gap.max(outlet.credit().saturating_sub(queue.len()));
+            gap = gap.max(outlet.credit().saturating_sub(waiting));
         }
         gap.saturating_mul(open)
     }
@@ -459,18 +469,40 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
     }
 
     fn pending(&self) -> usize {
-        self.queues.iter().map(Vec::len).sum()
+        let backlogs: usize = self.backlogs.iter().flatten().map(Vec::len).sum();
+        self.queues.iter().map(Vec::len).sum::<usize>() + backlogs
     }
 
     fn flush(&mut self, all: bool) -> usize {
         let mut dropped = 0;
-        for (outlet, queue) in self.outlets.iter_mut().zip(&mut self.queues) {
-            if queue.is_empty() {
+        let partitions = self.outlets.iter_mut().zip(&mut self.queues);
+        for ((outlet, queue), backlog) in partitions.zip(&mut self.backlogs) {
+            if !outlet.is_open() {
+                dropped += queue.len() + backlog.iter().map(Vec::len).sum::<usize>();
+                queue.clear();
+                backlog.clear();
                 continue;
             }
-            if !outlet.is_open() {
-                dropped += queue.len();
-                queue.clear();
+            // A burst goes first, batch by batch while the credit lasts; the queue waits
+            // behind it.
+            while let Some(front) = backlog.front_mut() {
+                let permit = outlet.take(front.len());
+                if permit.len() == 0 {
+                    break;
+                }
+                let batch = if permit.len() == front.len() {
+                    backlog.pop_front().unwrap_or_default()
+                } else {
+                    // Credit for less than a batch: its front goes, the rest of that one
+                    // batch moves up (at most `max_demand`).
+                    front.drain(..permit.len()).collect()
+                };
+                outlet.send(permit, batch);
+            }
+            if !backlog.is_empty() {
+                continue;
+            }
+            if queue.is_empty() {
                 continue;
             }
             if !all && queue.len() < outlet.credit() {
@@ -497,10 +529,19 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                 rest.extend(queue.drain(permit.len()..));
                 std::mem::replace(queue, rest)
             } else {
-                // Credit for less than half: the front is the shorter part; the rest moves
-                // up (at most about a consumer's `max_demand`: the producer asks for
-                // nothing while a queue holds that much).
-                queue.drain(..permit.len()).collect()
+                // Credit for less than half: a burst. Its front goes now; the rest is cut
+                // into batches of `max_demand` from the back, so each event moves once.
+                let room = capacity.min(outlet.max_demand);
+                let mut burst = std::mem::replace(queue, outlet.buffer(room));
+                let size = outlet.max_demand.max(1);
+                let mut cuts = Vec::new();
+                while burst.len() > permit.len() {
+                    let behind_front = burst.len() - permit.len();
+                    let cut = permit.len() + (behind_front - 1) / size * size;
+                    cuts.push(burst.split_off(cut));
+                }
+                backlog.extend(cuts.into_iter().rev());
+                burst
             };
             outlet.send(permit, batch);
         }
