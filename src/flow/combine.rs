@@ -6,6 +6,7 @@
 //! combined `(key, value)` pairs cross the partition exchange: for word count, one pair
 //! per distinct word per stage instead of one event per word.
 
+use std::collections::hash_map::Entry;
 use std::hash::Hash;
 
 use std::sync::Arc;
@@ -44,15 +45,17 @@ impl<K: Hash + Eq, V, F: Fn(V, V) -> V> Combined<K, V, F> {
 
     #[inline]
     fn insert(&mut self, key: K, value: V) {
-        match self.map.get_mut(&key) {
-            Some(slot) => {
+        // One hash per pair, whether the key is new or not.
+        match self.map.entry(key) {
+            Entry::Occupied(mut slot) => {
+                let slot = slot.get_mut();
                 // The slot is only empty for the instant of this combine.
                 if let Some(old) = slot.take() {
                     *slot = Some((self.combine)(old, value));
                 }
             }
-            None => {
-                self.map.insert(key, Some(value));
+            Entry::Vacant(slot) => {
+                slot.insert(Some(value));
             }
         }
     }
