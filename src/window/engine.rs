@@ -78,7 +78,7 @@ pub(crate) struct Windower<T> {
     late: u64,
     /// Event-time windows: the current batch's timestamps (kept for its allocation).
     stamps: Vec<i64>,
-    /// Sliding windows: the windows that take the current event (kept for its
+    /// The windows (sliding) or sessions the current event enters (kept for its
     /// allocation: nothing is allocated per event).
     takers: Vec<i64>,
     /// Sliding windows: the one event fed to a window (kept for its allocation).
@@ -676,73 +676,55 @@ impl<T: Send + 'static> Windower<T> {
             return;
         }
         // The sessions this event touches: those starting before its end and ending
-        // after it, latest first. Usually one (the event extends it, in place) or none
-        // (it opens one): nothing is allocated per event. Several merge into one.
-        let t_wide = i128::from(t);
-        let mut touching = self
-            .sessions
-            .range(..=bounds::clamp(end - 1))
-            .rev()
-            .take_while(|(_, session)| session.end > t_wide)
-            .map(|(&start, _)| start);
-        let (latest, more) = (touching.next(), touching.next().is_some());
-        match latest {
-            None => {
-                self.sessions.insert(
-                    t,
-                    Session {
-                        end,
-                        events: vec![event],
-                    },
-                );
-            }
-            Some(start) if !more => {
-                let grown = |session: &mut Session<T>, event: T| {
+        // after it, latest first (in the windower's buffer: nothing is allocated per
+        // event).
+        let mut touching = std::mem::take(&mut self.takers);
+        touching.clear();
+        touching.extend(
+            self.sessions
+                .range(..=bounds::clamp(end - 1))
+                .rev()
+                .take_while(|(_, session)| session.end > i128::from(t))
+                .map(|(&start, _)| start),
+        );
+        match touching[..] {
+            // The usual case: the event extends one session, in place.
+            [start] if start <= t => {
+                if let Some(session) = self.sessions.get_mut(&start) {
                     session.end = session.end.max(end);
                     session.events.push(event);
-                };
-                if start <= t {
-                    if let Some(session) = self.sessions.get_mut(&start) {
-                        grown(session, event);
-                    }
-                } else if let Some(mut session) = self.sessions.remove(&start) {
-                    // The event starts the session earlier: its id moves.
-                    grown(&mut session, event);
-                    self.sessions.insert(t, session);
                 }
             }
-            Some(_) => self.merge_sessions(t, end, event),
-        }
-    }
-
-    /// Merges every session that the event at `t` (ending at `end`) bridges, with it.
-    fn merge_sessions(&mut self, t: i64, end: i128, event: T) {
-        let touching: Vec<i64> = self
-            .sessions
-            .range(..=bounds::clamp(end - 1))
-            .rev()
-            .take_while(|(_, session)| session.end > i128::from(t))
-            .map(|(&start, _)| start)
-            .collect();
-        let mut start = t;
-        let mut merged = Session {
-            end,
-            events: Vec::new(),
-        };
-        for id in touching.into_iter().rev() {
-            if let Some(session) = self.sessions.remove(&id) {
-                start = start.min(id);
-                merged.end = merged.end.max(session.end);
-                if merged.events.is_empty() {
-                    // The earliest session's events stay where they are.
-                    merged.events = session.events;
-                } else {
-                    merged.events.extend(session.events);
+            // Otherwise the event opens a session, moves one's start earlier, or
+            // bridges several: they become one, keyed by the earliest start.
+            _ => {
+                let mut start = t;
+                let mut merged: Option<Session<T>> = None;
+                for &id in touching.iter().rev() {
+                    let Some(session) = self.sessions.remove(&id) else {
+                        continue;
+                    };
+                    start = start.min(id);
+                    merged = Some(match merged {
+                        // The earliest session's events stay where they are.
+                        None => session,
+                        Some(mut merged) => {
+                            merged.end = merged.end.max(session.end);
+                            merged.events.extend(session.events);
+                            merged
+                        }
+                    });
                 }
+                let mut session = merged.unwrap_or(Session {
+                    end,
+                    events: Vec::new(),
+                });
+                session.end = session.end.max(end);
+                session.events.push(event);
+                self.sessions.insert(start, session);
             }
         }
-        merged.events.push(event);
-        self.sessions.insert(start, merged);
+        self.takers = touching;
     }
 
     // ---- the watermark ------------------------------------------------------------------
