@@ -265,6 +265,10 @@ where
         self.rest.side_output()
     }
 
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -494,6 +498,10 @@ where
         self.rest.side_output()
     }
 
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }
@@ -666,6 +674,10 @@ where
 
     fn side_output(&mut self) -> Option<super::SideOutput> {
         self.rest.side_output()
+    }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
     }
 
     fn has_reducer(&self) -> bool {

@@ -489,6 +489,10 @@ macro_rules! fallible {
                 self.errors.side_output().or_else(|| self.rest.side_output())
             }
 
+            fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+                self.rest.routed()
+            }
+
             fn window(&mut self, signal: WindowSignal<'_>, out: &mut Vec<L::Out>) {
                 self.rest.window(signal, out);
             }

@@ -27,6 +27,12 @@ pub(crate) struct Read {
 pub(crate) trait SourceRead: Send {
     type Item: Send + 'static;
 
+    /// Whether a read never waits (an iterator: it runs to the end of its batch at once).
+    /// Such a stage routes straight into its dispatcher's queues, lent for the read; one
+    /// whose read may wait (an async producer) routes into queues of its own, so what its
+    /// dispatcher holds can still go out meanwhile.
+    const NEVER_WAITS: bool = false;
+
     fn read<L: Logic<In = Self::Item>>(
         &mut self,
         n: usize,
@@ -44,6 +50,8 @@ where
     I::Item: Send + 'static,
 {
     type Item = I::Item;
+
+    const NEVER_WAITS: bool = true;
 
     async fn read<L: Logic<In = I::Item>>(
         &mut self,
@@ -137,6 +145,8 @@ where
     I::Item: Send + 'static,
 {
     type Item = I::Item;
+
+    const NEVER_WAITS: bool = true;
 
     async fn read<L: Logic<In = I::Item>>(
         &mut self,
@@ -277,8 +287,12 @@ pub(crate) struct FusedSource<R, L> {
     shutdown: ShutdownHandle,
 }
 
-impl<R, L> FusedSource<R, L> {
-    pub(crate) fn new(reader: R, logic: L, shutdown: ShutdownHandle) -> Self {
+impl<R, L: Logic> FusedSource<R, L> {
+    pub(crate) fn new(reader: R, mut logic: L, shutdown: ShutdownHandle) -> Self {
+        // A chain that ends in routing (a `partition` after the source) routes into its
+        // queues from now on, which the runtime takes after each production: the reading,
+        // the chain and the routing run in one loop (see `Logic::routed`).
+        let _ = logic.routed();
         FusedSource {
             reader,
             logic,
@@ -286,6 +300,16 @@ impl<R, L> FusedSource<R, L> {
             expansion: Expansion::default(),
             shutdown,
         }
+    }
+
+    /// How many events the chain has made and not handed over yet: in `out`, or routed
+    /// into its partition queues.
+    fn made(&mut self, out: &[L::Out]) -> usize {
+        let routed = self
+            .logic
+            .routed()
+            .map_or(0, |queues| queues.iter().map(Vec::len).sum());
+        out.len() + routed
     }
 }
 
@@ -311,12 +335,15 @@ where
         };
         // Keep reading while the chain filters everything out, so a selective filter
         // does not look like an idle source (which would wait for the retry interval).
+        // (Queues lent by the dispatcher may hold events already: count from here.)
+        let start = self.made(&out);
         loop {
             let ask = self.expansion.ask(demand);
-            let before = out.len();
+            let before = self.made(&out);
             let Read { read, ended } = self.reader.read(ask, &mut self.logic, &mut out).await?;
             out = settled(&mut self.logic, out).await?;
-            self.expansion.record(read, out.len() - before, out.len());
+            let made = self.made(&out);
+            self.expansion.record(read, made - before, out.len());
             if ended {
                 self.finished = true;
                 self.logic.done(&mut out);
@@ -325,7 +352,7 @@ where
             }
             // (A drain is seen by the stage, which then finishes the source, between two
             // productions: hand over what there is.)
-            if !out.is_empty() || read == 0 || self.shutdown.is_draining() {
+            if made > start || read == 0 || self.shutdown.is_draining() {
                 return Ok(Produced::Events(out));
             }
             // All filtered out: yield before reading on, so that an endless source behind a
@@ -334,5 +361,142 @@ where
             // (`yield_now` after each batch costs ~20 % on a cheap chain into a reducer).
             tokio::task::consume_budget().await;
         }
+    }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<L::Out>>> {
+        self.logic.routed()
+    }
+
+    fn routes_without_waiting(&self) -> bool {
+        R::NEVER_WAITS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    use super::*;
+    use crate::flow::logic::{FlatMap, Identity, Map};
+    use crate::flow::partition::{HashEvent, Route, Routed};
+
+    /// A source stage over `iter` running `logic`.
+    fn source<I, L>(iter: I, logic: L) -> FusedSource<OwnIter<I>, L>
+    where
+        I: Iterator + Send,
+        I::Item: Send + 'static,
+        L: Logic<In = I::Item>,
+    {
+        FusedSource::new(OwnIter(iter), logic, ShutdownHandle::new())
+    }
+
+    fn produce<P: Producer>(producer: &mut P, demand: usize) -> Vec<P::Item> {
+        match futures::executor::block_on(producer.handle_demand(demand)) {
+            Ok(Produced::Events(events) | Produced::Finished(events)) => events,
+            Err(error) => panic!("the production failed: {error}"),
+        }
+    }
+
+    /// Takes what a producer routed, as its dispatcher would.
+    fn take_routed<P: Producer>(producer: &mut P) -> Vec<Vec<P::Item>> {
+        let routed = producer.routed().expect("a chain ending in routing");
+        routed.iter_mut().map(std::mem::take).collect()
+    }
+
+    #[test]
+    fn a_chain_ending_in_routing_routes_in_the_source_loop() {
+        let route = Arc::new(HashEvent);
+        let tail = Routed::new(route.clone(), 3);
+        let mut stage = source(0..1000u64, Map::new(Arc::new(|x: u64| x * 7), tail));
+        // Everything is routed into the queues; nothing is returned for the dispatcher to
+        // route again.
+        assert!(produce(&mut stage, 400).is_empty());
+        let queues = take_routed(&mut stage);
+        assert_eq!(queues.iter().map(Vec::len).sum::<usize>(), 400);
+        for (p, queue) in queues.iter().enumerate() {
+            for x in queue {
+                assert_eq!(route.route(x, 3), Some(p), "{x} in queue {p}");
+            }
+        }
+        let mut seen: Vec<u64> = queues.into_iter().flatten().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..400).map(|x| x * 7).collect::<Vec<_>>());
+        // The taken queues leave empty ones behind for the next production.
+        assert!(produce(&mut stage, 100).is_empty());
+        assert_eq!(
+            take_routed(&mut stage).iter().map(Vec::len).sum::<usize>(),
+            100
+        );
+    }
+
+    #[test]
+    fn a_chain_without_routing_returns_its_events() {
+        let mut stage = source(0..10u64, Identity::new());
+        assert!(stage.routed().is_none());
+        assert_eq!(produce(&mut stage, 4), [0, 1, 2, 3]);
+    }
+
+    /// An iterator that counts what was taken from it.
+    struct Counted<I> {
+        iter: I,
+        taken: Arc<AtomicUsize>,
+    }
+
+    impl<I: Iterator> Iterator for Counted<I> {
+        type Item = I::Item;
+        fn next(&mut self) -> Option<I::Item> {
+            let item = self.iter.next()?;
+            self.taken.fetch_add(1, Relaxed);
+            Some(item)
+        }
+    }
+
+    #[test]
+    fn an_expanding_chain_into_routing_reads_for_the_demand_not_beyond() {
+        // Each input makes 100 events: after the first production the stage knows, and
+        // reads about a hundredth of the demand — as it does when it returns its events.
+        let taken = Arc::new(AtomicUsize::new(0));
+        let iter = Counted {
+            iter: 0..1_000_000u64,
+            taken: taken.clone(),
+        };
+        let tail = Routed::new(Arc::new(HashEvent), 2);
+        let chain = FlatMap::new(Arc::new(|x: u64| (0..100).map(move |i| x * 100 + i)), tail);
+        let mut stage = source(iter, chain);
+        produce(&mut stage, 1000);
+        take_routed(&mut stage);
+        let first = taken.load(Relaxed);
+        produce(&mut stage, 1000);
+        let made: usize = take_routed(&mut stage).iter().map(Vec::len).sum();
+        let read = taken.load(Relaxed) - first;
+        assert!(read <= 10, "read {read} inputs for a demand of 1000");
+        assert!(
+            (900..=1100).contains(&made),
+            "made {made} for a demand of 1000"
+        );
+    }
+
+    #[test]
+    fn a_routed_production_that_filters_returns_once_it_made_something() {
+        // The stage reads on while its chain filters everything out, and stops as soon
+        // as something was routed (not when its output, always empty here, fills).
+        let taken = Arc::new(AtomicUsize::new(0));
+        let iter = Counted {
+            iter: 0..1_000_000u64,
+            taken: taken.clone(),
+        };
+        let tail = Routed::new(Arc::new(HashEvent), 2);
+        let chain = crate::flow::logic::Filter::new(Arc::new(|x: &u64| x % 50 == 49), tail);
+        let mut stage = source(iter, chain);
+        produce(&mut stage, 10);
+        assert_eq!(
+            take_routed(&mut stage).iter().map(Vec::len).sum::<usize>(),
+            1
+        );
+        assert_eq!(
+            taken.load(Relaxed),
+            50,
+            "read on until the first event passed, no further"
+        );
     }
 }

@@ -129,6 +129,10 @@ where
     fn side_output(&mut self) -> Option<super::SideOutput> {
         self.rest.side_output()
     }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
+    }
 }
 
 /// `fold(identity, op)`: per stage, `op` over the events from `identity()`.

@@ -408,6 +408,10 @@ where
         self.rest.side_output()
     }
 
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
+    }
+
     /// A join is not a reduce: a `reduce` may follow it in the same stage, folding the
     /// pairs as they are made (per window), instead of sending them to another layer.
     fn has_reducer(&self) -> bool {

@@ -106,6 +106,18 @@ pub trait Logic: Send {
     /// [`failure`](Logic::failure) is: an operator that forgot to forward would let a
     /// dead-letter step after it run ahead of its consumer without bound.
     fn side_output(&mut self) -> Option<super::SideOutput>;
+
+    /// The partition queues of a chain that ends in routing (a source's chain before a
+    /// `partition`, see [`Routed`](super::partition::Routed)); the first call makes the
+    /// chain route into them instead of its output. A source stage hands them to its
+    /// partition dispatcher after each production, so the iterator, the chain, the route
+    /// hash and the push into a partition's queue run in one loop. Operators with a `rest`
+    /// forward to it; one that does not leaves its chain unbound, which routes in the
+    /// dispatcher as before (slower, never wrong).
+    #[doc(hidden)]
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        None
+    }
 }
 
 /// The end of every chain: passes events through.
@@ -247,6 +259,10 @@ macro_rules! stateless {
             fn has_reducer(&self) -> bool {
                 self.rest.has_reducer()
             }
+
+            fn routed(&mut self) -> Option<&mut Vec<Vec<L::Out>>> {
+                self.rest.routed()
+            }
         }
     };
 }
@@ -387,6 +403,10 @@ where
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
     }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<L::Out>>> {
+        self.rest.routed()
+    }
 }
 
 /// `map_batch(f)`: sees each whole batch; only the first operation of a stage.
@@ -477,6 +497,10 @@ where
 
     fn has_reducer(&self) -> bool {
         self.rest.has_reducer()
+    }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<L::Out>>> {
+        self.rest.routed()
     }
 }
 

@@ -1,11 +1,14 @@
 //! Options of `partition`, `shuffle` and `merge`: how many stages, which key, what demand.
 
 use std::hash::Hash;
+use std::sync::Arc;
 
-use crate::error::FlowError;
+use super::SideOutput;
+use super::logic::{Logic, PartitionInfo};
+use crate::error::{FlowError, StageError};
 use crate::stage::demand::validate_demand;
 use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash, partition_of};
-use crate::window::{NoWindow, Window};
+use crate::window::{NoWindow, Window, WindowSignal};
 
 /// How an event picks its partition. Implemented for the crate's routing options.
 pub trait Route<T>: Send + Sync {
@@ -245,5 +248,145 @@ impl<W> Shuffle<W> {
     /// The window of the new layer's stages (see [`Partition::window`]).
     pub fn window<T>(self, window: Window<T>) -> Shuffle<Window<T>> {
         Shuffle(self.0.window(window))
+    }
+}
+
+/// The end of the chain a source stage runs before a `partition`: routes each event
+/// into its partition's queue in the loop that makes it, instead of into the stage's
+/// output for its dispatcher to route in a second pass.
+///
+/// Unbound (as made, and in any stage that does not ask for its queues) it passes events
+/// through as [`Identity`](super::logic::Identity) does and the partition dispatcher
+/// routes them; a source stage binds it ([`Logic::routed`]) and hands the queues to its
+/// dispatcher after each production. Both route with the same [`Route`], so where an
+/// event goes does not depend on which of the two did it.
+pub(crate) struct Routed<T, R> {
+    route: Arc<R>,
+    partitions: usize,
+    /// Per partition, what this stage routed since its dispatcher last took the queues;
+    /// empty until bound.
+    queues: Vec<Vec<T>>,
+    bound: bool,
+    /// A user route's partition out of range: the stage fails with it after the batch.
+    failure: Option<StageError>,
+}
+
+impl<T, R> Routed<T, R> {
+    pub(crate) fn new(route: Arc<R>, partitions: usize) -> Self {
+        Routed {
+            route,
+            partitions,
+            queues: Vec::new(),
+            bound: false,
+            failure: None,
+        }
+    }
+}
+
+impl<T, R> Clone for Routed<T, R> {
+    /// A fresh, unbound tail for another stage.
+    fn clone(&self) -> Self {
+        Routed::new(self.route.clone(), self.partitions)
+    }
+}
+
+impl<T, R> std::fmt::Debug for Routed<T, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Routed")
+            .field("partitions", &self.partitions)
+            .field("bound", &self.bound)
+            .finish()
+    }
+}
+
+impl<T: Send + 'static, R: Route<T>> Routed<T, R> {
+    /// Routes one event into its queue. A partition out of range is the stage's failure
+    /// (the first one is kept): the stage ends the run with it after this batch, before
+    /// anything routed is sent.
+    #[inline(always)]
+    fn route_one(&mut self, event: T) {
+        let Some(p) = self.route.route(&event, self.partitions) else {
+            // The user's route dropped it on purpose.
+            return;
+        };
+        // One check serves as both the range check and the bounds check.
+        match self.queues.get_mut(p) {
+            Some(queue) => queue.push(event),
+            None => {
+                if self.failure.is_none() {
+                    self.failure = Some(
+                        format!(
+                            "partition function returned {p}, but there are {} partitions",
+                            self.partitions
+                        )
+                        .into(),
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static, R: Route<T>> Logic for Routed<T, R> {
+    type In = T;
+    type Out = T;
+
+    fn start(&mut self, _partition: PartitionInfo) {}
+
+    #[inline]
+    fn push(&mut self, event: T, out: &mut Vec<T>) {
+        if self.bound {
+            self.route_one(event);
+        } else {
+            out.push(event);
+        }
+    }
+
+    fn batch(&mut self, events: &mut Vec<T>, out: &mut Vec<T>) {
+        if self.bound {
+            self.feed(events.drain(..), out);
+        } else if out.is_empty() {
+            // As `Identity`: the whole batch goes on without a copy.
+            std::mem::swap(out, events);
+        } else {
+            out.append(events);
+        }
+    }
+
+    #[inline]
+    fn feed<I: Iterator<Item = T>>(&mut self, events: I, out: &mut Vec<T>) {
+        if self.bound {
+            // Internal iteration: the source's loop, the chain's adapters and the routing
+            // fold into one loop.
+            events.for_each(|event| self.route_one(event));
+        } else {
+            out.extend(events);
+        }
+    }
+
+    fn done(&mut self, _out: &mut Vec<T>) {}
+
+    fn window(&mut self, _signal: WindowSignal<'_>, _out: &mut Vec<T>) {}
+
+    fn describe(&self, _names: &mut Vec<String>) {}
+
+    fn passes_batches(&self) -> bool {
+        true
+    }
+
+    fn failure(&mut self) -> Option<StageError> {
+        self.failure.take()
+    }
+
+    fn side_output(&mut self) -> Option<SideOutput> {
+        None
+    }
+
+    fn routed(&mut self) -> Option<&mut Vec<Vec<T>>> {
+        if !self.bound {
+            self.bound = true;
+            self.queues = (0..self.partitions).map(|_| Vec::new()).collect();
+        }
+        Some(&mut self.queues)
     }
 }

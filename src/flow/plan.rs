@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::compile::{Compiler, DispatchSpec, Output, Plan};
 use super::fused::{OwnProducer, SharedProducer, SourceRead};
 use super::logic::{self, Identity, Logic, PartitionInfo};
-use super::partition::{Route, Shuffle};
+use super::partition::{Route, Routed, Shuffle};
 use crate::error::{FlowError, Result};
 use crate::source::Source;
 use crate::stage::{ScopedDispatcher, SubscribeOptions};
@@ -351,21 +351,25 @@ impl<P: Plan, R: Route<P::Item>, W: LayerWindow<P::Item>> Plan for Exchange<P, R
         let stages = self.stages;
         // With one stage there is nothing to route: the demand dispatcher does (unless
         // the user's `hash` may drop events).
-        let upstream_dispatch = match (&self.route, stages) {
-            (Some(route), n) if n >= 2 || route.needed_with_one_partition() => {
-                let route = route.clone();
-                DispatchSpec::new(format!("partition({stages})"), move || {
-                    let route = route.clone();
+        let upstream = match &self.route {
+            Some(route) if stages >= 2 || route.needed_with_one_partition() => {
+                let dispatch_route = route.clone();
+                let dispatch = DispatchSpec::new(format!("partition({stages})"), move || {
+                    let route = dispatch_route.clone();
                     ScopedDispatcher::partition_with(move |event, partitions| {
                         route.route(event, partitions)
                     })
-                })
+                });
+                // The chain before the partition ends in its routing: a source stage
+                // routes in its own loop and its dispatcher only queues and sends (other
+                // stages leave the tail unbound and their dispatcher routes).
+                let tail = Routed::new(route.clone(), stages);
+                self.inner.compile(compiler, tail, &dispatch)?
             }
-            _ => DispatchSpec::demand(),
+            _ => self
+                .inner
+                .compile(compiler, Identity::new(), &DispatchSpec::demand())?,
         };
-        let upstream = self
-            .inner
-            .compile(compiler, Identity::new(), &upstream_dispatch)?;
         layer(
             compiler,
             self.label,

@@ -353,6 +353,10 @@ where
         self.rest.side_output()
     }
 
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Out>>> {
+        self.rest.routed()
+    }
+
     fn has_reducer(&self) -> bool {
         true
     }

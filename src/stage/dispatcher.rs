@@ -259,6 +259,27 @@ pub(crate) trait Dispatch<T>: Send {
     /// Sends what credit allows; returns the events it could not send, in order.
     fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError>;
 
+    /// Lends the partition queues to a producer that routes itself without waiting (see
+    /// [`Producer::routes_without_waiting`](super::Producer::routes_without_waiting)):
+    /// each empty `Vec` of `routed` swaps with its partition's queue, which
+    /// [`absorb`](Dispatch::absorb) then swaps back. The default lends nothing.
+    fn lend(&mut self, routed: &mut [Vec<T>]) {
+        let _ = routed;
+    }
+
+    /// Takes the events a producer routed itself, one `Vec` per partition (see
+    /// [`Producer::routed`](super::Producer::routed)), leaving them empty; returns what it
+    /// could not send, in order, as [`dispatch`](Dispatch::dispatch) does. The default
+    /// dispatches them as one batch; the partition dispatcher queues each where it was
+    /// routed.
+    fn absorb(&mut self, routed: &mut [Vec<T>]) -> Result<Vec<T>, StageError> {
+        let mut events = Vec::with_capacity(routed.iter().map(Vec::len).sum());
+        for part in routed {
+            events.append(part);
+        }
+        self.dispatch(events)
+    }
+
     /// Events held inside the dispatcher (partition queues).
     fn pending(&self) -> usize {
         0
@@ -463,6 +484,40 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
                         .into());
                     }
                 }
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    fn lend(&mut self, routed: &mut [Vec<T>]) {
+        if routed.len() != self.queues.len() {
+            return;
+        }
+        for (queue, part) in self.queues.iter_mut().zip(routed) {
+            if part.is_empty() {
+                std::mem::swap(queue, part);
+            }
+        }
+    }
+
+    fn absorb(&mut self, routed: &mut [Vec<T>]) -> Result<Vec<T>, StageError> {
+        if routed.len() != self.queues.len() {
+            // Routed for another number of partitions (not what the flow layer builds):
+            // route them again here.
+            let mut events = Vec::new();
+            for part in routed {
+                events.append(part);
+            }
+            return self.dispatch(events);
+        }
+        for (queue, part) in self.queues.iter_mut().zip(routed) {
+            if queue.is_empty() {
+                // The queue was lent (the routed `Vec` is the queue, grown), or went whole
+                // at the last flush: the routed `Vec` becomes the queue, and the queue's
+                // empty allocation goes back to the producer.
+                std::mem::swap(queue, part);
+            } else {
+                queue.append(part);
             }
         }
         Ok(Vec::new())

@@ -129,6 +129,26 @@ pub trait Producer: Send {
         &mut self,
         demand: usize,
     ) -> impl Future<Output = Result<Produced<Self::Item>, StageError>> + Send;
+
+    /// Internal to the flow layer: per partition, the events this producer routed itself
+    /// in its last production (a flow's source stage whose chain ends in a `partition`),
+    /// which the runtime moves into the partition dispatcher's queues after each
+    /// production, as if they had been returned. `None` (the default): everything made is
+    /// in what `handle_demand` returned.
+    #[doc(hidden)]
+    fn routed(&mut self) -> Option<&mut Vec<Vec<Self::Item>>> {
+        None
+    }
+
+    /// Internal to the flow layer: whether this producer, when it [routes](Producer::routed),
+    /// makes its events without ever waiting (an iterator's loop). The runtime then lends
+    /// it the dispatcher's own queues for the production, so routed events land where
+    /// they wait to be sent, without a copy; a producer that may wait keeps queues of its
+    /// own, so that what the dispatcher holds still goes out while it waits.
+    #[doc(hidden)]
+    fn routes_without_waiting(&self) -> bool {
+        false
+    }
 }
 
 /// What a consumer can do while it handles events: see where they came from and, in

@@ -905,7 +905,9 @@ mod tests {
     use std::sync::atomic::Ordering::Relaxed;
 
     use super::*;
-    use crate::stage::{ConsumerContext, Dispatcher, ProducerConsumer, consumer_fn, from_iter};
+    use crate::stage::{
+        ConsumerContext, Dispatcher, Produced, ProducerConsumer, consumer_fn, from_iter,
+    };
 
     /// Passes its input on, draining it in place.
     struct Pass;
@@ -961,6 +963,90 @@ mod tests {
             assert!(
                 batches > 20 && reused * 2 > batches,
                 "{reused} of {batches} batches reused"
+            );
+        }
+    }
+
+    /// Routes its events into two partitions itself (by parity), as a flow's source
+    /// stage does before a `partition`, and returns none.
+    struct RoutesItself {
+        next: u64,
+        limit: u64,
+        queues: Vec<Vec<u64>>,
+    }
+
+    impl Producer for RoutesItself {
+        type Item = u64;
+
+        async fn handle_demand(
+            &mut self,
+            demand: usize,
+        ) -> std::result::Result<Produced<u64>, crate::StageError> {
+            let end = (self.next + demand as u64).min(self.limit);
+            for x in self.next..end {
+                self.queues[(x % 2) as usize].push(x);
+            }
+            self.next = end;
+            Ok(if end == self.limit {
+                Produced::Finished(Vec::new())
+            } else {
+                Produced::Events(Vec::new())
+            })
+        }
+
+        fn routed(&mut self) -> Option<&mut Vec<Vec<u64>>> {
+            Some(&mut self.queues)
+        }
+    }
+
+    #[test]
+    fn what_a_producer_routed_itself_reaches_its_partitions_and_counts_as_made() {
+        let mut pipeline = Pipeline::new();
+        // An hour between asks of a producer that had nothing: a production whose events
+        // were all routed must not look like one that had nothing, or this run would wait.
+        let source = pipeline.producer_with(
+            RoutesItself {
+                next: 0,
+                limit: 100_000,
+                queues: vec![Vec::new(), Vec::new()],
+            },
+            ProducerOptions::new()
+                .retry_interval(std::time::Duration::from_secs(3600))
+                .dispatcher(Dispatcher::partition_with(|_: &u64, _| {
+                    // Never consulted: the producer routed everything itself.
+                    None
+                })),
+        );
+        let seen: Vec<Arc<std::sync::Mutex<Vec<u64>>>> = (0..2).map(|_| Arc::default()).collect();
+        for (partition, seen) in seen.iter().enumerate() {
+            let seen = seen.clone();
+            let sink = pipeline.consumer(consumer_fn(move |batch: Vec<u64>| {
+                if let Ok(mut seen) = seen.lock() {
+                    seen.extend(batch);
+                }
+            }));
+            pipeline
+                .subscribe(
+                    &sink,
+                    &source,
+                    SubscribeOptions::new().max_demand(100).partition(partition),
+                )
+                .unwrap();
+        }
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(pipeline.run());
+        });
+        let report = wait
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the run ends without waiting out a retry interval");
+        assert!(report.is_ok(), "{report:?}");
+        for (partition, seen) in seen.iter().enumerate() {
+            let seen = seen.lock().unwrap();
+            let expected: Vec<u64> = (0..100_000).filter(|x| x % 2 == partition as u64).collect();
+            assert_eq!(
+                *seen, expected,
+                "partition {partition}: all its events, in order"
             );
         }
     }

@@ -270,37 +270,48 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             // events, the buffer) — a producer waiting on one partition's behalf must not
             // hold back events another partition has credit for.
             let started = Instant::now();
-            let asked = producer.handle_demand(want);
-            tokio::pin!(asked);
-            let mut flushed = false;
-            let produced = loop {
-                tokio::select! {
-                    biased;
-                    produced = &mut asked => break produced,
-                    // The producer has to wait (it was not ready above): what the queues
-                    // hold goes now, not when the wait ends.
-                    () = std::future::ready(()), if !flushed => {
-                        flushed = true;
-                        metrics.add_dropped(dispatch.flush(true));
-                    }
-                    msg = inbox.recv() => match msg {
-                        Some(msg) => {
-                            apply_control(dispatch.as_mut(), msg);
-                            if !buffer.is_empty() {
-                                let sendable = buffer.take(dispatch.demand());
-                                let left = dispatch
-                                    .dispatch(sendable)
-                                    .map_err(|e| stage_error(&stage, e))?;
-                                buffer.extend(left);
-                            }
+            // A producer that routes itself without waiting routes into the dispatcher's
+            // queues, lent for the production (taken back below).
+            let mut lent = 0;
+            if producer.routes_without_waiting() {
+                if let Some(routed) = producer.routed() {
+                    dispatch.lend(routed);
+                    lent = routed.iter().map(Vec::len).sum::<usize>();
+                }
+            }
+            let produced = {
+                let asked = producer.handle_demand(want);
+                tokio::pin!(asked);
+                let mut flushed = false;
+                loop {
+                    tokio::select! {
+                        biased;
+                        produced = &mut asked => break produced,
+                        // The producer has to wait (it was not ready above): what the queues
+                        // hold goes now, not when the wait ends.
+                        () = std::future::ready(()), if !flushed => {
+                            flushed = true;
                             metrics.add_dropped(dispatch.flush(true));
-                            if dispatch.all_closed() {
-                                return Ok(());
-                            }
                         }
-                        // Every consumer's handle is gone: nobody can ask any more.
-                        None => return Ok(()),
-                    },
+                        msg = inbox.recv() => match msg {
+                            Some(msg) => {
+                                apply_control(dispatch.as_mut(), msg);
+                                if !buffer.is_empty() {
+                                    let sendable = buffer.take(dispatch.demand());
+                                    let left = dispatch
+                                        .dispatch(sendable)
+                                        .map_err(|e| stage_error(&stage, e))?;
+                                    buffer.extend(left);
+                                }
+                                metrics.add_dropped(dispatch.flush(true));
+                                if dispatch.all_closed() {
+                                    return Ok(());
+                                }
+                            }
+                            // Every consumer's handle is gone: nobody can ask any more.
+                            None => return Ok(()),
+                        },
+                    }
                 }
             };
             metrics.add_busy(started);
@@ -309,14 +320,24 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
                 Produced::Finished(events) => (events, true),
             };
             finished = last;
-            if events.is_empty() && !last {
-                // Nothing to give now: keep the debt and ask again after the interval.
-                retry_at = Some(Instant::now() + settings.retry_interval);
-            }
+            let mut made = events.len();
             let left = dispatch
                 .dispatch(events)
                 .map_err(|e| stage_error(&stage, e))?;
             metrics.add_dropped(buffer.extend(left));
+            // What the producer routed into partition queues itself (a flow's source
+            // before a `partition`) joins the dispatcher's queues.
+            if let Some(routed) = producer.routed() {
+                made += routed.iter().map(Vec::len).sum::<usize>() - lent;
+                let left = dispatch
+                    .absorb(routed)
+                    .map_err(|e| stage_error(&stage, e))?;
+                metrics.add_dropped(buffer.extend(left));
+            }
+            if made == 0 && !last {
+                // Nothing to give now: keep the debt and ask again after the interval.
+                retry_at = Some(Instant::now() + settings.retry_interval);
+            }
             continue;
         }
         // Not finished, not waiting out a retry: what stops it is the lack of demand.
