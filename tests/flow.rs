@@ -2224,3 +2224,39 @@ fn from_stream_takes_a_stream_that_is_not_unpin() {
     });
     assert_eq!(items, (0..100u64).map(|n| n * n).collect::<Vec<_>>());
 }
+
+/// A source stage whose chain ends in a reducer before a `partition`: the reducer's
+/// output at `Done` goes through the routing tail one event at a time (not a fed batch),
+/// and every key still reaches the one stage that owns it, exactly once.
+#[test]
+fn a_reducer_in_the_source_stage_routes_its_output_by_key() {
+    let result: Vec<(u64, u64)> = guarded(|| {
+        let parts: Vec<_> = (0..3u64)
+            .map(|p| (p * 10_000)..((p + 1) * 10_000))
+            .collect();
+        Flow::from_iters(parts)
+            .stages(3)
+            // Per source stage: each key's count in its share of the input.
+            .reduce(HashMap::new, |x: u64, mut counts: HashMap<u64, u64>| {
+                *counts.entry(x % 97).or_default() += 1;
+                counts
+            })
+            .partition(Partition::by_key(|&(key, _): &(u64, u64)| key).stages(4))
+            // Per partition: each key must arrive from every source stage, on one stage.
+            .reduce(HashMap::new, |(key, n), mut totals: HashMap<u64, u64>| {
+                *totals.entry(key).or_default() += n;
+                totals
+            })
+            .collect()
+    })
+    .unwrap();
+    let mut keys = BTreeSet::new();
+    for &(key, _) in &result {
+        assert!(keys.insert(key), "key {key} reduced on two stages");
+    }
+    let expected: BTreeMap<u64, u64> = (0..30_000u64).fold(BTreeMap::new(), |mut m, x| {
+        *m.entry(x % 97).or_default() += 1;
+        m
+    });
+    assert_eq!(result.into_iter().collect::<BTreeMap<_, _>>(), expected);
+}
