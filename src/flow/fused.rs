@@ -451,15 +451,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn an_expanding_chain_into_routing_reads_for_the_demand_not_beyond() {
-        // Each input makes 100 events: after the first production the stage knows, and
-        // reads about a hundredth of the demand — as it does when it returns its events.
+    /// `0..1 000 000`, counting what is taken, and the count.
+    fn counted() -> (Counted<std::ops::Range<u64>>, Arc<AtomicUsize>) {
         let taken = Arc::new(AtomicUsize::new(0));
         let iter = Counted {
             iter: 0..1_000_000u64,
             taken: taken.clone(),
         };
+        (iter, taken)
+    }
+
+    #[test]
+    fn an_expanding_chain_into_routing_reads_for_the_demand_not_beyond() {
+        // Each input makes 100 events: after the first production the stage knows, and
+        // reads about a hundredth of the demand — as it does when it returns its events.
+        let (iter, taken) = counted();
         let tail = Routed::new(Arc::new(HashEvent), 2);
         let chain = FlatMap::new(Arc::new(|x: u64| (0..100).map(move |i| x * 100 + i)), tail);
         let mut stage = source(iter, chain);
@@ -480,11 +486,7 @@ mod tests {
     fn a_routed_production_that_filters_returns_once_it_made_something() {
         // The stage reads on while its chain filters everything out, and stops as soon
         // as something was routed (not when its output, always empty here, fills).
-        let taken = Arc::new(AtomicUsize::new(0));
-        let iter = Counted {
-            iter: 0..1_000_000u64,
-            taken: taken.clone(),
-        };
+        let (iter, taken) = counted();
         let tail = Routed::new(Arc::new(HashEvent), 2);
         let chain = crate::flow::logic::Filter::new(Arc::new(|x: &u64| x % 50 == 49), tail);
         let mut stage = source(iter, chain);

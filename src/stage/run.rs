@@ -229,13 +229,7 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             apply_control(dispatch.as_mut(), msg);
         }
         // Buffered events were made first: they go before anything new.
-        if !buffer.is_empty() {
-            let sendable = buffer.take(dispatch.demand());
-            let left = dispatch
-                .dispatch(sendable)
-                .map_err(|e| stage_error(&stage, e))?;
-            buffer.extend(left);
-        }
+        send_buffered(&stage, dispatch.as_mut(), &mut buffer)?;
         // While the producer goes on making events, a partition's queue waits until it
         // fills its subscriber's credit: one batch instead of a piece per production
         // (productions shrink as the credit left gets uneven over partitions; sending
@@ -296,13 +290,7 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
                         msg = inbox.recv() => match msg {
                             Some(msg) => {
                                 apply_control(dispatch.as_mut(), msg);
-                                if !buffer.is_empty() {
-                                    let sendable = buffer.take(dispatch.demand());
-                                    let left = dispatch
-                                        .dispatch(sendable)
-                                        .map_err(|e| stage_error(&stage, e))?;
-                                    buffer.extend(left);
-                                }
+                                send_buffered(&stage, dispatch.as_mut(), &mut buffer)?;
                                 metrics.add_dropped(dispatch.flush(true));
                                 if dispatch.all_closed() {
                                     return Ok(());
@@ -355,6 +343,23 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             metrics.add_waiting(since);
         }
     }
+}
+
+/// Sends what the producer's buffer holds as far as demand allows; the rest stays in it,
+/// in order.
+fn send_buffered<T>(
+    stage: &StageInfo,
+    dispatch: &mut dyn Dispatch<T>,
+    buffer: &mut Buffer<T>,
+) -> Result<()> {
+    if !buffer.is_empty() {
+        let sendable = buffer.take(dispatch.demand());
+        let left = dispatch
+            .dispatch(sendable)
+            .map_err(|e| stage_error(stage, e))?;
+        buffer.extend(left);
+    }
+    Ok(())
 }
 
 /// Counts late events, and tells `tracing`.
