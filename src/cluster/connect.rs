@@ -102,7 +102,9 @@ pub(crate) fn sockets(config: &ClusterConfig) -> Result<Vec<Option<TcpStream>>> 
 
 /// Connects to process `peer` at `host` and makes the handshake, retrying (a peer not
 /// listening yet, a connection that failed its handshake) until `deadline`. The error
-/// names the peer and the last reason.
+/// names the peer and the reason of the last attempt that had its whole time: one cut
+/// short by `deadline` says only that time ran out, while the attempt before it may
+/// have been refused for a reason the user can act on (a wrong secret).
 fn connect(
     auth: &Auth,
     peer: usize,
@@ -117,10 +119,16 @@ fn connect(
         if now >= deadline {
             return Err(format!("process {peer} at {host}: {last}"));
         }
-        let attempt = deadline.min(now + handshake_timeout);
+        let whole = now + handshake_timeout;
+        let attempt = deadline.min(whole);
         match attempt_connect(auth, peer, host, attempt) {
             Ok(stream) => return Ok(stream),
-            Err(error) => last = error,
+            Err(error) => {
+                let cut_short = attempt < whole && Instant::now() >= attempt;
+                if !cut_short || last == "no attempt" {
+                    last = error;
+                }
+            }
         }
         backoff.wait();
     }
