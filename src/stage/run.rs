@@ -316,7 +316,12 @@ pub(crate) async fn run_producer<'a, P: Producer + 'a>(
             // What the producer routed into partition queues itself (a flow's source
             // before a `partition`) joins the dispatcher's queues.
             if let Some(routed) = producer.routed() {
-                made += routed.iter().map(Vec::len).sum::<usize>() - lent;
+                // (Saturating: a producer that took from the lent queues made nothing.)
+                made += routed
+                    .iter()
+                    .map(Vec::len)
+                    .sum::<usize>()
+                    .saturating_sub(lent);
                 let left = dispatch
                     .absorb(routed)
                     .map_err(|e| stage_error(&stage, e))?;
