@@ -4,10 +4,10 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use super::SideOutput;
-use super::logic::{Logic, PartitionInfo};
+use super::logic::{Identity, Logic, PartitionInfo};
 use crate::error::{FlowError, StageError};
 use crate::stage::demand::validate_demand;
-use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash, partition_of};
+use crate::stage::{DEFAULT_MAX_DEMAND, partition_hash, partition_of, queue_routed};
 use crate::window::{NoWindow, Window, WindowSignal};
 
 /// How an event picks its partition. Implemented for the crate's routing options.
@@ -305,24 +305,9 @@ impl<T: Send + 'static, R: Route<T>> Routed<T, R> {
     /// anything routed is sent.
     #[inline(always)]
     fn route_one(&mut self, event: T) {
-        let Some(p) = self.route.route(&event, self.partitions) else {
-            // The user's route dropped it on purpose.
-            return;
-        };
-        // One check serves as both the range check and the bounds check.
-        match self.queues.get_mut(p) {
-            Some(queue) => queue.push(event),
-            None => {
-                if self.failure.is_none() {
-                    self.failure = Some(
-                        format!(
-                            "partition function returned {p}, but there are {} partitions",
-                            self.partitions
-                        )
-                        .into(),
-                    );
-                }
-            }
+        let partition = self.route.route(&event, self.partitions);
+        if let Err(error) = queue_routed(&mut self.queues, partition, event) {
+            self.failure.get_or_insert(error);
         }
     }
 }
@@ -345,11 +330,8 @@ impl<T: Send + 'static, R: Route<T>> Logic for Routed<T, R> {
     fn batch(&mut self, events: &mut Vec<T>, out: &mut Vec<T>) {
         if self.bound {
             self.feed(events.drain(..), out);
-        } else if out.is_empty() {
-            // As `Identity`: the whole batch goes on without a copy.
-            std::mem::swap(out, events);
         } else {
-            out.append(events);
+            Identity::new().batch(events, out);
         }
     }
 

@@ -129,6 +129,42 @@ pub fn partition_of(hash: u64, partitions: usize) -> usize {
     ((u128::from(hash) * partitions as u128) >> 64) as usize
 }
 
+/// Pushes `event` onto queue `partition` of `queues` (`None`: the route dropped it on
+/// purpose). A partition out of range is the stage's error. The one place both routers
+/// queue an event: the partition dispatcher, and a source stage that routes in its own
+/// loop (`flow::partition::Routed`).
+#[inline(always)]
+pub(crate) fn queue_routed<T>(
+    queues: &mut [Vec<T>],
+    partition: Option<usize>,
+    event: T,
+) -> Result<(), StageError> {
+    let Some(p) = partition else {
+        return Ok(());
+    };
+    // One check serves as both the range check and the bounds check.
+    let partitions = queues.len();
+    match queues.get_mut(p) {
+        Some(queue) => {
+            queue.push(event);
+            Ok(())
+        }
+        None => Err(format!(
+            "partition function returned {p}, but there are {partitions} partitions"
+        )
+        .into()),
+    }
+}
+
+/// Every part's events, in order, as one batch (the parts left empty).
+fn concat<T>(parts: &mut [Vec<T>]) -> Vec<T> {
+    let mut events = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        events.append(part);
+    }
+    events
+}
+
 /// Makes a stage's dispatcher from its outlets, once they are all known. `'a`: what its
 /// closures borrow (`'static` but for the flow layer's scoped runs).
 pub(crate) type BuildDispatch<'a, T> =
@@ -273,11 +309,7 @@ pub(crate) trait Dispatch<T>: Send {
     /// dispatches them as one batch; the partition dispatcher queues each where it was
     /// routed.
     fn absorb(&mut self, routed: &mut [Vec<T>]) -> Result<Vec<T>, StageError> {
-        let mut events = Vec::with_capacity(routed.iter().map(Vec::len).sum());
-        for part in routed {
-            events.append(part);
-        }
-        self.dispatch(events)
+        self.dispatch(concat(routed))
     }
 
     /// Events held inside the dispatcher (partition queues).
@@ -470,21 +502,8 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
 
     fn dispatch(&mut self, events: Vec<T>) -> Result<Vec<T>, StageError> {
         let partitions = self.outlets.len();
-        let queues = self.queues.as_mut_slice();
         for event in events {
-            if let Some(p) = (self.route)(&event, partitions) {
-                // One check serves as both the range check and the bounds check.
-                match queues.get_mut(p) {
-                    Some(queue) => queue.push(event),
-                    None => {
-                        return Err(format!(
-                            "partition function returned {p}, but there are {partitions} \
-                             partitions"
-                        )
-                        .into());
-                    }
-                }
-            }
+            queue_routed(&mut self.queues, (self.route)(&event, partitions), event)?;
         }
         Ok(Vec::new())
     }
@@ -504,11 +523,7 @@ impl<T: Send, F: Fn(&T, usize) -> Option<usize> + Send> Dispatch<T> for Partitio
         if routed.len() != self.queues.len() {
             // Routed for another number of partitions (not what the flow layer builds):
             // route them again here.
-            let mut events = Vec::new();
-            for part in routed {
-                events.append(part);
-            }
-            return self.dispatch(events);
+            return self.dispatch(concat(routed));
         }
         for (queue, part) in self.queues.iter_mut().zip(routed) {
             if queue.is_empty() {

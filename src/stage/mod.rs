@@ -69,8 +69,8 @@ pub use adapters::{
 };
 pub use buffer::{BufferKeep, DEFAULT_BUFFER_SIZE};
 pub use demand::{Cancel, DEFAULT_MAX_DEMAND, DemandMode, SubscribeOptions};
-pub(crate) use dispatcher::ScopedDispatcher;
 pub use dispatcher::{Dispatcher, partition_hash, partition_of};
+pub(crate) use dispatcher::{ScopedDispatcher, queue_routed};
 pub use metrics::{ErrorCounters, ErrorSnapshot, StageSnapshot};
 pub use pipeline::{
     ConsumerOptions, ConsumerRef, Pipeline, ProducerConsumerOptions, ProducerOptions, ProducerRef,
