@@ -41,8 +41,17 @@ pub(crate) trait SourceRead: Send {
     ) -> impl Future<Output = Result<Read, StageError>> + Send;
 }
 
-/// An iterator of the stage's own: read straight into the chain.
-pub(crate) struct OwnIter<I>(pub(crate) I);
+/// An iterator of the stage's own: read straight into the chain. The iterator is held
+/// in an `Option` so that a read can move it into a local for its loop: behind a
+/// reference its state goes back to memory at every item (the chain's calls may, for
+/// all the compiler knows, read it); as a local it stays in registers.
+pub(crate) struct OwnIter<I>(Option<I>);
+
+impl<I> OwnIter<I> {
+    pub(crate) fn new(iter: I) -> Self {
+        OwnIter(Some(iter))
+    }
+}
 
 impl<I> SourceRead for OwnIter<I>
 where
@@ -59,10 +68,16 @@ where
         logic: &mut L,
         out: &mut Vec<L::Out>,
     ) -> Result<Read, StageError> {
+        // Gone only when a panic in the chain unwound through an earlier read, which
+        // ends the stage: never read again, but not taken for the end either.
+        let Some(iter) = self.0.take() else {
+            return Err("the source's iterator was lost to a panic in an earlier read".into());
+        };
         let mut left = n;
         logic.feed(
             Upto {
-                iter: &mut self.0,
+                iter: Some(iter),
+                home: &mut self.0,
                 left: &mut left,
             },
             out,
@@ -76,13 +91,22 @@ where
     }
 }
 
-/// The next `left` items of an iterator, folded with a plain loop (a `Take` of a
-/// `&mut` iterator folds through `try_fold`, which moves a large accumulator through
-/// every step).
+/// The next `left` items of an iterator, folded with a plain loop over the iterator
+/// moved into a local (a `Take` of a `&mut` iterator folds through `try_fold`, which
+/// moves a large accumulator through every step); the iterator goes back `home` after.
 struct Upto<'i, I> {
-    iter: &'i mut I,
+    iter: Option<I>,
+    home: &'i mut Option<I>,
     /// How many more to take; what is left when the caller looks again.
     left: &'i mut usize,
+}
+
+impl<I> Drop for Upto<'_, I> {
+    fn drop(&mut self) {
+        if let Some(iter) = self.iter.take() {
+            *self.home = Some(iter);
+        }
+    }
 }
 
 impl<I: Iterator> Iterator for Upto<'_, I> {
@@ -93,7 +117,7 @@ impl<I: Iterator> Iterator for Upto<'_, I> {
         if *self.left == 0 {
             return None;
         }
-        let item = self.iter.next()?;
+        let item = self.iter.as_mut()?.next()?;
         *self.left -= 1;
         Some(item)
     }
@@ -101,20 +125,24 @@ impl<I: Iterator> Iterator for Upto<'_, I> {
     #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
         let left = *self.left;
-        let (low, high) = self.iter.size_hint();
+        let (low, high) = self.iter.as_ref().map_or((0, Some(0)), Iterator::size_hint);
         (low.min(left), Some(high.map_or(left, |h| h.min(left))))
     }
 
     #[inline]
-    fn fold<B, F: FnMut(B, I::Item) -> B>(self, init: B, mut f: F) -> B {
+    fn fold<B, F: FnMut(B, I::Item) -> B>(mut self, init: B, mut f: F) -> B {
         let mut acc = init;
+        let Some(mut iter) = self.iter.take() else {
+            return acc;
+        };
         let mut left = *self.left;
         while left > 0 {
-            let Some(item) = self.iter.next() else { break };
+            let Some(item) = iter.next() else { break };
             left -= 1;
             acc = f(acc, item);
         }
         *self.left = left;
+        *self.home = Some(iter);
         acc
     }
 }
@@ -387,7 +415,7 @@ mod tests {
         I::Item: Send + 'static,
         L: Logic<In = I::Item>,
     {
-        FusedSource::new(OwnIter(iter), logic, ShutdownHandle::new())
+        FusedSource::new(OwnIter::new(iter), logic, ShutdownHandle::new())
     }
 
     fn produce<P: Producer>(producer: &mut P, demand: usize) -> Vec<P::Item> {
@@ -500,5 +528,34 @@ mod tests {
             50,
             "read on until the first event passed, no further"
         );
+    }
+
+    #[test]
+    fn an_own_iterator_goes_on_where_the_last_read_stopped() {
+        // Each read moves the iterator into its loop and back: the next read continues.
+        let mut stage = source(0..10u64, Identity::new());
+        assert_eq!(produce(&mut stage, 4), [0, 1, 2, 3]);
+        assert_eq!(produce(&mut stage, 4), [4, 5, 6, 7]);
+        assert_eq!(produce(&mut stage, 4), [8, 9]);
+    }
+
+    #[test]
+    fn a_read_after_a_panic_in_the_chain_fails_instead_of_ending_the_source() {
+        // Into a routing tail: the chain folds over the iterator moved into its loop.
+        let chain = Map::new(
+            Arc::new(|x: u64| if x == 3 { panic!("boom") } else { x }),
+            Routed::new(Arc::new(HashEvent), 2),
+        );
+        let mut stage = source(0..10u64, chain);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            futures::executor::block_on(stage.handle_demand(8))
+        }));
+        assert!(panicked.is_err(), "the chain panicked");
+        // The iterator unwound with the loop: the stage must not look finished (that
+        // would end the flow with events silently missing).
+        match futures::executor::block_on(stage.handle_demand(8)) {
+            Err(error) => assert!(error.to_string().contains("lost to a panic"), "{error}"),
+            Ok(_) => panic!("a read after the panic must fail"),
+        }
     }
 }

@@ -51,7 +51,7 @@ where
         let shape = SourceShape::new(self.iters.len(), self.stages, &logic)?;
         if !shape.shared {
             return Ok(shape.build(compiler, self.label, self.iters, |iter| {
-                (OwnIter(iter), logic.clone(), dispatch, None)
+                (OwnIter::new(iter), logic.clone(), dispatch, None)
             }));
         }
         let shared: Vec<_> = self
