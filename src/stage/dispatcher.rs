@@ -149,11 +149,16 @@ pub(crate) fn queue_routed<T>(
             queue.push(event);
             Ok(())
         }
-        None => Err(format!(
-            "partition function returned {p}, but there are {partitions} partitions"
-        )
-        .into()),
+        None => Err(out_of_range(p, partitions)),
     }
+}
+
+/// The error of a route outside the partitions: out of the routing loop, so that the
+/// loop does not keep `p` and the partition count aside for it at every event.
+#[cold]
+#[inline(never)]
+fn out_of_range(p: usize, partitions: usize) -> StageError {
+    format!("partition function returned {p}, but there are {partitions} partitions").into()
 }
 
 /// Every part's events, in order, as one batch (the parts left empty).
