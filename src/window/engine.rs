@@ -162,6 +162,10 @@ impl<T, I: ExactSizeIterator<Item = T>> Iterator for Run<'_, I> {
 
     #[inline]
     fn fold<B, F: FnMut(B, T) -> B>(self, init: B, mut f: F) -> B {
+        // The usual run, the rest of the batch: one end check per event, not two.
+        if self.left >= self.events.len() {
+            return self.events.fold(init, f);
+        }
         let mut acc = init;
         for event in self {
             acc = f(acc, event);
@@ -599,8 +603,10 @@ impl<T: Send + 'static> Windower<T> {
             };
             let mut latest = latest_of(self);
             let mut len = 1;
+            // `id <= t <= last` as one unsigned comparison (`last >= id`).
+            let span = last.wrapping_sub(id) as u64;
             for &t in &stamps[at + 1..] {
-                if t < id || t > last {
+                if t.wrapping_sub(id) as u64 > span {
                     break;
                 }
                 if t > latest {
