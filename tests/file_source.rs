@@ -46,6 +46,33 @@ fn alphabet() -> impl Strategy<Value = u8> {
     ]
 }
 
+/// Any byte, with separators and the other bytes below `0x21` (which the word splitter's
+/// eight-byte test flags and must then reject) frequent.
+fn any_byte() -> impl Strategy<Value = u8> {
+    prop_oneof![
+        4 => prop_oneof![Just(b' '), Just(b'\n'), Just(b'\t'), Just(b'\r'), Just(0x0b), Just(0x0c)],
+        2 => 0u8..0x21,
+        1 => Just(0x21u8),
+        6 => any::<u8>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_chunk_splits_into_the_words_a_byte_by_byte_split_finds(
+        bytes in proptest::collection::vec(any_byte(), 0..200),
+    ) {
+        let expected = sequential_words(&bytes);
+        let chunk = Chunk::from_bytes(bytes);
+        let words: Vec<Vec<u8>> = chunk.words().map(<[u8]>::to_vec).collect();
+        prop_assert_eq!(&words, &expected);
+        let owned: Vec<Vec<u8>> = chunk.into_words().map(|w| w.as_bytes().to_vec()).collect();
+        prop_assert_eq!(owned, expected);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 

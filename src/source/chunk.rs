@@ -230,12 +230,37 @@ fn next_word(bytes: &[u8], position: &mut usize) -> Option<Range<usize>> {
         *position = start;
         return None;
     }
-    let mut end = start + 1;
-    while end < bytes.len() && !is_word_separator(bytes[end]) {
-        end += 1;
-    }
+    let end = word_end(bytes, start + 1);
     *position = end;
     Some(start..end)
+}
+
+/// The first separator at or after `from`, or the end of `bytes`: eight bytes at a time.
+/// Every separator is below `0x21`; a block's bytes below it are flagged at once (the
+/// SWAR "has less than" test: a flagged byte after a flagged one may be a false alarm,
+/// a byte below `0x21` is never missed), and only flagged bytes are looked up. Prose
+/// words are about five bytes: one block instead of a loop over each byte.
+#[inline]
+fn word_end(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut at = from;
+    while let Some(Ok(block)) = bytes.get(at..at + 8).map(<[u8; 8]>::try_from) {
+        let word = u64::from_le_bytes(block);
+        let mut flagged = word.wrapping_sub(ONES * 0x21) & !word & HIGH;
+        while flagged != 0 {
+            let lane = (flagged.trailing_zeros() / 8) as usize;
+            if block.get(lane).copied().is_some_and(is_word_separator) {
+                return at + lane;
+            }
+            flagged &= flagged - 1;
+        }
+        at += 8;
+    }
+    while at < bytes.len() && !is_word_separator(bytes[at]) {
+        at += 1;
+    }
+    at
 }
 
 impl<'a> Iterator for Words<'a> {
