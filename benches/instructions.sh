@@ -55,7 +55,7 @@ if [[ $which == word_count || $which == all ]]; then
     w1=$(words "$dir/small.txt")
     w2=$(words "$dir/large.txt")
     echo "word_count: instructions per word (24 MB - 8 MB of $prose)"
-    for c in sequential rayon flowstage_combiner flowstage_literal; do
+    for c in sequential rayon flowstage_combiner hand_made_literal flowstage_literal; do
         small=$(FLOWSTAGE_WC_INPUT=$dir/small.txt FLOWSTAGE_BENCH_ONE=$c instructions "$bin")
         large=$(FLOWSTAGE_WC_INPUT=$dir/large.txt FLOWSTAGE_BENCH_ONE=$c instructions "$bin")
         per_event "$c" "$w1" "$small" "$w2" "$large"
