@@ -177,13 +177,8 @@ fn words(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|word| !word.is_empty())
 }
 
-fn rayon_baseline(path: &Path) -> Summary {
-    let file = std::fs::File::open(path).expect("open");
-    // SAFETY: the benchmark's input is not modified while it runs.
-    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
-    let text: &[u8] = &map;
-    // Whitespace-aligned pieces, many per thread for rayon's load balancing.
-    let pieces = 256;
+/// The bounds of `pieces` whitespace-aligned pieces of `text` (first 0, last its length).
+fn aligned_bounds(text: &[u8], pieces: usize) -> Vec<usize> {
     let mut bounds = vec![0];
     for i in 1..pieces {
         let mut end = (text.len() * i / pieces).max(bounds[bounds.len() - 1]);
@@ -193,6 +188,16 @@ fn rayon_baseline(path: &Path) -> Summary {
         bounds.push(end);
     }
     bounds.push(text.len());
+    bounds
+}
+
+fn rayon_baseline(path: &Path) -> Summary {
+    let file = std::fs::File::open(path).expect("open");
+    // SAFETY: the benchmark's input is not modified while it runs.
+    let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
+    let text: &[u8] = &map;
+    // Many pieces per thread, for rayon's load balancing.
+    let bounds = aligned_bounds(text, 256);
     let counts = bounds
         .par_windows(2)
         .fold(AHashMap::<&[u8], u64>::new, |mut counts, range| {
@@ -226,15 +231,7 @@ fn hand_made_literal(path: &Path) -> Summary {
     let map = unsafe { memmap2::Mmap::map(&file) }.expect("mmap");
     let text: &[u8] = &map;
     let threads = flowstage::default_parallelism();
-    let mut bounds = vec![0];
-    for i in 1..threads {
-        let mut end = (text.len() * i / threads).max(bounds[bounds.len() - 1]);
-        while end < text.len() && !is_word_separator(text[end]) {
-            end += 1;
-        }
-        bounds.push(end);
-    }
-    bounds.push(text.len());
+    let bounds = aligned_bounds(text, threads);
     let (senders, receivers): (Vec<Sender<Vec<Word>>>, Vec<_>) =
         (0..threads).map(|_| channel()).unzip();
     let counts: Vec<AHashMap<Word, u64>> = std::thread::scope(|scope| {
