@@ -323,7 +323,7 @@ impl<T: Send + 'static, R: Route<T>> Logic for Routed<T, R> {
         if self.bound {
             self.route_one(event);
         } else {
-            out.push(event);
+            Identity::new().push(event, out);
         }
     }
 
@@ -342,7 +342,7 @@ impl<T: Send + 'static, R: Route<T>> Logic for Routed<T, R> {
             // fold into one loop.
             events.for_each(|event| self.route_one(event));
         } else {
-            out.extend(events);
+            Identity::new().feed(events, out);
         }
     }
 
