@@ -9,7 +9,7 @@ use timely::dataflow::operators::generic::Operator;
 
 use super::emit::emit;
 use super::exchange::exchange;
-use super::plan::{ClusterCompiler, ClusterStream, Stamp, Wire};
+use super::plan::{ClusterCompiler, ClusterStream, Wire};
 use super::source::{guarded, report};
 use crate::error::{StageInfo, StageKind};
 use crate::flow::{Batch, Logic, PartitionInfo};
@@ -21,7 +21,6 @@ pub(crate) fn batch<'s, T, L>(
     size: usize,
     timeout: Duration,
     mut logic: L,
-    stamp: Stamp<L::Out>,
 ) -> ClusterStream<'s, L::Out>
 where
     T: Wire,
@@ -105,7 +104,7 @@ where
                     if let Some(counters) = &counters {
                         counters.add_out(out.len());
                     }
-                    emit(output, held, &mut out, &stamp);
+                    emit(output, held, &mut out);
                     match frontier.frontier().iter().next() {
                         Some(time) => held.downgrade(time),
                         None => hold = None,

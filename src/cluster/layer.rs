@@ -24,7 +24,7 @@ use timely::dataflow::{ProbeHandle, Scope};
 
 use super::emit::{Output, emit};
 use super::exchange::{Messages, exchange};
-use super::plan::{ClusterCompiler, ClusterStream, EventTime, Stamp, Time, Wire};
+use super::plan::{ClusterCompiler, ClusterStream, EventTime, Time, Wire};
 use super::report::Counters;
 use super::source::{RELEASED, guarded, report};
 use super::window::{decode, event_time};
@@ -264,14 +264,13 @@ where
         capability: Option<Capability<Time>>,
         data: &mut Vec<T>,
         output: &mut Output<'_, L::Out>,
-        stamp: &Stamp<L::Out>,
     ) {
         let (Some(core), Some(capability)) = (self.core.as_mut(), capability) else {
             data.clear();
             return;
         };
         core.events(data);
-        emit(output, &capability, &mut core.out, stamp);
+        emit(output, &capability, &mut core.out);
     }
 
     /// After the input of one activation: moves the windows and the held capability to
@@ -280,7 +279,6 @@ where
         &mut self,
         passed: Option<Time>,
         output: &mut Output<'_, L::Out>,
-        stamp: &Stamp<L::Out>,
         activator: &timely::scheduling::Activator,
     ) {
         let Some(held) = self.hold.as_mut() else {
@@ -292,7 +290,7 @@ where
             }
             core.frontier(passed);
             core.check();
-            emit(output, held, &mut core.out, stamp);
+            emit(output, held, &mut core.out);
         }
         match passed {
             Some(time) => held.downgrade(&time),
@@ -384,7 +382,6 @@ pub(crate) fn unary<'s, T, R, L>(
     layer: Layer<T, R>,
     upstream: ClusterStream<'s, T>,
     logic: L,
-    stamp: Stamp<L::Out>,
 ) -> ClusterStream<'s, L::Out>
 where
     T: Wire,
@@ -406,10 +403,10 @@ where
             let mut shell = Shell { core, hold };
             move |(input, frontier), output| {
                 input.for_each(|time, data| {
-                    shell.take(time.retain_least(0), data, output, &stamp);
+                    shell.take(time.retain_least(0), data, output);
                 });
                 let passed = frontier.frontier().iter().next().copied();
-                shell.settle(passed, output, &stamp, &activator);
+                shell.settle(passed, output, &activator);
             }
         });
     ClusterStream {
@@ -427,7 +424,6 @@ pub(crate) fn deferring<'s, T, R, L>(
     first: ClusterStream<'s, T>,
     second: ClusterStream<'s, T>,
     logic: L,
-    stamp: Stamp<L::Out>,
 ) -> ClusterStream<'s, L::Out>
 where
     T: Wire,
@@ -452,7 +448,7 @@ where
             move |(first, first_frontier), (second, second_frontier), output| {
                 let first_done = first_frontier.frontier().is_empty();
                 first.for_each(|time, data| {
-                    shell.take(time.retain_least(0), data, output, &stamp);
+                    shell.take(time.retain_least(0), data, output);
                 });
                 second.for_each(|time, data| {
                     if shell.core.is_none() {
@@ -465,14 +461,14 @@ where
                 });
                 if first_done {
                     for (capability, mut data) in waiting.drain(..) {
-                        shell.take(Some(capability), &mut data, output, &stamp);
+                        shell.take(Some(capability), &mut data, output);
                     }
                 }
                 let passed = [first_frontier, second_frontier]
                     .iter()
                     .filter_map(|f| f.frontier().iter().next().copied())
                     .min();
-                shell.settle(passed, output, &stamp, &activator);
+                shell.settle(passed, output, &activator);
             }
         },
     );

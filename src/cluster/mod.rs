@@ -86,11 +86,10 @@
 //! # Windows and frontiers
 //!
 //! Timestamps are `(window, epoch)` pairs ([`Time`]), ordered lexicographically. For a
-//! layer with an event-time window, its sources stamp each event with the start of its
-//! *granule* — the window size for fixed windows, the greatest common divisor of size and
-//! slide for sliding ones, the gap for sessions: every window starts and ends on one —
-//! never below their capability, and keep their capability at the largest granule they
-//! have read: their watermark, the "latest event seen" the local runtime tracks per
+//! layer with an event-time window, its sources send what they read at their capability
+//! and then move it to the largest *granule* start they have read — the window size for
+//! fixed windows, the greatest common divisor of size and slide for sliding ones, the gap
+//! for sessions: every window starts and ends on one. That is their watermark, the "latest event seen" the local runtime tracks per
 //! producer. Timely's frontier at the layer's input is then the smallest watermark over
 //! every source on every worker that can still send, including events in flight. The
 //! layer runs the local runtime's window engine with that frontier as its watermark: a

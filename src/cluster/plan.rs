@@ -137,7 +137,9 @@ impl std::fmt::Debug for ClusterCompiler<'_> {
 )]
 pub trait ClusterPlan: Plan {
     /// Builds the plan into `compiler`'s dataflow with `logic` after it in the same
-    /// operator; its output timestamped per `stamp`.
+    /// operator. `stamp` is the event time of the window the output goes to: a source
+    /// moves its capability to the watermark it gives (a layer's output needs nothing,
+    /// as it goes out at the layer's frontier).
     #[doc(hidden)]
     fn timely<'s, L>(
         self,
@@ -188,7 +190,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = P::Item> + 'static + Clone + 'static,
@@ -213,7 +215,7 @@ where
             window,
             placement: Placement::Everywhere,
         };
-        Ok(layer::unary(compiler, layer, upstream, logic, stamp))
+        Ok(layer::unary(compiler, layer, upstream, logic))
     }
 }
 
@@ -256,7 +258,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = P::Item> + Clone + 'static,
@@ -279,7 +281,7 @@ where
             window: None,
             placement: Placement::Everywhere,
         };
-        Ok(layer::unary(compiler, layer, upstream, logic, stamp))
+        Ok(layer::unary(compiler, layer, upstream, logic))
     }
 }
 
@@ -354,7 +356,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = Self::Item> + Clone + 'static,
@@ -369,7 +371,6 @@ where
             self.size,
             self.timeout,
             logic,
-            stamp,
         ))
     }
 }
@@ -390,7 +391,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = U> + Clone + 'static,
@@ -398,7 +399,7 @@ where
         let (inner, tag, merge) = self.into_parts(logic);
         let upstream = inner.timely(compiler, tag, None)?;
         let merge = merge.expecting(upstream.instances);
-        Ok(merging(compiler, "departition", upstream, merge, stamp))
+        Ok(merging(compiler, "departition", upstream, merge))
     }
 }
 
@@ -413,7 +414,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = Self::Item> + Clone + 'static,
@@ -421,7 +422,7 @@ where
         let (inner, per_partition, merge) = self.into_parts(logic);
         let upstream = inner.timely(compiler, per_partition, None)?;
         let merge = merge.expecting(upstream.instances);
-        Ok(merging(compiler, "take_sort", upstream, merge, stamp))
+        Ok(merging(compiler, "take_sort", upstream, merge))
     }
 }
 
@@ -431,7 +432,6 @@ fn merging<'s, T, L>(
     label: &'static str,
     upstream: ClusterStream<'s, Tagged<T>>,
     merge: L,
-    stamp: Stamp<L::Out>,
 ) -> ClusterStream<'s, L::Out>
 where
     T: Wire,
@@ -443,7 +443,7 @@ where
         window: None,
         placement: Placement::Worker0,
     };
-    layer::unary(compiler, layer, upstream, merge, stamp)
+    layer::unary(compiler, layer, upstream, merge)
 }
 
 /// Joins: both sides exchanged by the hash of their key (as locally), into one join
@@ -466,7 +466,7 @@ where
         self,
         compiler: &mut ClusterCompiler<'s>,
         logic: L,
-        stamp: Stamp<L::Out>,
+        _stamp: Stamp<L::Out>,
     ) -> Result<ClusterStream<'s, L::Out>>
     where
         L: Logic<In = O> + Clone + 'static,
@@ -500,7 +500,7 @@ where
                 time,
             )?;
             let upstream = layer::concatenate(compiler, vec![left, right]);
-            return Ok(layer::unary(compiler, layer, upstream, join, stamp));
+            return Ok(layer::unary(compiler, layer, upstream, join));
         }
         // The left side's sources pace themselves on its own progress, and the right
         // side's wait until it is complete: nothing of the right side waits in memory.
@@ -521,6 +521,6 @@ where
             None,
         );
         compiler.gates.pop();
-        Ok(layer::deferring(compiler, layer, left, right?, join, stamp))
+        Ok(layer::deferring(compiler, layer, left, right?, join))
     }
 }

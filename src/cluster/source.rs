@@ -22,7 +22,7 @@ use timely::dataflow::ProbeHandle;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::source;
 
-use super::emit::emit;
+use super::emit::{emit, watermark};
 use super::plan::{ClusterCompiler, ClusterStream, Stamp, Time};
 use super::report::Counters;
 use crate::error::{FlowError, StageError, StageInfo, StageKind};
@@ -281,7 +281,8 @@ where
                 return;
             }
             state.counters.add_out(state.out.len());
-            let largest = emit(output, &state.capability, &mut state.out, &stamp);
+            let largest = watermark(window, &state.out, &stamp);
+            emit(output, &state.capability, &mut state.out);
             if last {
                 reader = None;
                 return;

@@ -1,10 +1,10 @@
-//! Event time on the cluster: how sources stamp events for the next layer's window, and
+//! Event time on the cluster: the watermarks sources keep for the next layer's window, and
 //! how a layer reads timely's frontier as a watermark.
 //!
 //! An event-time window closes on boundaries of a *granule*: the window size for fixed
 //! windows, the greatest common divisor of size and slide for sliding ones (every window
-//! starts and ends on it), the gap for sessions. A source stamps each event with the start
-//! of its granule and holds its capability at the largest granule it has read; the
+//! starts and ends on it), the gap for sessions. A source sends what it reads at its
+//! capability, then holds the capability at the largest granule start it has read; the
 //! frontier at a layer is then the smallest such watermark over every source that can
 //! still send. A window `[start, end)` closes locally once every producer has sent an event
 //! at or after `end`; `end` being a granule boundary, that is exactly when the frontier
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::plan::{EventTime, Stamp};
 use crate::window::{Kind, Window, bounds};
 
-/// The event time the sources of a layer with `window` stamp their events with; `None`
+/// The event time the sources of a layer with `window` keep their watermarks in; `None`
 /// for windows without event time (global, count, periodic).
 pub(crate) fn event_time<T: 'static>(window: Option<&Window<T>>) -> Stamp<T> {
     let window = window?;
