@@ -26,16 +26,47 @@
 //! same run.
 //!
 //! Measured on the 2-core machine (the command above, on the 531 MB prose; criterion
-//! medians of one run, ratio to `local_runtime` in that run), 2026-12-05 at cffb455
-//! (connect back-off, 64 KiB exchange messages, 4096 events per epoch):
+//! medians of one run, ratio to `local_runtime` in that run), 2026-12-05 at e769e34 (a
+//! source sends a read at its capability, no longer a message per event-time granule):
 //!
 //! | group | `local_runtime` | `timely_1x2` | `timely_2x1` |
 //! |---|---|---|---|
-//! | `cluster_word_count` | 2.282 s | 2.437 s (1.07x) | 2.552 s (1.12x) |
-//! | `cluster_join` | 15.76 ms | 25.47 ms (1.62x) | 29.50 ms (1.87x) |
-//! | `cluster_sliding` | 783 ms | 793 ms (1.01x) | 964 ms (1.23x) |
+//! | `cluster_word_count` | 1.349 s | 1.579 s (1.17x) | 1.711 s (1.27x) |
+//! | `cluster_join` | 16.91 ms | 21.80 ms (1.29x) | 28.31 ms (1.67x) |
+//! | `cluster_sliding` | 768.4 ms | 729.6 ms (0.95x) | 770.7 ms (1.00x) |
 //!
-//! Before those three changes, the same command: join 2 × 1 45.2 ms (2.02x) and 37.4 ms
+//! A word-count-only run right after: 1.652 s / 1.791 s (1.08x) / 1.879 s (1.14x): the
+//! word count's 2 × 1 ratio has moved between 1.02x and 1.27x over the runs below, with
+//! the local runtime's own time moving by a fifth. The sliding flow was 1.19x–1.24x
+//! before e769e34: a read of 4 096 events spans about 40 granules of 25 ms, and each
+//! granule went out as a message of its own to each worker.
+//!
+//! Why the 2 × 1 join stays above 1.2x. `perf record -g` (a frame-pointer build, 60 runs
+//! each of 1 × 2 and of 2 × 1, interleaved with the local runtime): the join's own work
+//! (`Table::insert`, `probe`, `seal_now`), the sources and the exchange take the same
+//! samples in both; 2 × 1 adds about 15 ms of CPU per run, on the same two cores: bincode
+//! (de)serialization of the 400 000 events that cross (about 5 ms), thread wake-ups and
+//! switches of the network threads (about 6 ms: a message to the peer per source read
+//! and per progress change, each a hand-off to a send thread and a wake-up of the peer's
+//! receive thread), copies into and out of the byte buffers and the socket (about 3 ms).
+//! Connecting and the first progress rounds cost about 1.2 ms more per run than one
+//! process (a 10-event flow: 2.0 ms on 2 × 1, 0.8 ms on 1 × 2). The local runtime's
+//! 16.9 ms leaves 3.4 ms for all of that at 1.2x. Larger epochs (`epoch_events` 65 536)
+//! cut the context switches by 4x and the 2 × 1 join by 10–15 %, and they slow the
+//! sliding flow by about a quarter (2 × 1 1.20x of the local runtime against 0.87x and
+//! 0.96x at 4 096, same harness: each read opens 16 s of windows at once, whose state
+//! no longer fits the caches): the default stays at 4 096. Fresh pages are the other
+//! large cost, locally too: with glibc's trim and mmap thresholds raised
+//! (`GLIBC_TUNABLES=glibc.malloc.mmap_threshold=268435456:glibc.malloc.trim_threshold=1073741824`)
+//! the 2 × 1 join took 31.0 and 28.1 ms against 38.9 and 37.5 ms without, the local
+//! runtime 28.7 and 22.5 against 28.0 and 28.2 ms (interleaved runs of a scratch
+//! harness, which makes every contestant slower than criterion's back-to-back runs). The
+//! library leaves the allocator to the application.
+//!
+//! At cffb455 (connect back-off, 64 KiB exchange messages, 4096 events per epoch): word
+//! count 2.282 s / 2.437 s (1.07x) / 2.552 s (1.12x); join 15.76 ms / 25.47 ms (1.62x) /
+//! 29.50 ms (1.87x); sliding 783 ms / 793 ms (1.01x) / 964 ms (1.23x). Before those three
+//! changes, the same command: join 2 × 1 45.2 ms (2.02x) and 37.4 ms
 //! (2.35x) in two runs, sliding 2 × 1 1.30x and 1.15x. What a 2 × 1 run pays on top of
 //! the work: connecting (a 10-event flow takes 2.6 ms on 2 × 1, 0.8 ms on 1 × 2), and a
 //! wake-up of a network thread and of the peer's worker per message and per epoch's
