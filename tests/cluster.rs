@@ -374,6 +374,48 @@ fn sources_do_not_run_more_than_k_epochs_ahead_of_the_slowest_worker() {
     );
 }
 
+#[test]
+fn the_report_gives_each_operators_busy_time_and_the_time_backpressure_held_a_source() {
+    // One event per epoch, none ahead: the source must wait for each event to get
+    // through the slow layer before it reads the next.
+    let config = ClusterConfig::local(2).max_epochs_ahead(0).epoch_events(1);
+    let report = common::guarded(move || {
+        cluster::run(&config, || {
+            Flow::from_iter(0..40u64)
+                .partition(Partition::new())
+                .map(|x| {
+                    std::thread::sleep(Duration::from_millis(1));
+                    x
+                })
+        })
+    })
+    .expect("the run succeeds")
+    .expect("process 0 reports");
+    let source = report
+        .stages
+        .iter()
+        .find(|s| s.stage.name.starts_with("from_iter"))
+        .expect("the source is listed");
+    let layers: Vec<_> = report
+        .stages
+        .iter()
+        .filter(|s| s.stage.name.starts_with("partition"))
+        .collect();
+    assert_eq!(layers.len(), 2, "{report:?}");
+    assert_eq!(layers.iter().map(|s| s.events_in).sum::<u64>(), 40);
+    // 40 sleeps of 1 ms in the layers' own code.
+    let layer_busy: Duration = layers.iter().map(|s| s.busy).sum();
+    assert!(layer_busy >= Duration::from_millis(40), "{report:?}");
+    assert!(source.busy > Duration::ZERO, "{report:?}");
+    assert!(source.waiting_for_demand > Duration::ZERO, "{report:?}");
+    assert!(
+        layers
+            .iter()
+            .all(|s| s.waiting_for_demand == Duration::ZERO),
+        "a layer has no demand to wait for: {report:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Failures: typed errors within a bound, never a hang.
 

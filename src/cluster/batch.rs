@@ -60,6 +60,7 @@ where
                         input.for_each(|_, data| data.clear());
                         return;
                     };
+                    let started = Instant::now();
                     let mut full: Vec<Batch<T>> = Vec::new();
                     input.for_each(|_, data| {
                         if let Some(counters) = &counters {
@@ -93,6 +94,9 @@ where
                             logic.done(&mut out);
                         }
                     });
+                    if let Some(counters) = &counters {
+                        counters.add_busy(started);
+                    }
                     if !ran {
                         out.clear();
                         hold = None;

@@ -15,7 +15,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use timely::dataflow::channels::pact::ExchangeCore;
 use timely::dataflow::operators::generic::Operator;
@@ -258,6 +258,13 @@ where
     L: Logic<In = T> + 'static,
     R: Route<T> + 'static,
 {
+    /// The activation that started at `started` ends: its time was the layer's own.
+    fn busy(&self, started: Instant) {
+        if let Some(core) = &self.core {
+            core.counters.add_busy(started);
+        }
+    }
+
     /// A message of input: through the logic, its output at the message's time.
     fn take(
         &mut self,
@@ -402,11 +409,13 @@ where
             let hold = core.is_some().then_some(capability);
             let mut shell = Shell { core, hold };
             move |(input, frontier), output| {
+                let started = Instant::now();
                 input.for_each(|time, data| {
                     shell.take(time.retain_least(0), data, output);
                 });
                 let passed = frontier.frontier().iter().next().copied();
                 shell.settle(passed, output, &activator);
+                shell.busy(started);
             }
         });
     ClusterStream {
@@ -446,6 +455,7 @@ where
             let mut shell = Shell { core, hold };
             let mut waiting: Vec<(Capability<Time>, Vec<T>)> = Vec::new();
             move |(first, first_frontier), (second, second_frontier), output| {
+                let started = Instant::now();
                 let first_done = first_frontier.frontier().is_empty();
                 first.for_each(|time, data| {
                     shell.take(time.retain_least(0), data, output);
@@ -469,6 +479,7 @@ where
                     .filter_map(|f| f.frontier().iter().next().copied())
                     .min();
                 shell.settle(passed, output, &activator);
+                shell.busy(started);
             }
         },
     );

@@ -77,8 +77,10 @@
 //!   (fire it in every process to fire them all). Each worker's processing-time clock
 //!   (periodic windows, `trigger_periodically`, `allowed_lateness`) starts with it.
 //! - Lateness depends on timing, not on arrival order (below).
-//! - The [`Report`](crate::stage::Report)'s `busy` and `waiting_for_demand` times are zero:
-//!   timely schedules operators, not stages that wait for demand.
+//! - The [`Report`](crate::stage::Report)'s `busy` is each operator instance's time in
+//!   its own activations; `waiting_for_demand` is, for a source, the time backpressure
+//!   held it back (the cluster more than `max_epochs_ahead` epochs behind it) and zero for
+//!   a layer: timely hands a layer its input whenever it has some, there is no demand.
 //!
 //! Events that cross an exchange (and the output of [`collect`]) must be serde
 //! serializable ([`Wire`]): a compile-time error otherwise.

@@ -1,11 +1,14 @@
 //! The run's [`Report`] on the cluster: each worker counts what its operators did (once per
-//! batch, as the local runtime does) and what its error policies skipped or dead-lettered;
-//! once the run is complete everywhere the counts travel to worker 0, which lists every
-//! operator instance of the cluster and sums each error policy over the workers.
+//! batch, as the local runtime does), the time each spent in its own code (once per
+//! activation), the time each source was held back by backpressure (its
+//! `waiting_for_demand`), and what its error policies skipped or dead-lettered; once the
+//! run is complete everywhere the counts travel to worker 0, which lists every operator
+//! instance of the cluster and sums each error policy over the workers.
 
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::error::{StageInfo, StageKind};
 use crate::stage::{ErrorCounters, ErrorSnapshot, Report, StageSnapshot};
@@ -17,6 +20,10 @@ pub(crate) struct Counters {
     batches_in: Cell<u64>,
     events_out: Cell<u64>,
     late: Cell<u64>,
+    /// Nanoseconds in the operator's own code.
+    busy: Cell<u64>,
+    /// Nanoseconds a source held back by backpressure, with the next read to make.
+    waiting: Cell<u64>,
 }
 
 impl Counters {
@@ -33,6 +40,22 @@ impl Counters {
     pub(crate) fn add_late(&self, n: u64) {
         self.late.set(self.late.get() + n);
     }
+
+    /// The operator's own code ran from `started` until now.
+    pub(crate) fn add_busy(&self, started: Instant) {
+        self.busy
+            .set(self.busy.get().saturating_add(nanos(started)));
+    }
+
+    /// The source waited on backpressure from `since` until now.
+    pub(crate) fn add_waiting(&self, since: Instant) {
+        self.waiting
+            .set(self.waiting.get().saturating_add(nanos(since)));
+    }
+}
+
+fn nanos(since: Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One worker's counters.
@@ -44,10 +67,11 @@ pub(crate) struct WorkerReport {
 }
 
 /// A worker's counters as they travel to worker 0: its operator instances
-/// `(operator, name, kind, partition, [in, batches, out, late])` and its error policies'
+/// `(operator, name, kind, partition, [in, batches, out, late, busy ns, waiting ns])` and
+/// its error policies'
 /// `(operator, skipped, dead-lettered)`, in the order every worker builds them.
 pub(crate) type WireReport = (
-    Vec<(u64, String, u8, u64, [u64; 4])>,
+    Vec<(u64, String, u8, u64, [u64; 6])>,
     Vec<(String, u64, u64)>,
 );
 
@@ -93,6 +117,8 @@ impl WorkerReport {
                     counters.batches_in.get(),
                     counters.events_out.get(),
                     counters.late.get(),
+                    counters.busy.get(),
+                    counters.waiting.get(),
                 ];
                 (*operator, name.clone(), kind, *partition, counts)
             })
@@ -155,9 +181,8 @@ pub(crate) fn merge(parts: Vec<WireReport>) -> Report {
             buffered: 0,
             dropped: 0,
             late: counts[3],
-            // Not measured on the cluster: timely schedules the operators, not the stages.
-            busy: std::time::Duration::ZERO,
-            waiting_for_demand: std::time::Duration::ZERO,
+            busy: Duration::from_nanos(counts[4]),
+            waiting_for_demand: Duration::from_nanos(counts[5]),
         })
         .collect();
     Report {
@@ -192,6 +217,10 @@ mod tests {
             );
             counters.add_in(7);
             counters.add_late(1);
+            if let Some(earlier) = Instant::now().checked_sub(Duration::from_millis(5)) {
+                counters.add_busy(earlier);
+                counters.add_waiting(earlier);
+            }
             let policy = Arc::new(ErrorCounters::default());
             policy.add_skipped(skipped);
             report.error_counters("try_map", policy);
@@ -214,6 +243,10 @@ mod tests {
         );
         assert_eq!(report.stages[2].events_in, 7);
         assert_eq!(report.stages[3].late, 1);
+        // Times travel as nanoseconds and come back as the durations measured.
+        assert!(report.stages[2].busy >= Duration::from_millis(5));
+        assert!(report.stages[3].waiting_for_demand >= Duration::from_millis(5));
+        assert_eq!(report.stages[0].busy, Duration::ZERO);
         assert_eq!(report.errors.len(), 1);
         assert_eq!(report.errors[0].skipped, 5);
     }

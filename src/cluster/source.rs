@@ -145,6 +145,8 @@ struct Reader<T, L: Logic> {
     counters: Rc<Counters>,
     /// When it last read an event, for `idle_timeout`.
     read_at: Instant,
+    /// Since when backpressure has held it back, if it does.
+    held_since: Option<Instant>,
 }
 
 /// How a source paces itself: the probe it checks, how far ahead it may run, and the
@@ -209,6 +211,7 @@ where
             stage,
             counters,
             read_at: Instant::now(),
+            held_since: None,
         });
         move |output| {
             let Some(state) = reader.as_mut() else {
@@ -216,9 +219,14 @@ where
             };
             let (window, epoch) = *state.capability.time();
             if pace.waits((window, epoch)) {
+                state.held_since.get_or_insert_with(Instant::now);
                 activator.activate_after(Duration::from_micros(200));
                 return;
             }
+            if let Some(since) = state.held_since.take() {
+                state.counters.add_waiting(since);
+            }
+            let started = Instant::now();
             let asked = match std::mem::replace(&mut state.reading, Reading::Gone) {
                 Reading::Idle(mut producer) => runtime.spawn(async move {
                     let answer = producer.handle_demand(batch).await;
@@ -283,6 +291,9 @@ where
             state.counters.add_out(state.out.len());
             let largest = watermark(window, &state.out, &stamp);
             emit(output, &state.capability, &mut state.out);
+            // Busy: the read (as locally, reading is the producer's own work; a read
+            // that timed out above is not counted), the chain after it and the sending.
+            state.counters.add_busy(started);
             if last {
                 reader = None;
                 return;
