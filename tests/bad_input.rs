@@ -190,6 +190,52 @@ fn a_directory_of_lines_is_a_typed_error_naming_it() {
     }
 }
 
+/// A named pipe, a device: no length to split into byte ranges. Before, a file source
+/// read a FIFO as an empty file (the run ended `Ok` with nothing, whatever was written
+/// into it), and opening it blocked until a writer came.
+#[test]
+fn a_pipe_or_a_device_given_as_a_file_is_a_typed_error_not_an_empty_file() {
+    let fifo = temp_dir().join("a-fifo");
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let not_regular = |path: &Path, error: FlowError| match error.root_cause() {
+        FlowError::Io {
+            operation: IoOperation::Open,
+            path: Some(named),
+            source,
+            ..
+        } => {
+            assert_eq!(named, path);
+            assert_eq!(source.kind(), ErrorKind::InvalidInput);
+            assert!(
+                source.to_string().contains("not a regular file"),
+                "{source}"
+            );
+        }
+        other => panic!("expected FlowError::Io on open, got {other:?}"),
+    };
+    for path in [fifo.clone(), PathBuf::from("/dev/null")] {
+        // No writer ever opens the FIFO: a source that opened it would hang here.
+        let lines = read_lines(&path, 2).unwrap_err();
+        not_regular(&path, lines);
+        let source = FileSource::new(&path);
+        let chunks = guarded(move || Flow::from_source(source).collect::<Vec<Chunk>>());
+        not_regular(&path, chunks.unwrap_err());
+        #[cfg(feature = "csv")]
+        {
+            // With headers, the CSV source reads the first line before the byte ranges.
+            let source = flowstage::source::CsvSource::new(&path);
+            let rows = guarded(move || Flow::from_source(source).collect::<Vec<Vec<String>>>());
+            not_regular(&path, rows.unwrap_err());
+        }
+    }
+    std::fs::remove_file(&fifo).unwrap();
+}
+
 /// `?` on a `std::io::Error` in user code returning `flowstage::Result` is an I/O error,
 /// not "could not start the runtime" (`FlowError::Runtime` converted every I/O error).
 #[test]

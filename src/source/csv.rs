@@ -130,6 +130,7 @@ impl<T, M> CsvSource<T, M> {
             offset: Some(0),
             source,
         };
+        super::file::regular_file(&self.path)?;
         let mut first = Vec::new();
         std::io::BufReader::new(std::fs::File::open(&self.path).map_err(io)?)
             .read_until(b'\n', &mut first)

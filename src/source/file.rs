@@ -62,6 +62,10 @@ impl FileCounters {
 
 /// A file read in parallel byte ranges; emits [`Chunk`]s of whole records.
 ///
+/// The path must name a regular file (a symlink to one will do): a pipe, socket or device
+/// is a [`FlowError::Io`] when the run starts; read those with
+/// [`ReaderSource`](super::ReaderSource).
+///
 /// ```
 /// use flowstage::flow::Flow;
 /// use flowstage::source::FileSource;
@@ -173,6 +177,36 @@ fn io_error(
     }
 }
 
+/// Checks that `path` is a regular file, before opening it: a file source reads byte
+/// ranges of a file of known length. A pipe, socket or device reports a length of 0 (the
+/// source would end at once with nothing read), and opening a FIFO blocks until a writer
+/// comes: both are a typed error instead.
+pub(crate) fn regular_file(path: &Path) -> Result<()> {
+    let metadata =
+        std::fs::metadata(path).map_err(|e| io_error(IoOperation::Open, path, None, e))?;
+    if metadata.is_dir() {
+        return Err(io_error(
+            IoOperation::Open,
+            path,
+            None,
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+        ));
+    }
+    if !metadata.is_file() {
+        return Err(io_error(
+            IoOperation::Open,
+            path,
+            None,
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "not a regular file (a pipe, socket or device has no length to split into \
+                 byte ranges): read it with ReaderSource",
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Source for FileSource {
     type Item = Chunk;
 
@@ -201,18 +235,11 @@ impl Source for FileSource {
             )));
         }
         let path: Arc<Path> = Arc::from(self.path.as_path());
+        regular_file(&path)?;
         let file = File::open(&path).map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
         let metadata = file
             .metadata()
             .map_err(|e| io_error(IoOperation::Open, &path, None, e))?;
-        if metadata.is_dir() {
-            return Err(io_error(
-                IoOperation::Open,
-                &path,
-                None,
-                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
-            ));
-        }
         let len = metadata.len();
         let readers = (self.readers as u64).min(len.max(1));
         let map = match self.mmap {
