@@ -35,9 +35,15 @@
 //! | `cluster_join` | 16.91 ms | 21.80 ms (1.29x) | 28.31 ms (1.67x) |
 //! | `cluster_sliding` | 768.4 ms | 729.6 ms (0.95x) | 770.7 ms (1.00x) |
 //!
-//! A word-count-only run right after: 1.652 s / 1.791 s (1.08x) / 1.879 s (1.14x): the
-//! word count's 2 × 1 ratio has moved between 1.02x and 1.27x over the runs below, with
-//! the local runtime's own time moving by a fifth. The sliding flow was 1.19x–1.24x
+//! The same command at f63c9f5 (busy times in the cluster's report): word count 1.378 s /
+//! 1.732 s (1.26x) / 1.607 s (1.17x); sliding 809.0 ms / 693.1 ms (0.86x) / 729.7 ms
+//! (0.90x); the join's local time spread over 17.7–29.7 ms in that run, so two join-only
+//! runs: 15.38 ms / 19.77 ms (1.29x) / 26.68 ms (1.74x) and 16.52 ms / 20.95 ms (1.27x) /
+//! 29.50 ms (1.79x).
+//!
+//! A word-count-only run right after e769e34: 1.652 s / 1.791 s (1.08x) / 1.879 s
+//! (1.14x): the word count's 2 × 1 ratio has moved between 1.02x and 1.27x over these
+//! runs, with the local runtime's own time moving by a fifth. The sliding flow was 1.19x–1.24x
 //! before e769e34: a read of 4 096 events spans about 40 granules of 25 ms, and each
 //! granule went out as a message of its own to each worker.
 //!
