@@ -41,9 +41,8 @@
 //! runs: 15.38 ms / 19.77 ms (1.29x) / 26.68 ms (1.74x) and 16.52 ms / 20.95 ms (1.27x) /
 //! 29.50 ms (1.79x).
 //!
-//! A word-count-only run right after e769e34: 1.652 s / 1.791 s (1.08x) / 1.879 s
-//! (1.14x): the word count's 2 × 1 ratio has moved between 1.02x and 1.27x over these
-//! runs, with the local runtime's own time moving by a fifth. The sliding flow was 1.19x–1.24x
+//! The word count's 2 × 1 ratio has moved between 1.02x and 1.27x over these runs, with
+//! the local runtime's own time moving by a fifth between them. The sliding flow was 1.19x–1.24x
 //! before e769e34: a read of 4 096 events spans about 40 granules of 25 ms, and each
 //! granule went out as a message of its own to each worker.
 //!
