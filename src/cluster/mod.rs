@@ -91,13 +91,13 @@
 //! layer with an event-time window, its sources send what they read at their capability
 //! and then move it to the largest *granule* start they have read — the window size for
 //! fixed windows, the greatest common divisor of size and slide for sliding ones, the gap
-//! for sessions: every window starts and ends on one. That is their watermark, the "latest event seen" the local runtime tracks per
-//! producer. Timely's frontier at the layer's input is then the smallest watermark over
-//! every source on every worker that can still send, including events in flight. The
-//! layer runs the local runtime's window engine with that frontier as its watermark: a
-//! window closes once the frontier has passed its last millisecond — exactly when no
-//! earlier event can arrive anywhere in the cluster — and at the end of input every open
-//! window fires, oldest first.
+//! for sessions: every window starts and ends on one. That is their watermark, the
+//! "latest event seen" the local runtime tracks per producer. Timely's frontier at the
+//! layer's input is then the smallest watermark over every source on every worker that
+//! can still send, including events in flight. The layer runs the local runtime's window
+//! engine with that frontier as its watermark: a window closes once the frontier has
+//! passed its last millisecond — exactly when no earlier event can arrive anywhere in the
+//! cluster — and at the end of input every open window fires, oldest first.
 //!
 //! Differences from the local runtime: a window closes when *every* source share of the
 //! cluster has moved past it (locally: every producer of the stage, as far as the events

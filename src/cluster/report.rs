@@ -68,8 +68,8 @@ pub(crate) struct WorkerReport {
 
 /// A worker's counters as they travel to worker 0: its operator instances
 /// `(operator, name, kind, partition, [in, batches, out, late, busy ns, waiting ns])` and
-/// its error policies'
-/// `(operator, skipped, dead-lettered)`, in the order every worker builds them.
+/// its error policies' `(operator, skipped, dead-lettered)`, in the order every worker
+/// builds them.
 pub(crate) type WireReport = (
     Vec<(u64, String, u8, u64, [u64; 6])>,
     Vec<(String, u64, u64)>,
