@@ -136,16 +136,21 @@ fn corpus() -> PathBuf {
     if let Some(path) = std::env::var_os(ENV_CORPUS) {
         return PathBuf::from(path);
     }
-    let path = std::env::temp_dir().join(format!(
-        "flowstage-cluster-corpus-{}.txt",
-        std::process::id()
-    ));
-    if !path.exists() {
-        let partial = path.with_extension("partial");
-        std::fs::write(&partial, Corpus::new(2 << 20).seed(11).generate()).expect("corpus");
-        std::fs::rename(&partial, &path).expect("corpus");
-    }
-    path
+    // Written once per test process: tests run in parallel, and two of them writing the
+    // same partial file raced (one renamed it away under the other: CI failed on it).
+    static CORPUS: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    CORPUS
+        .get_or_init(|| {
+            let path = std::env::temp_dir().join(format!(
+                "flowstage-cluster-corpus-{}.txt",
+                std::process::id()
+            ));
+            let partial = path.with_extension("partial");
+            std::fs::write(&partial, Corpus::new(2 << 20).seed(11).generate()).expect("corpus");
+            std::fs::rename(&partial, &path).expect("corpus");
+            path
+        })
+        .clone()
 }
 
 // ---------------------------------------------------------------------------------------

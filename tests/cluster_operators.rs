@@ -462,8 +462,12 @@ fn data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os(ENV_DATA) {
         return PathBuf::from(dir);
     }
-    let dir = std::env::temp_dir().join(format!("flowstage-cluster-ops-{}", std::process::id()));
-    if !dir.join("rows.jsonl").exists() {
+    // Written once per test process: tests run in parallel, and one could read the CSV
+    // while another was still writing it, or rename the partial file away under it.
+    static DATA: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("flowstage-cluster-ops-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a data dir");
         let rows: Vec<Event> = streams(false).concat();
         let mut csv = String::from("ts,key,value\n");
@@ -479,10 +483,10 @@ fn data_dir() -> PathBuf {
             ));
         }
         std::fs::write(dir.join("rows.csv"), csv).expect("csv");
-        std::fs::write(dir.join("rows.jsonl.partial"), json).expect("json");
-        std::fs::rename(dir.join("rows.jsonl.partial"), dir.join("rows.jsonl")).expect("json");
-    }
-    dir
+        std::fs::write(dir.join("rows.jsonl"), json).expect("json");
+        dir
+    })
+    .clone()
 }
 
 fn row_sums(row: Row, mut sums: HashMap<u32, u64>) -> HashMap<u32, u64> {
